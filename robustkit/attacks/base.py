@@ -1,0 +1,175 @@
+"""The Attack contract: a final ``__call__`` around a subclass's ``perturb``.
+
+``Attack.__call__(model, x, y)`` does, for every attack alike: input validation, eval mode, ``reset()``
+of test-time state, counting of forward/backward passes, projection of the result onto the threat
+model (norm ball ∩ [0, 1]), and verification with a fresh forward. Subclasses write only ``perturb``.
+
+Example::
+
+    >>> import robustkit
+    >>> from robustkit.attacks import PGD
+    >>> clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    >>> x, y = robustkit.load_dataset("digits", n_examples=16)
+    >>> res = PGD(eps=0.1, steps=10, step_size=0.025, seed=0)(clf, x, y)
+    >>> res.x_adv.shape, res.robust.dtype
+    (torch.Size([16, 1, 8, 8]), torch.bool)
+    >>> bool(((res.x_adv - x).abs() <= 0.1 + 1e-6).all())
+    True
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from ..classifier import Classifier, check_images, check_labels
+from ..errors import InputError
+
+Norm = Literal["Linf", "L2"]
+NORMS = ("Linf", "L2")
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    """Project ``x_adv`` onto ``{x': ||x' - x||_norm <= eps} ∩ [0, 1]^d`` (per example).
+
+    For L2 the ball projection is applied first, then the box clip, which keeps the result inside
+    both sets (the clip can only shrink the perturbation's norm).
+    """
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    elif norm == "L2":
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        delta = delta * torch.clamp(eps / n, max=1.0)
+    else:
+        raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-example ``||x_adv - x||`` in the given norm."""
+    d = (x_adv - x).flatten(1)
+    return d.abs().amax(dim=1) if norm == "Linf" else d.norm(dim=1)
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        x_adv: adversarial examples ``[N, C, H, W]``, inside the threat model.
+        robust: bool ``[N]``: the model classified the example correctly both clean and (on the
+            verification forward) under attack.
+        clean_correct: bool ``[N]``: correct on the clean input.
+        forwards, backwards: examples passed forward / backward through the model during the attack
+            (verification excluded), i.e. the attack's cost in per-example model evaluations.
+        info: the attack's protocol (name, norm, eps, steps, EOT, restarts, seed, ...) and extras.
+    """
+
+    x_adv: torch.Tensor
+    robust: torch.Tensor
+    clean_correct: torch.Tensor
+    forwards: int
+    backwards: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean()) if self.robust.numel() else float("nan")
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean()) if self.clean_correct.numel() else float("nan")
+
+
+class _Counting(nn.Module):
+    """Wraps a classifier and counts the examples it forwards and back-propagates."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+        self.forwards = 0
+        self.backwards = 0
+
+    def _count_backward(self, n: int):
+        def hook(grad: torch.Tensor) -> None:
+            self.backwards += n
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self.forwards += x.shape[0]
+        if out.requires_grad:
+            out.register_hook(self._count_backward(x.shape[0]))
+        return out
+
+
+class Attack(abc.ABC):
+    """Base class of every attack; subclasses implement :meth:`perturb` only.
+
+    Args:
+        eps: perturbation budget in pixel space ([0, 1] images).
+        norm: ``"Linf"`` or ``"L2"``.
+        seed: seeds the attack's own ``torch.Generator`` (random starts, ...); the global RNG is untouched.
+    """
+
+    name = "attack"
+
+    def __init__(self, *, eps: float, norm: Norm = "Linf", seed: int = 0):
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise InputError(f"eps must be a non-negative number, got {eps!r}")
+        self.eps = float(eps)
+        self.norm: Norm = norm
+        self.seed = int(seed)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must not override Attack.__call__; implement perturb()")
+
+    @abc.abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """Return adversarial examples for ``(x, y)``; the caller projects and verifies them."""
+
+    def protocol(self) -> dict[str, Any]:
+        """The attack's settings as plain values, stored with every result."""
+        return {"attack": self.name, "norm": self.norm, "eps": self.eps, "seed": self.seed}
+
+    def __call__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        if not isinstance(model, Classifier):
+            raise InputError(f"model must be a robustkit Classifier (see robustkit.wrap_classifier), "
+                             f"got {type(model).__name__}")
+        check_images(x, model.input_shape)
+        check_labels(y, x.shape[0], model.num_classes)
+        was_training = model.training
+        model.eval()
+        try:
+            model.reset()
+            counted = _Counting(model)
+            with torch.no_grad():
+                clean_correct = model(x).argmax(1) == y
+            model.reset()
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            x_adv = self.perturb(counted, x.detach(), y, generator).detach()
+            if x_adv.shape != x.shape:
+                raise RuntimeError(f"{type(self).__name__}.perturb returned shape {tuple(x_adv.shape)}, "
+                                   f"expected {tuple(x.shape)}")
+            x_adv = project(x_adv, x, self.eps, self.norm)
+            x_adv = torch.where(clean_correct.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+            model.reset()
+            with torch.no_grad():
+                robust = clean_correct & (model(x_adv).argmax(1) == y)
+        finally:
+            model.train(was_training)
+        info = self.protocol()
+        info["n_examples"] = int(x.shape[0])
+        info["gradient"] = model.traits.gradient
+        return AttackResult(x_adv=x_adv, robust=robust, clean_correct=clean_correct,
+                            forwards=counted.forwards, backwards=counted.backwards, info=info)

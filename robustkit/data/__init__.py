@@ -1,0 +1,79 @@
+"""Datasets as tensors: ``load_dataset(name, ...) -> (x, y)``.
+
+``x`` is float32 ``[N, C, H, W]`` in ``[0, 1]``, ``y`` int64 ``[N]``; the first ``n_examples`` in the
+dataset's official order unless ``indices`` is given. Data directories resolve as: the ``data_dir``
+argument, else ``$ROBUSTKIT_DATA``, else ``$ROBUSTKIT_HOME/data``.
+
+Example::
+
+    >>> from robustkit.data import load_dataset
+    >>> x, y = load_dataset("digits", split="test", n_examples=4)
+    >>> tuple(x.shape), x.dtype, y.tolist()
+    ((4, 1, 8, 8), torch.float32, [0, 5, 0, 5])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DatasetError, InputError
+from ..hub import data_dir as default_data_dir
+from . import cifar10, digits
+
+__all__ = ["DATASETS", "DatasetError", "load_dataset", "default_data_dir"]
+
+
+def _select(x: np.ndarray, y: np.ndarray, n_examples: int | None, indices: Sequence[int] | None,
+            name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick rows (first n or given indices) and convert uint8/float HWC or CHW arrays to tensors."""
+    total = len(y)
+    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer))
+                                   or not 1 <= n_examples <= total):
+        raise InputError(f"n_examples must be an int in [1, {total}] for {name}/{split}, got {n_examples!r}")
+    if indices is not None:
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise InputError(f"indices must be a 1-D sequence of ints, got shape {idx.shape} dtype {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= total):
+            raise InputError(f"indices must lie in [0, {total - 1}] for {name}/{split}, got "
+                             f"[{idx.min()}, {idx.max()}]")
+        if n_examples is not None:
+            idx = idx[:n_examples]
+    else:
+        idx = np.arange(total if n_examples is None else n_examples)
+    xs, ys = x[idx], y[idx]
+    xt = torch.from_numpy(np.ascontiguousarray(xs))
+    xt = xt.float() / 255.0 if xt.dtype == torch.uint8 else xt.float()
+    return xt.contiguous(), torch.from_numpy(ys.astype(np.int64))
+
+
+# name -> loader(split, data_dir) returning (x [N,C,H,W] uint8 or float in [0,1], y int) numpy arrays
+Loader = Callable[[str, "Path | None"], "tuple[np.ndarray, np.ndarray]"]
+DATASETS: dict[str, Loader] = {"cifar10": cifar10.load_arrays, "digits": digits.load_arrays}
+
+
+def load_dataset(name: str, *, split: str = "test", n_examples: int | None = None,
+                 data_dir: str | os.PathLike | None = None,
+                 indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a dataset as ``(x, y)`` tensors.
+
+    Args:
+        name: ``"cifar10"`` or ``"digits"`` (see ``DATASETS``).
+        split: ``"test"`` or ``"train"``.
+        n_examples: keep the first n (in the official order, or of ``indices``).
+        data_dir: where the files are (see module docstring); ignored by bundled datasets.
+        indices: explicit rows to take, in the given order.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    if split not in ("train", "test"):
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    loader = DATASETS[name]
+    x, y = loader(split, Path(data_dir).expanduser() if data_dir is not None else None)
+    return _select(x, y, n_examples, indices, name, split)
+

@@ -1,0 +1,48 @@
+"""Clean accuracy of a classifier, batched, with a progress bar and a Wilson interval.
+
+Example::
+
+    >>> import robustkit
+    >>> from robustkit.eval import clean_accuracy
+    >>> clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    >>> x, y = robustkit.load_dataset("digits")
+    >>> acc = clean_accuracy(clf, x, y, batch_size=128)
+    >>> acc.n, acc.correct >= 345
+    (360, True)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..classifier import Classifier, check_images, check_labels
+from ..errors import InputError
+from ..utils import progress_bar
+from .stats import Accuracy, accuracy_with_ci
+
+
+def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
+            progress: bool | None = None, desc: str = "predict") -> torch.Tensor:
+    """Predicted labels ``[N]`` (on the CPU), computed in batches without gradients."""
+    if not isinstance(model, Classifier):
+        raise InputError(f"model must be a robustkit Classifier, got {type(model).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_images(x, model.input_shape)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    preds = []
+    model.eval()
+    with torch.no_grad():
+        for i in progress_bar(range(0, x.shape[0], batch_size), enabled=progress, desc=desc, unit="batch"):
+            preds.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def clean_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
+                   device: torch.device | str | None = None, progress: bool | None = None,
+                   confidence: float = 0.95) -> Accuracy:
+    """Accuracy of ``model`` on ``(x, y)`` with its Wilson ``confidence`` interval."""
+    check_labels(y, x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else -1, model.num_classes)
+    pred = predict(model, x, batch_size=batch_size, device=device, progress=progress, desc="accuracy")
+    return accuracy_with_ci(pred == y.cpu(), confidence)

@@ -1,0 +1,225 @@
+"""Registries of named classifiers (and, later, defenses), timm style.
+
+An entry is a *factory function* that builds the bare network, plus a frozen config dataclass that says
+everything else: input spec, normalisation, where the weights come from (with their sha256), licence,
+paper. Per-checkpoint key adapters live in the entry (``ClassifierConfig.adapt_state_dict``), never in
+the loader. ``create_classifier`` turns an entry into a ready :class:`~robustkit.Classifier`.
+
+Example::
+
+    >>> import robustkit
+    >>> "tiny_cnn.digits" in robustkit.list_classifiers("*.digits")
+    True
+    >>> clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)  # bundled weights
+    >>> clf.input_shape, clf.num_classes
+    ((1, 8, 8), 10)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generic, Iterator, Mapping, TypeVar
+
+import torch
+import torch.nn as nn
+
+from . import hub
+from .classifier import Classifier, DefenseTraits, wrap_classifier
+from .errors import CheckpointError, InputError, RegistryError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassifierConfig",
+    "Registry",
+    "WeightSource",
+    "create_classifier",
+    "list_classifiers",
+    "register_classifier",
+    "resolve_weights",
+]
+
+T = TypeVar("T")
+StateDictAdapter = Callable[[Mapping[str, torch.Tensor]], dict]
+
+
+class Registry(Generic[T]):
+    """Name → entry, with glob listing. Names are ``"<architecture>.<dataset>"``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> None:
+        if name in self._entries:
+            raise RegistryError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = fnmatch.filter(self._entries, f"*{name.split('.')[0]}*") if isinstance(name, str) else []
+            hint = f"; did you mean {', '.join(sorted(close))}?" if close else ""
+            raise RegistryError(f"unknown {self.kind} {name!r}{hint} (see robustkit list)") from None
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(fnmatch.filter(self._entries, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a checkpoint comes from.
+
+    Attributes:
+        filename: name of the file in ``$ROBUSTKIT_HOME/checkpoints/``.
+        url: download URL (None: the file must be put there by hand).
+        sha256: expected digest (None only when no published digest exists; a warning says so).
+        package_file: ``(package, relative path)`` of weights shipped inside an installed Python
+            package (robustkit's own bundled weights, or e.g. the ResNet-18 in the pyautoattack wheel).
+    """
+
+    filename: str
+    url: str | None = None
+    sha256: str | None = None
+    package_file: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything about a registered classifier except how to build its network."""
+
+    architecture: str
+    dataset: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    weights: WeightSource | None = None
+    adapt_state_dict: StateDictAdapter | None = None
+    license: str = ""
+    paper: str = ""
+    source: str = ""
+    notes: str = ""
+    traits: DefenseTraits = field(default_factory=DefenseTraits)
+
+
+@dataclass(frozen=True)
+class _ClassifierEntry:
+    name: str
+    factory: Callable[[], nn.Module]
+    config: ClassifierConfig
+
+
+CLASSIFIERS: Registry[_ClassifierEntry] = Registry("classifier")
+
+
+def register_classifier(name: str, config: ClassifierConfig) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
+    """Decorator registering a factory (a named function returning the bare network) under ``name``."""
+
+    def deco(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        if getattr(factory, "__name__", "<lambda>") == "<lambda>":
+            raise RegistryError("registry factories must be named functions, not lambdas")
+        CLASSIFIERS.add(name, _ClassifierEntry(name, factory, config))
+        return factory
+
+    return deco
+
+
+def list_classifiers(pattern: str = "*") -> list[str]:
+    """Registered classifier names matching a glob pattern, sorted."""
+    _ensure_models_registered()
+    return CLASSIFIERS.names(pattern)
+
+
+def classifier_config(name: str) -> ClassifierConfig:
+    """The config of a registered classifier."""
+    _ensure_models_registered()
+    return CLASSIFIERS.get(name).config
+
+
+def resolve_weights(name: str, *, download: bool = True) -> Path:
+    """Path of a registered classifier's weights, verified; downloads into the cache when missing.
+
+    Order: a file inside an installed package; ``$ROBUSTKIT_HOME/checkpoints/<filename>``; the URL.
+    """
+    _ensure_models_registered()
+    entry = CLASSIFIERS.get(name)
+    src = entry.config.weights
+    if src is None:
+        raise CheckpointError(f"{name} has no pretrained weights; pass checkpoint=PATH")
+    if src.package_file is not None:
+        path = _package_file(*src.package_file)
+        if not path.is_file():
+            raise CheckpointError(f"weights of {name} should ship in the {src.package_file[0]} package "
+                                  f"as {src.package_file[1]}, but {path} is missing; reinstall it")
+        return hub.verify_file(path, src.sha256)
+    path = hub.home() / "checkpoints" / src.filename
+    if src.sha256 is None:
+        log.warning("%s: no published sha256 for %s; the file is checked only against the architecture's "
+                    "state_dict layout", name, src.filename)
+    if path.is_file():
+        return hub.verify_file(path, src.sha256)
+    if src.url is None or not download:
+        raise CheckpointError(f"weights of {name} not found: put {src.filename} at {path}"
+                              + (f" (sha256 {src.sha256})" if src.sha256 else ""))
+    return hub.download(src.url, path, digest=src.sha256)
+
+
+def create_classifier(name: str, *, pretrained: bool = False,
+                      checkpoint: str | os.PathLike | None = None) -> Classifier:
+    """Build a registered classifier as a ready :class:`~robustkit.Classifier` in eval mode.
+
+    Args:
+        name: a name from :func:`list_classifiers`, e.g. ``"resnet20.cifar10"``.
+        pretrained: load the entry's published weights (see :func:`resolve_weights`).
+        checkpoint: load this file instead (``torch.load(weights_only=True)`` or safetensors), passed
+            through the entry's key adapter, strictly: missing/unexpected keys raise
+            :class:`~robustkit.CheckpointError` listing them.
+    """
+    _ensure_models_registered()
+    entry = CLASSIFIERS.get(name)
+    cfg = entry.config
+    if pretrained and checkpoint is not None:
+        raise InputError("pass either pretrained=True or checkpoint=PATH, not both")
+    net = entry.factory()
+    path: Path | None = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    elif pretrained:
+        path = resolve_weights(name)
+    if path is not None:
+        state = hub.load_state_dict_file(path)
+        if cfg.adapt_state_dict is not None:
+            state = cfg.adapt_state_dict(state)
+        hub.load_strict(net, state, source=str(path))
+    clf = wrap_classifier(net, mean=cfg.mean, std=cfg.std, num_classes=cfg.num_classes,
+                          input_shape=cfg.input_shape, traits=cfg.traits)
+    clf.name = name
+    clf.config = cfg
+    clf.weights_path = str(path) if path is not None else None
+    return clf
+
+
+def _package_file(package: str, relative: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"package {package!r} is not installed (it ships the weights {relative})")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def _ensure_models_registered() -> None:
+    # Importing robustkit.models registers its entries; done lazily so `import robustkit.registry` is cheap.
+    from . import models  # noqa: F401

@@ -1,0 +1,24 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared folder (``$ROBUSTKIT_SHARED``) holding real data, e.g. ``data/cifar10/``.
+
+    Skips (with the reason shown by ``-ra``) when the variable is unset; fails when it is set but
+    does not name a directory, so a typo cannot silently skip the tests that need real data.
+    """
+    env = os.environ.get("ROBUSTKIT_SHARED")
+    if not env:
+        pytest.skip("ROBUSTKIT_SHARED is not set (it should point at the shared folder holding data/cifar10/)")
+    path = Path(env).expanduser()
+    if not path.is_dir():
+        pytest.fail(f"ROBUSTKIT_SHARED={env!r} is not a directory")
+    return path

@@ -1,0 +1,126 @@
+"""PGD and the Attack template, checked against closed-form robustness of linear models."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import robustkit
+from robustkit import InputError, wrap_classifier
+from robustkit.attacks import PGD, Attack, perturbation_norm, project
+
+
+def linear_binary(seed=0, d=(1, 4, 4)):
+    """A 2-class linear classifier and inputs near the centre of [0,1]^d (box constraints inactive)."""
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d[0] * d[1] * d[2], 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(2, lin.in_features, generator=g))
+        lin.bias.copy_(-0.5 * lin.weight.sum(1))  # both logits equal at x = 0.5: margins spread around 0
+    clf = wrap_classifier(nn.Sequential(nn.Flatten(), lin), input_shape=d)
+    x = 0.5 + 0.4 * (torch.rand(64, *d, generator=g) - 0.5)  # in [0.3, 0.7]: the box never binds
+    with torch.no_grad():
+        y = clf(x).argmax(1)
+    y[::4] = 1 - y[::4]  # some clean errors too
+    return clf, lin, x, y
+
+
+@pytest.mark.parametrize("norm, dual", [("Linf", 1), ("L2", 2)])
+def test_pgd_matches_closed_form_robustness_of_linear_model(norm, dual):
+    clf, lin, x, y = linear_binary()
+    eps = 0.02 if norm == "Linf" else 0.1
+    dw = (lin.weight[1] - lin.weight[0]).detach()
+    with torch.no_grad():
+        logits = clf(x)
+    margin = (logits.gather(1, y[:, None]) - logits.gather(1, (1 - y)[:, None])).squeeze(1)
+    # worst case over the ball: margin - eps * ||w_y - w_other||_dual-norm
+    expected = (margin > 0) & (margin - eps * dw.norm(p=dual) > 0)
+    assert 0 < int(expected.sum()) < int((margin > 0).sum())  # the test is informative
+    res = PGD(eps=eps, norm=norm, steps=20, step_size=eps / 4, random_start=False)(clf, x, y)
+    assert torch.equal(res.robust, expected)
+    assert torch.equal(res.clean_correct, margin > 0)
+    assert bool((perturbation_norm(res.x_adv, x, norm) <= eps + 1e-6).all())
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_pgd_stays_in_threat_model_and_box(norm):
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=40)
+    eps = 0.3 if norm == "Linf" else 1.5
+    res = PGD(eps=eps, norm=norm, steps=10, seed=3)(clf, x, y)
+    assert bool((perturbation_norm(res.x_adv, x, norm) <= eps * (1 + 1e-5)).all())
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    assert res.robust_accuracy < res.clean_accuracy  # the attack does something
+    # verification: flags equal a fresh evaluation of the returned points
+    with torch.no_grad():
+        assert torch.equal(res.robust, res.clean_correct & (clf(res.x_adv).argmax(1) == y))
+
+
+def test_eps_zero_changes_nothing_and_accuracy_monotone_in_eps():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=100)
+    res0 = PGD(eps=0.0, steps=3)(clf, x, y)
+    assert torch.equal(res0.robust, res0.clean_correct) and torch.equal(res0.x_adv, x)
+    accs = [PGD(eps=e, steps=20, seed=0)(clf, x, y).robust_accuracy for e in (0.02, 0.06, 0.12, 0.25)]
+    assert accs == sorted(accs, reverse=True) and accs[-1] < accs[0]
+
+
+def test_seeded_reproducibility_and_counts():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=20)
+    a = PGD(eps=0.1, steps=5, eot=2, seed=1)(clf, x, y)
+    b = PGD(eps=0.1, steps=5, eot=2, seed=1)(clf, x, y)
+    c = PGD(eps=0.1, steps=5, eot=2, seed=2)(clf, x, y)
+    assert torch.equal(a.x_adv, b.x_adv) and not torch.equal(a.x_adv, c.x_adv)
+    assert a.backwards == 20 * 5 * 2 and a.forwards == 20 * (5 * 2 + 1)
+    assert a.info["eot"] == 2 and a.info["steps"] == 5 and a.info["gradient"] == "exact"
+    assert a.info["n_examples"] == 20 and a.info["seed"] == 1
+
+
+def test_global_rng_untouched():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    state = torch.random.get_rng_state()
+    PGD(eps=0.1, steps=2, seed=0)(clf, x, y)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_attack_restores_mode_and_resets():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    resets = []
+    clf.reset = lambda: resets.append(1)
+    clf.train()
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    PGD(eps=0.1, steps=2)(clf, x, y)
+    assert clf.training and len(resets) >= 2
+
+
+def test_attack_contract_errors():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    with pytest.raises(InputError, match="Classifier"):
+        PGD(eps=0.1)(clf.net, x, y)
+    with pytest.raises(InputError, match="labels"):
+        PGD(eps=0.1)(clf, x, y[:4])
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        PGD(eps=0.1)(clf, x * 4, y)
+    for kwargs in ({"eps": -1}, {"eps": 0.1, "norm": "L1"}, {"eps": 0.1, "steps": 0}, {"eps": 0.1, "eot": 0}):
+        with pytest.raises(InputError):
+            PGD(**kwargs)
+    with pytest.raises(TypeError, match="must not override"):
+        class Bad(Attack):
+            def __call__(self, model, x, y):
+                return None
+
+            def perturb(self, model, x, y, generator):
+                return x
+
+
+def test_project_l2_lands_inside_ball_and_box():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(10, 3, 4, 4, generator=g)
+    xa = x + torch.randn(10, 3, 4, 4, generator=g)
+    p = project(xa, x, 0.5, "L2")
+    assert bool((perturbation_norm(p, x, "L2") <= 0.5 + 1e-6).all())
+    assert float(p.min()) >= 0 and float(p.max()) <= 1
+    with pytest.raises(InputError):
+        project(xa, x, 0.5, "L1")

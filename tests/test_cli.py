@@ -1,0 +1,73 @@
+"""The robustkit command line, called through main(argv)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robustkit.cli import main
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("list", "accuracy", "demo"):
+        assert cmd in out
+    assert main([]) == 2  # no command: help, non-zero
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in out]
+    assert "resnet20.cifar10" in names and "tiny_cnn.digits" in names and "wrn28_10.cifar10" in names
+    assert main(["list", "classifiers", "--pattern", "*.digits"]) == 0
+    assert capsys.readouterr().out.split()[0] == "tiny_cnn.digits"
+
+
+def test_accuracy_on_digits(capsys):
+    assert main(["accuracy", "tiny_cnn.digits", "--n-examples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "digits/test" in out and "/100;" in out and "95% CI" in out
+
+
+def test_accuracy_cifar10_resnet20_with_shared_data(capsys, shared_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "resnet20-12fca82f.th").symlink_to(shared_dir / "models" / "resnet20-12fca82f.th")
+    assert main(["accuracy", "resnet20.cifar10", "--n-examples", "200",
+                 "--data-dir", str(shared_dir / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10/test" in out and "/200;" in out
+
+
+def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
+    monkeypatch.setenv("ROBUSTKIT_OFFLINE", "1")
+    assert main(["accuracy", "no_such_model.cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustkit: error: unknown classifier") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["accuracy", "resnet20.cifar10", "--n-examples", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet20-12fca82f.th" in err and str(tmp_path) in err
+    assert main(["accuracy", "tiny_cnn.digits", "--n-examples", "0"]) == 2
+    assert "n_examples" in capsys.readouterr().err
+
+
+def test_demo_json(capsys):
+    assert main(["demo", "--n-examples", "60", "--steps", "10", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["n_examples"] == 60 and rec["protocol"]["steps"] == 10 and rec["protocol"]["eps"] == 0.1
+    assert 0 <= rec["robust_accuracy"] < rec["clean_accuracy"] <= 1
+    lo, hi = rec["robust_ci95"]
+    assert lo <= rec["robust_accuracy"] <= hi
+
+
+def test_console_entry_point_module():
+    out = subprocess.run([sys.executable, "-m", "robustkit", "list", "--pattern", "resnet2*"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "resnet20.cifar10"
