@@ -15,8 +15,11 @@ from .classifier import Classifier, DefenseTraits, WrappedClassifier, check_imag
 from .data import load_dataset
 from .errors import CheckpointError, DatasetError, InputError, RegistryError, RobustkitError
 from .registry import create_classifier, list_classifiers
+from .eval import BenchmarkRecord, benchmark
 
 __all__ = [
+    "BenchmarkRecord",
+    "benchmark",
     "CheckpointError",
     "Classifier",
     "DatasetError",

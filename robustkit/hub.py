@@ -75,14 +75,19 @@ def download(url: str, dest: Path, *, digest: str | None, algorithm: str = "sha2
             try:
                 with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:  # noqa: S310 (https URLs from the registry)
                     total = int(resp.headers.get("Content-Length") or 0) or None
+                    received = 0
                     with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
                                       enabled=progress) as bar:
                         while block := resp.read(1 << 20):
                             out.write(block)
+                            received += len(block)
                             bar.update(len(block))
             except (urllib.error.URLError, OSError, TimeoutError) as e:
                 raise error(f"could not download {url} ({e}); you appear to be offline: download it "
                             f"elsewhere and put it at {dest}") from e
+        if total is not None and received != total:  # a cut connection ends the read loop silently
+            raise error(f"incomplete download of {url}: got {received} of {total} bytes; the file was "
+                        f"discarded (retry, or download it elsewhere and put it at {dest})")
         if digest is not None:
             got = file_digest(tmp, algorithm)
             if got != digest:
@@ -134,9 +139,12 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
+    not_tensors = [f"{k} ({type(state_dict[k]).__name__})" for k in own
+                   if k in state_dict and not isinstance(state_dict[k], torch.Tensor)]
     bad_shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shapes:
+                  for k in own if k in state_dict and isinstance(state_dict[k], torch.Tensor)
+                  and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or not_tensors or bad_shapes:
         def fmt(items: list[str]) -> str:
             return ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
         parts = []
@@ -144,6 +152,8 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
             parts.append(f"missing keys: {fmt(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {fmt(unexpected)}")
+        if not_tensors:
+            parts.append(f"values that are not tensors: {fmt(not_tensors)}")
         if bad_shapes:
             parts.append(f"shape mismatches: {fmt(bad_shapes)}")
         raise CheckpointError(f"checkpoint {source} does not match {type(module).__name__}: " + "; ".join(parts))

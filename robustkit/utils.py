@@ -24,3 +24,15 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     else:
         g.manual_seed(int(seed))
     return g
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's state_dict (names, shapes, dtypes and raw bytes): a weights fingerprint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
+        if v.numel():
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,6 +1,17 @@
-"""Attacks: one file per family; every attack is an :class:`Attack` returning an :class:`AttackResult`."""
+"""Attacks: one file per family; every attack is an :class:`Attack` returning an :class:`AttackResult`.
 
-from .base import Attack, AttackResult, perturbation_norm, project
+Use :func:`make_attack` for the named protocols of the literature (``autoattack-rand``, ``pgd-eot``,
+``bpda-eot``, ...).
+"""
+
+from .apgd import APGD
+from .autoattack import AutoAttack
+from .base import Attack, AttackResult, Perturbation, perturbation_norm, project
+from .bpda_eot import BPDAEOT
 from .pgd import PGD
+from .presets import PRESETS, list_attacks, make_attack
+from .torchattacks_adapter import TorchAttack
+from .transfer import TransferAttack
 
-__all__ = ["Attack", "AttackResult", "PGD", "perturbation_norm", "project"]
+__all__ = ["APGD", "Attack", "AttackResult", "AutoAttack", "BPDAEOT", "PGD", "PRESETS", "Perturbation", "TorchAttack", "TransferAttack",
+           "list_attacks", "make_attack", "perturbation_norm", "project"]

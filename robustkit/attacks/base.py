@@ -57,6 +57,15 @@ def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> torch
 
 
 @dataclass
+class Perturbation:
+    """What ``perturb`` may return instead of a bare tensor: the points plus attack-specific details
+    (e.g. AutoAttack's per-sub-attack cascade), merged into ``AttackResult.info``."""
+
+    x_adv: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class AttackResult:
     """What an attack returns.
 
@@ -135,8 +144,9 @@ class Attack(abc.ABC):
 
     @abc.abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
-        """Return adversarial examples for ``(x, y)``; the caller projects and verifies them."""
+                generator: torch.Generator) -> torch.Tensor | Perturbation:
+        """Return adversarial examples for ``(x, y)`` (optionally with details as a :class:`Perturbation`);
+        the caller projects and verifies them."""
 
     def protocol(self) -> dict[str, Any]:
         """The attack's settings as plain values, stored with every result."""
@@ -157,7 +167,9 @@ class Attack(abc.ABC):
                 clean_correct = model(x).argmax(1) == y
             model.reset()
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
-            x_adv = self.perturb(counted, x.detach(), y, generator).detach()
+            out = self.perturb(counted, x.detach(), y, generator)
+            details = out.info if isinstance(out, Perturbation) else {}
+            x_adv = (out.x_adv if isinstance(out, Perturbation) else out).detach()
             if x_adv.shape != x.shape:
                 raise RuntimeError(f"{type(self).__name__}.perturb returned shape {tuple(x_adv.shape)}, "
                                    f"expected {tuple(x.shape)}")
@@ -171,5 +183,6 @@ class Attack(abc.ABC):
         info = self.protocol()
         info["n_examples"] = int(x.shape[0])
         info["gradient"] = model.traits.gradient
+        info.update(details)
         return AttackResult(x_adv=x_adv, robust=robust, clean_correct=clean_correct,
                             forwards=counted.forwards, backwards=counted.backwards, info=info)

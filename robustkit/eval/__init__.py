@@ -1,6 +1,11 @@
-"""Evaluation: accuracies with confidence intervals (the benchmark harness builds on these)."""
+"""Evaluation: ``benchmark()``, protocols, sanity checks, the sharded runner and records."""
 
 from .accuracy import clean_accuracy, predict
+from .benchmark import benchmark, parse_eps
+from .checks import run_checks
+from .record import AccuracyStat, BenchmarkRecord, CheckResult, RecordError
+from .runner import RunConfigError, RunDir
 from .stats import Accuracy, accuracy_with_ci, wilson_interval
 
-__all__ = ["Accuracy", "accuracy_with_ci", "clean_accuracy", "predict", "wilson_interval"]
+__all__ = ["Accuracy", "AccuracyStat", "BenchmarkRecord", "CheckResult", "RecordError", "RunConfigError", "RunDir",
+           "accuracy_with_ci", "benchmark", "clean_accuracy", "parse_eps", "predict", "run_checks", "wilson_interval"]

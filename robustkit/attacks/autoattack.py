@@ -1,0 +1,141 @@
+"""AutoAttack through ``pyautoattack``: the original code of Croce & Hein, never a re-implementation.
+
+Versions: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``rand`` (APGD-CE + APGD-DLR with EOT 20, for
+randomized defenses) and ``custom`` (any subset of ``apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square``).
+For stochastic defenses report the minimum of ``rand`` and ``standard`` (DiffPure's protocol); the
+benchmark harness does that per example.
+
+pyautoattack seeds the *global* torch RNG inside its attacks; robustkit runs it inside
+``torch.random.fork_rng`` so the caller's RNG state is untouched. Its ``state_path`` resume is broken
+upstream and is not used: robustkit's sharded runner provides resume.
+
+Reference:
+    Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020. Code: https://github.com/fra31/auto-attack (PyPI ``pyautoattack``).
+
+Example::
+
+    >>> import robustkit
+    >>> from robustkit.attacks import AutoAttack
+    >>> clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    >>> x, y = robustkit.load_dataset("digits", n_examples=8)
+    >>> res = AutoAttack(eps=0.3, version="custom", attacks=("apgd-ce",), seed=0)(clf, x, y)
+    >>> res.info["attack"], res.info["version"], res.robust_accuracy
+    ('autoattack', 'custom', 0.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+from .base import Attack, Norm, Perturbation
+
+VERSIONS = ("standard", "rand", "custom")
+SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_ACC_AFTER = re.compile(r"robust accuracy after ([A-Z-]+):\s+([0-9.]+)%")
+
+
+class _CascadeLog(logging.Handler):
+    """Collects pyautoattack's 'robust accuracy after X' log lines (the cascade it does not return)."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.after: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = _ACC_AFTER.search(record.getMessage())
+        if m:
+            self.after[m.group(1).lower()] = float(m.group(2)) / 100.0
+
+
+class AutoAttack(Attack):
+    """AutoAttack (pyautoattack) as a robustkit :class:`~robustkit.attacks.base.Attack`.
+
+    Args:
+        eps, norm, seed: threat model and the seed pyautoattack uses for every sub-attack.
+        version: ``"standard"``, ``"rand"`` or ``"custom"``.
+        attacks: sub-attacks for ``version="custom"``.
+        eot: EOT iterations of APGD in ``rand`` (pyautoattack's default 20) and ``custom``.
+        square_queries: Square Attack's query budget (pyautoattack's default 5000 when None).
+        batch_size: pyautoattack's internal batch size.
+    """
+
+    name = "autoattack"
+
+    def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
+                 attacks: Sequence[str] | None = None, eot: int | None = None, square_queries: int | None = None,
+                 batch_size: int = 250, seed: int = 0):
+        super().__init__(eps=eps, norm=norm, seed=seed)
+        if version not in VERSIONS:
+            raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
+        if version == "custom":
+            if not attacks:
+                raise InputError("version='custom' needs attacks=(...) from " + ", ".join(SUB_ATTACKS))
+            bad = [a for a in attacks if a not in SUB_ATTACKS]
+            if bad:
+                raise InputError(f"unknown AutoAttack sub-attack(s) {bad}; choose from {SUB_ATTACKS}")
+        elif attacks is not None:
+            raise InputError(f"attacks=... is only for version='custom' (version {version!r} fixes them)")
+        if eot is not None and (not isinstance(eot, int) or eot < 1):
+            raise InputError(f"eot must be a positive int, got {eot!r}")
+        self.version = version
+        self.attacks = tuple(attacks) if attacks else None
+        if square_queries is not None and (not isinstance(square_queries, int) or square_queries < 1):
+            raise InputError(f"square_queries must be a positive int, got {square_queries!r}")
+        self.eot = eot
+        self.square_queries = square_queries
+        self.batch_size = int(batch_size)
+
+    def _build(self, model: nn.Module, device: torch.device):
+        from pyautoattack import AutoAttack as _AA
+
+        aa = _AA(model, norm=self.norm, eps=self.eps, version=self.version, seed=self.seed, device=device,
+                 attacks=list(self.attacks) if self.attacks else None)
+        if self.eot is not None:
+            aa.apgd.eot_iter = self.eot
+        if self.square_queries is not None:
+            aa.square.n_queries = self.square_queries
+        return aa
+
+    def protocol(self) -> dict[str, Any]:
+        aa = self._build(nn.Identity(), torch.device("cpu"))
+        subs = list(aa.attacks_to_run)
+        uses_apgd = any(s in ("apgd-ce", "apgd-dlr") for s in subs)
+        return {**super().protocol(), "version": self.version, "sub_attacks": subs,
+                "steps": aa.apgd.n_iter, "restarts": aa.apgd.n_restarts,
+                "eot": aa.apgd.eot_iter if uses_apgd else 1,
+                "square_queries": aa.square.n_queries if "square" in subs else 0,
+                "implementation": f"pyautoattack {_pyautoattack_version()}"}
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> Perturbation:
+        aa = self._build(model, x.device)
+        log = logging.getLogger("auto-attack")
+        cascade = _CascadeLog()
+        old_level = log.level
+        log.addHandler(cascade)
+        log.setLevel(logging.DEBUG)
+        devices = [x.device] if x.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        finally:
+            log.removeHandler(cascade)
+            log.setLevel(old_level)
+        # fraction of the batch still robust after each sub-attack, in cascade order
+        return Perturbation(x_adv, {"cascade": dict(cascade.after)})
+
+
+def _pyautoattack_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyautoattack")
+    except PackageNotFoundError:  # pragma: no cover - installed from source
+        return "unknown"

@@ -1,0 +1,502 @@
+"""``robustkit.benchmark``: one entry point, protocols chosen from the defense's declared traits.
+
+Example (the embedded default; a few seconds on a CPU)::
+
+    >>> import robustkit
+    >>> clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    >>> rec = robustkit.benchmark(clf, dataset="digits", eps=0.1, attacks=["apgd-ce"], n_examples=32,
+    ...                           batch_size=16, checks=False)
+    >>> rec.n_examples, rec.robust["single_draw"].n, rec.robust["worst_of_m"].value <= rec.clean["worst_of_m"].value
+    (32, 32, True)
+
+Protocols (``attacks="auto"``):
+
+* deterministic → AutoAttack ``standard``;
+* stochastic → AutoAttack ``rand`` + ``standard`` (+ ``pgd-eot`` when the defense has exact gradients),
+  every final x_adv and every clean x re-classified ``n_reeval`` times and reported as single-draw,
+  majority-of-M and worst-of-M accuracy; per example the minimum over all attacks;
+* adapts at test time → transfer from the static base model + an adaptive ``pgd-eot`` through the
+  adaptation (``reset()`` before every attack and every re-evaluation).
+
+Randomness: the attack seed and the torch RNG seen by a stochastic defense are derived from
+(run seed, first example index of the shard, stage), and shard boundaries are fixed in the run
+directory's manifest, so the answer does not depend on which worker ran a shard or in what order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .. import __version__
+from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
+from ..classifier import Classifier, check_images, check_labels
+from ..errors import InputError
+from ..utils import progress_bar, state_digest
+from .checks import run_checks
+from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
+from .runner import RunDir, Shard, atomic_write_text, make_shards
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("inline", "processes", "submitit", "submitit-local")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def parse_eps(eps: float | str) -> float:
+    """``8/255`` → 0.0313…; numbers pass through. Raises InputError for anything else."""
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        value = float(eps)
+    elif isinstance(eps, str):
+        try:
+            value = float(Fraction(eps.strip()))
+        except (ValueError, ZeroDivisionError) as e:
+            raise InputError(f"eps must be a number or a fraction like '8/255', got {eps!r}") from e
+    else:
+        raise InputError(f"eps must be a number or a fraction like '8/255', got {eps!r}")
+    if not value > 0:
+        raise InputError(f"eps must be positive, got {eps!r}")
+    return value
+
+
+def derive_seed(seed: int, index: int, stage: str) -> int:
+    """A 63-bit seed from (run seed, example index, stage name), stable across machines and versions."""
+    digest = hashlib.sha256(f"{seed}:{index}:{stage}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_attacks(defense: Classifier, attacks: str | Sequence[str]) -> list[str]:
+    """The attack names for ``attacks`` ("auto", a comma-separated string or a list)."""
+    t = defense.traits
+    if attacks == "auto":
+        if t.adapts_at_test_time:
+            return ["transfer", "pgd-eot"]
+        if t.stochastic:
+            return ["autoattack-rand", "autoattack-standard"] + (["pgd-eot"] if t.gradient == "exact" else [])
+        return ["autoattack-standard"]
+    names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else list(attacks)
+    if not names or any(not isinstance(a, str) or not a for a in names):
+        raise InputError(f"attacks must be 'auto' or attack names, got {attacks!r}")
+    if len(set(names)) != len(names):
+        raise InputError(f"attack names must be distinct, got {names}")
+    return names
+
+
+def _jsonable(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {k: _jsonable(x) for k, x in dataclasses.asdict(v).items()}
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+def describe_defense(defense: Classifier) -> dict[str, Any]:
+    """Name, class, config, traits and a digest of the weights: what makes two runs comparable."""
+    cfg = getattr(defense, "config", None)
+    return {"name": getattr(defense, "name", type(defense).__name__),
+            "class": f"{type(defense).__module__}.{type(defense).__qualname__}",
+            "config": _jsonable(cfg) if cfg is not None else None,
+            "traits": dataclasses.asdict(defense.traits),
+            "weights_sha256": state_digest(defense)}
+
+
+def _software() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"robustkit": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("numpy", "pyautoattack", "torchattacks"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _flags(draws: list[bool], protocol: str) -> bool:
+    if protocol == "single_draw":
+        return bool(draws[0])
+    if protocol == "majority":
+        return sum(draws) * 2 > len(draws)
+    return all(draws)
+
+
+# ------------------------------------------------------------------------------------------- shard work
+
+@dataclasses.dataclass
+class _Job:
+    """Everything a worker needs (picklable for process / Slurm executors)."""
+
+    defense: Classifier
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: list[int]
+    attacks: list[str]
+    attack_options: dict[str, dict[str, Any]]
+    eps: float
+    norm: str
+    seed: int
+    draws: int
+    cascade: bool
+    base_classifier: Classifier | None
+    run_dir: str
+    config: dict[str, Any]
+    shards: list[Shard]
+    lease_timeout: float
+
+
+def _build_attack(job: _Job, name: str, seed: int) -> Attack:
+    opts = dict(job.attack_options.get(name, {}))
+    if name == "transfer":
+        if job.base_classifier is None:
+            raise InputError("the 'transfer' attack needs base_classifier= (or defense.base_classifier)")
+        inner = opts.pop("attack", "autoattack-standard")
+        return TransferAttack(job.base_classifier, make_attack(inner, eps=job.eps, norm=job.norm, seed=seed, **opts))
+    return make_attack(name, eps=job.eps, norm=job.norm, seed=seed, **opts)
+
+
+def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> list[list[bool]]:
+    """``draws`` independent classifications per example (reset() before each), as [N][draws] bools."""
+    cols = []
+    with torch.no_grad():
+        for _ in range(draws):
+            model.reset()
+            cols.append((model(x).argmax(1) == y).cpu())
+    model.reset()
+    return torch.stack(cols, 1).tolist()
+
+
+def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
+    """Attack one shard; returns per-example records, x_adv per attack, and the shard's cost."""
+    model = job.defense.to(device).eval()
+    x = job.x[shard.start:shard.stop].to(device)
+    y = job.y[shard.start:shard.stop].to(device)
+    n = x.shape[0]
+    t0 = time.perf_counter()
+    with _seeded(derive_seed(job.seed, shard.start, "clean"), device):
+        clean = _predict_draws(model, x, y, job.draws)
+    forwards, backwards = n * job.draws, 0
+    records = [{"index": job.indices[shard.start + i], "label": int(y[i]), "clean": clean[i], "attacks": {}}
+               for i in range(n)]
+    alive = torch.tensor([any(_flags(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
+    tensors: dict[str, torch.Tensor] = {}
+    infos: dict[str, Any] = {}
+    for name in job.attacks:
+        todo = alive.nonzero().flatten() if job.cascade else torch.arange(n)
+        x_adv_all = x.detach().clone()
+        if todo.numel():
+            ti = todo.to(device)
+            attack = _build_attack(job, name, derive_seed(job.seed, shard.start, f"attack:{name}"))
+            with _seeded(derive_seed(job.seed, shard.start, f"defense:{name}"), device):
+                res = attack(model, x[ti], y[ti])
+            forwards += res.forwards
+            backwards += res.backwards
+            infos[name] = res.info
+            x_adv_all[ti] = res.x_adv
+            with _seeded(derive_seed(job.seed, shard.start, f"reeval:{name}"), device):
+                adv = _predict_draws(model, res.x_adv, y[ti], job.draws)
+            forwards += todo.numel() * job.draws
+            dist = perturbation_norm(res.x_adv, x[ti], job.norm).cpu()
+            valid = (torch.isfinite(res.x_adv).flatten(1).all(1).cpu() & (dist <= job.eps * (1 + 1e-5) + 1e-7)
+                     & (res.x_adv.flatten(1).amin(1).cpu() >= 0) & (res.x_adv.flatten(1).amax(1).cpu() <= 1))
+            for j, i in enumerate(todo.tolist()):
+                records[i]["attacks"][name] = {"correct": adv[j], "distance": float(dist[j]), "valid": bool(valid[j])}
+                if job.cascade:
+                    still = [_flags(clean[i], p) and _flags(adv[j], p) for p in PROTOCOLS]
+                    alive[i] = alive[i] and any(still)
+        for i in range(n):
+            records[i]["attacks"].setdefault(name, None)  # None: skipped (already broken under every protocol)
+        tensors[name] = x_adv_all
+    meta = {"forwards": forwards, "backwards": backwards, "seconds": time.perf_counter() - t0,
+            "device": str(device), "attack_info": _jsonable(infos)}
+    return records, tensors, meta
+
+
+def run_worker(job: _Job, device: str | torch.device = "cpu", progress: bool | None = None) -> int:
+    """Claim and process pending shards of ``job.run_dir`` until none is left; returns shards done here."""
+    device = torch.device(device)
+    run = RunDir.open(job.run_dir, job.config, job.shards)
+    done = 0
+    pending = run.pending()
+    bar = progress_bar(total=len(run.shards), initial=len(run.shards) - len(pending), enabled=progress,
+                       desc="benchmark", unit="shard")
+    fwd = 0
+    try:
+        for shard in pending:
+            lease = run.claim(shard, lease_timeout=job.lease_timeout)
+            if lease is None:
+                continue
+            try:
+                records, tensors, meta = process_shard(job, shard, device)
+                run.write_shard(shard, records, tensors, meta)
+            finally:
+                lease.release()
+            done += 1
+            fwd += meta["forwards"]
+            bar.update(1)
+            bar.set_postfix(forward_passes=fwd, refresh=False)
+    finally:
+        bar.close()
+    return done
+
+
+def _process_worker(job: _Job, device: str) -> int:  # module-level: picklable for spawn
+    return run_worker(job, device, progress=False)
+
+
+class _SubmititWorker:
+    """A Slurm task: runs :func:`run_worker`; on preemption submitit requeues it (finished shards persist)."""
+
+    def __init__(self, job: _Job):
+        self.job = job
+
+    def __call__(self) -> int:
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        return run_worker(self.job, dev, progress=False)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(_SubmititWorker(self.job))
+
+
+def _execute(job: _Job, executor: str, workers: int | None, device: torch.device, progress: bool | None,
+             slurm: dict[str, Any] | None) -> None:
+    if executor == "inline":
+        run_worker(job, device, progress)
+    elif executor == "processes":
+        import torch.multiprocessing as mp
+
+        if workers is None:
+            workers = max(torch.cuda.device_count(), 1)
+        devices = [f"cuda:{i}" for i in range(workers)] if torch.cuda.is_available() else ["cpu"] * workers
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_process_worker, args=(job, d)) for d in devices]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if bad:
+            raise RuntimeError(f"{len(bad)} benchmark worker process(es) failed (exit codes {bad}); "
+                               f"re-run with the same run_dir to resume")
+    else:
+        import submitit
+
+        folder = Path(job.run_dir) / "submitit"
+        ex = (submitit.LocalExecutor(folder=folder) if executor == "submitit-local"
+              else submitit.AutoExecutor(folder=folder))
+        ex.update_parameters(**(slurm or {}))
+        with ex.batch():
+            jobs = [ex.submit(_SubmititWorker(job)) for _ in range(workers or 1)]
+        for j in jobs:
+            j.result()
+    # torchrun / several independent workers: wait until every shard is written by someone
+    run = RunDir(Path(job.run_dir), job.config, job.shards)
+    while run.pending():
+        time.sleep(1.0)
+
+
+# ------------------------------------------------------------------------------------------- aggregate
+
+def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, dict, dict, CheckResult, dict]:
+    recs = sorted(run.all_records(), key=lambda r: r["index"])
+    clean = {p: torch.tensor([_flags(r["clean"], p) for r in recs]) for p in PROTOCOLS}
+    per_attack: dict[str, dict[str, AccuracyStat]] = {}
+    cumulative = {p: clean[p].clone() for p in PROTOCOLS}
+    invalid = 0
+    for name in attacks:
+        standalone = {}
+        for p in PROTOCOLS:
+            adv = torch.tensor([True if r["attacks"][name] is None else _flags(r["attacks"][name]["correct"], p)
+                                for r in recs])
+            cumulative[p] &= adv
+            standalone[p] = clean[p] & adv
+        invalid += sum(1 for r in recs if r["attacks"][name] is not None and not r["attacks"][name]["valid"])
+        src = cumulative if cascade else standalone
+        per_attack[name] = {p: AccuracyStat.from_flags(src[p]) for p in PROTOCOLS}
+    if invalid:
+        validity = CheckResult("adversarial_validity", "fail", f"{invalid} adversarial example(s) lie outside the "
+                               "eps-ball or [0, 1] or contain NaN: the attack results are invalid", True)
+    else:
+        validity = CheckResult("adversarial_validity", "pass", "every adversarial example lies in the eps-ball "
+                               "and in [0, 1], with no NaN", True)
+    cost = {"forwards": 0, "backwards": 0, "seconds": 0.0, "devices": set()}
+    for s in run.shards:
+        m = run.read_meta(s)
+        cost["forwards"] += m["forwards"]
+        cost["backwards"] += m["backwards"]
+        cost["seconds"] += m["seconds"]
+        cost["devices"].add(m["device"])
+    return ({p: AccuracyStat.from_flags(clean[p]) for p in PROTOCOLS},
+            {p: AccuracyStat.from_flags(cumulative[p]) for p in PROTOCOLS}, per_attack, validity, cost)
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
+              attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int = 64,
+              seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
+              data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
+              data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
+              checks: bool = True, probe_size: int = 16, base_classifier: Classifier | None = None,
+              cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
+              executor: str = "inline", workers: int | None = None, lease_timeout: float = 600.0,
+              slurm: dict[str, Any] | None = None, progress: bool | None = None) -> BenchmarkRecord:
+    """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
+
+    Args:
+        defense: any :class:`~robustkit.Classifier` (a plain model or a defense).
+        dataset: a :func:`~robustkit.load_dataset` name (also used as the record's label when ``data`` is given).
+        threat_model: ``"Linf"`` or ``"L2"``; eps: budget, a number or a string like ``"8/255"``.
+        attacks: ``"auto"`` (from the traits), or names from :func:`robustkit.attacks.list_attacks`,
+            ``"torchattacks:<Name>"`` and ``"transfer"``; run in the given order.
+        n_examples: first n examples (or of ``indices``); batch_size: examples per shard.
+        seed: the run seed; every attack and defense draw derives from it (see module docstring).
+        n_reeval: re-classifications of every clean and adversarial example for stochastic defenses
+            (1 is used for deterministic ones).
+        run_dir: kill-safe run directory; re-running with it resumes. None: a temporary directory.
+        data: ``(x, y)`` tensors to use instead of loading ``dataset``.
+        checks: run the sanity checks on the first ``probe_size`` examples.
+        base_classifier: the undefended model, for the transfer check and the ``transfer`` attack
+            (default: ``defense.base_classifier`` when present).
+        cascade: later attacks skip examples already broken under every protocol (cheaper; per-attack
+            numbers are then cumulative). False: every attack on every example.
+        attack_options: per-attack keyword overrides, e.g. ``{"pgd-eot": {"steps": 50}}``.
+        executor: ``"inline"`` (this process; also one worker per rank under torchrun), ``"processes"``
+            (one per visible GPU, or ``workers`` CPU processes), ``"submitit"`` (Slurm job array, ``slurm``
+            holds its parameters) or ``"submitit-local"``.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(defense, Classifier):
+        raise InputError(f"defense must be a robustkit Classifier (see robustkit.wrap_classifier), got "
+                         f"{type(defense).__name__}")
+    if threat_model not in ("Linf", "L2"):
+        raise InputError(f"threat_model must be 'Linf' or 'L2', got {threat_model!r}")
+    eps_value = parse_eps(eps)
+    if executor not in EXECUTORS:
+        raise InputError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"{label} must be a positive int, got {v!r}")
+    names = resolve_attacks(defense, attacks)
+    from ..attacks import list_attacks
+
+    for a in names:
+        if a != "transfer" and not a.startswith("torchattacks:") and a not in list_attacks():
+            raise InputError(f"unknown attack {a!r}; available: {', '.join(list_attacks())}, transfer, "
+                             "torchattacks:<Name>")
+    if base_classifier is None:
+        base_classifier = getattr(defense, "base_classifier", None)
+    if data is not None:
+        x, y = data
+        check_images(x, defense.input_shape)
+        check_labels(y, x.shape[0], defense.num_classes)
+        if n_examples is not None:
+            x, y = x[:n_examples], y[:n_examples]
+        idx = list(indices) if indices is not None else list(range(x.shape[0]))
+    else:
+        from ..data import load_dataset
+
+        x, y = load_dataset(dataset, split=split, n_examples=n_examples, data_dir=data_dir, indices=indices)
+        idx = list(indices)[: x.shape[0]] if indices is not None else list(range(x.shape[0]))
+        check_images(x, defense.input_shape, name=f"{dataset} images")
+        check_labels(y, x.shape[0], defense.num_classes)
+    dev = torch.device(device) if device is not None else next(
+        (p.device for p in defense.parameters()), torch.device("cpu"))
+    draws = n_reeval if defense.traits.stochastic else 1
+    options = {k: _jsonable(v) for k, v in (attack_options or {}).items()}
+    config = {"defense": describe_defense(defense), "dataset": dataset, "split": split, "indices": idx,
+              "threat_model": threat_model, "eps": eps_value, "attacks": names, "attack_options": options,
+              "seed": seed, "batch_size": batch_size, "n_reeval": draws, "cascade": cascade,
+              "base_classifier": describe_defense(base_classifier) if base_classifier is not None else None}
+    tmp = None
+    if run_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="robustkit-run-")
+        run_dir = tmp.name
+    try:
+        shards = make_shards(x.shape[0], batch_size)
+        run = RunDir.open(run_dir, config, shards)
+        job = _Job(defense=defense, x=x.cpu(), y=y.cpu(), indices=idx, attacks=names, attack_options=attack_options or {},
+                   eps=eps_value, norm=threat_model, seed=seed, draws=draws, cascade=cascade,
+                   base_classifier=base_classifier, run_dir=str(run_dir), config=config, shards=run.shards,
+                   lease_timeout=lease_timeout)
+
+        check_results: list[CheckResult] = []
+        checks_seconds = 0.0
+        if checks:
+            checks_file = Path(run_dir) / "checks.json"
+            if checks_file.exists():
+                stored = json.loads(checks_file.read_text())
+                check_results = [CheckResult(**c) for c in stored["checks"]]
+                checks_seconds = stored["seconds"]
+            else:
+                t0 = time.perf_counter()
+                probe = slice(0, min(probe_size, x.shape[0]))
+                defense.to(dev)
+                with _seeded(derive_seed(seed, 0, "checks"), dev):
+                    check_results = run_checks(defense, x[probe].to(dev), y[probe].to(dev), eps=eps_value,
+                                               norm=threat_model, seed=derive_seed(seed, 0, "checks-attacks"),
+                                               base_classifier=base_classifier.to(dev) if base_classifier else None)
+                checks_seconds = time.perf_counter() - t0
+                atomic_write_text(checks_file, json.dumps({"checks": [dataclasses.asdict(c) for c in check_results],
+                                                           "seconds": checks_seconds}, sort_keys=True) + "\n")
+
+        _execute(job, executor, workers, dev, progress, slurm)
+        clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)
+        check_results = [*check_results, validity]
+        fp = defense.traits.forward_passes
+        attack_protocols = []
+        for s in run.shards[:1]:
+            for name, info in run.read_meta(s)["attack_info"].items():
+                attack_protocols.append({"name": name, **{k: v for k, v in info.items()
+                                                          if k not in ("cascade", "broken_at_step", "n_examples",
+                                                                       "defended_after_attack")}})
+        devices = sorted(cost["devices"])
+        wall = cost["seconds"] + checks_seconds
+        record = BenchmarkRecord(
+            defense=config["defense"]["name"], defense_config=config["defense"], config_hash=run.hash,
+            traits=dataclasses.asdict(defense.traits), dataset=dataset, split=split, n_examples=x.shape[0],
+            threat_model=threat_model, eps=eps_value, seed=seed, batch_size=batch_size, n_reeval=draws,
+            cascade=cascade, attacks=attack_protocols, clean=clean, robust=robust, per_attack=per_attack,
+            checks=check_results, unreliable=any(c.is_blocking_failure for c in check_results),
+            cost={"forward_passes": cost["forwards"], "backward_passes": cost["backwards"],
+                  "forward_passes_per_prediction": fp, "forward_nfe": cost["forwards"] * fp,
+                  "backward_nfe": cost["backwards"] * fp, "attack_seconds": cost["seconds"],
+                  "checks_seconds": checks_seconds, "wall_seconds": wall,
+                  "gpu_hours": wall / 3600 if any(d.startswith("cuda") for d in devices) else 0.0,
+                  "device": ",".join(devices), "elapsed_seconds_this_call": time.perf_counter() - t_start},
+            software=_software(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        if tmp is None:
+            rank = int(os.environ.get("RANK", "0"))
+            if rank == 0:
+                record.save(Path(run_dir) / "record.json")
+        return record
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

@@ -1,0 +1,236 @@
+"""Sanity checks against gradient obfuscation and mis-declared defenses, on a small probe set.
+
+Each check returns a :class:`~robustkit.eval.record.CheckResult` (pass / warn / fail) whose message says
+what was seen and what it implies; a *blocking* failure makes the benchmark record ``unreliable``. The
+list follows Carlini et al. 2019 ("On Evaluating Adversarial Robustness"), Tramèr et al. NeurIPS 2020
+and Pintor et al. NeurIPS 2022 ("Indicators of Attack Failure"):
+
+=========================  ===================================================================  ========
+check                      what it looks at                                                       blocking
+=========================  ===================================================================  ========
+stochasticity              repeated forwards differ ⇔ ``traits.stochastic``                       yes
+logits                     outputs are not probabilities (softmax saturates attack losses)          yes
+gradients                  input gradients exist, are finite and non-zero                           yes
+test_time_state            parameters/buffers change on forward ⇔ ``traits.adapts_at_test_time``    yes
+unbounded_attack           PGD with eps = 0.5 (Linf) / 10 (L2) reaches ≈ 0% accuracy                yes
+monotone_eps               accuracy does not rise with eps (eps/4, eps/2, eps, 2·eps)               yes
+more_steps                 doubling PGD steps lowers accuracy by no more than the CI                no
+black_box                  Square Attack does not beat white-box PGD                                yes
+transfer                   PGD on the undefended base model does not beat white-box PGD             yes
+=========================  ===================================================================  ========
+
+Tolerances are statistical: on a probe of n points a difference counts only when it exceeds the 95%
+half-width at p = 1/2 (``1.96·sqrt(0.25/n)``) plus one example.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..classifier import Classifier
+from ..attacks import PGD, make_attack
+from ..utils import state_digest
+from .record import CheckResult
+
+UNBOUNDED_EPS = {"Linf": 0.5, "L2": 10.0}
+
+
+def _tolerance(n: int) -> float:
+    return 1.96 * math.sqrt(0.25 / n) + 1.0 / n
+
+
+def check_stochasticity(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
+    outs = []
+    with torch.no_grad():
+        for _ in range(3):
+            model.reset()
+            outs.append(model(x))
+    model.reset()
+    scale = outs[0].abs().max().clamp_min(1e-12)
+    diff = max(float((o - outs[0]).abs().max() / scale) for o in outs[1:])
+    random = diff > 1e-5
+    declared = model.traits.stochastic
+    details = {"max_relative_logit_difference": diff}
+    if random == declared:
+        return CheckResult("stochasticity", "pass", f"repeated forwards {'differ' if random else 'agree'} "
+                           f"(max relative logit difference {diff:.2e}), as declared", True, details)
+    if random:
+        return CheckResult("stochasticity", "fail", f"the model is declared deterministic but repeated forwards "
+                           f"differ (max relative logit difference {diff:.2e}): single-draw attacks and a single "
+                           "evaluation overstate robustness; declare traits.stochastic=True so EOT attacks and "
+                           "re-evaluation are used", True, details)
+    return CheckResult("stochasticity", "warn", "the model is declared stochastic but 3 forwards gave identical "
+                       "logits: randomness may be seeded per call or absent; EOT then only costs time", False, details)
+
+
+def check_logits(model: Classifier, x: torch.Tensor) -> CheckResult:
+    with torch.no_grad():
+        out = model(x)
+    probs = bool(out.min() > -1e-5) and bool(out.max() < 1 + 1e-5) and bool(((out.sum(1) - 1).abs() < 1e-4).all())
+    if probs:
+        return CheckResult("logits", "fail", "outputs are non-negative and sum to 1: the model returns "
+                           "probabilities, not logits; cross-entropy and DLR on probabilities saturate and mask "
+                           "gradients. Return logits (or log-probabilities)", True)
+    return CheckResult("logits", "pass", "outputs are logits, not probabilities", True)
+
+
+def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    grad = torch.zeros_like(x)
+    for _ in range(draws):
+        xa = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(xa), y, reduction="sum")
+            g, = torch.autograd.grad(loss, xa, allow_unused=True)
+        if g is None:
+            return torch.zeros_like(x)
+        grad += g
+    return grad / draws
+
+
+def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> CheckResult:
+    try:
+        g = _input_gradient(model, x, y, draws)
+    except RuntimeError as e:  # e.g. "element 0 of tensors does not require grad"
+        return CheckResult("gradients", "fail", f"no input gradient could be computed ({e}); gradient-based "
+                           "attacks cannot run: provide a BPDA or surrogate gradient mode", True)
+    if not bool(torch.isfinite(g).all()):
+        return CheckResult("gradients", "fail", "input gradients contain NaN/Inf: gradient-based attacks "
+                           "will fail silently (exploding or shattered gradients)", True)
+    zero = (g.flatten(1).abs().sum(1) == 0)
+    frac = float(zero.float().mean())
+    details = {"fraction_zero_gradient": frac, "mean_abs_gradient": float(g.abs().mean())}
+    if frac > 0.5:
+        return CheckResult("gradients", "fail", f"{100 * frac:.0f}% of probe points have an all-zero input "
+                           "gradient: gradients are obfuscated (non-differentiable or saturated step); "
+                           "white-box numbers from this model are not evidence of robustness", True, details)
+    if frac > 0:
+        return CheckResult("gradients", "warn", f"{100 * frac:.0f}% of probe points have an all-zero input "
+                           "gradient (saturated or shattered gradients on those points)", False, details)
+    return CheckResult("gradients", "pass", "input gradients are finite and non-zero on every probe point",
+                       True, details)
+
+
+def check_test_time_state(model: Classifier, x: torch.Tensor) -> CheckResult:
+    model.reset()
+    before = state_digest(model)
+    with torch.no_grad():
+        model(x)
+    changed = state_digest(model) != before
+    model.reset()
+    restored = state_digest(model) == before
+    declared = model.traits.adapts_at_test_time
+    if changed and not declared:
+        return CheckResult("test_time_state", "fail", "parameters or buffers change during a forward but the "
+                           "model does not declare adapts_at_test_time: attacks must reset() it and the "
+                           "evaluation must include adaptive attacks", True)
+    if changed and not restored:
+        return CheckResult("test_time_state", "fail", "the model adapts at test time but reset() does not "
+                           "restore its initial state: results depend on evaluation order", True)
+    if declared and not changed:
+        return CheckResult("test_time_state", "warn", "declared adapts_at_test_time, but no parameter or buffer "
+                           "changed during a forward (state may live outside the state_dict)", False)
+    return CheckResult("test_time_state", "pass", "state changes match the declared traits"
+                       + (" and reset() restores it" if changed else ""), True)
+
+
+def _pgd_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
+                  eot: int, seed: int) -> float:
+    step_size = 2.5 * eps / steps
+    return PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, eot=eot, seed=seed)(model, x, y).robust_accuracy
+
+
+def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int = 0,
+               steps: int = 20, base_classifier: Classifier | None = None, square_queries: int = 1000,
+               progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+    """Run every check on the probe ``(x, y)``; returns the results in the table's order."""
+    n = x.shape[0]
+    tol = _tolerance(n)
+    eot = 8 if model.traits.stochastic else 1
+    note = progress or (lambda name: None)
+    results: list[CheckResult] = []
+
+    def pgd(e: float, k: int = steps) -> float:
+        return _pgd_accuracy(model, x, y, eps=e, norm=norm, steps=k, eot=eot, seed=seed)
+
+    note("stochasticity")
+    results.append(check_stochasticity(model, x, y))
+    note("logits")
+    results.append(check_logits(model, x))
+    note("gradients")
+    results.append(check_gradients(model, x, y, eot))
+    note("test_time_state")
+    results.append(check_test_time_state(model, x))
+
+    note("unbounded_attack")
+    big = UNBOUNDED_EPS[norm]
+    acc_big = _pgd_accuracy(model, x, y, eps=big, norm=norm, steps=max(steps, 50), eot=eot, seed=seed)
+    if acc_big <= tol:
+        results.append(CheckResult("unbounded_attack", "pass", f"PGD with eps={big} reaches {100 * acc_big:.0f}% "
+                                   "accuracy", True, {"accuracy": acc_big, "eps": big}))
+    else:
+        results.append(CheckResult("unbounded_attack", "fail", f"PGD with eps={big} ({norm}), which can turn any "
+                                   f"image into any other, still leaves {100 * acc_big:.0f}% accuracy: the attack "
+                                   "is not reaching the model (obfuscated gradients or a broken attack)", True,
+                                   {"accuracy": acc_big, "eps": big}))
+
+    note("monotone_eps")
+    ladder = [eps / 4, eps / 2, eps, 2 * eps]
+    accs = [pgd(e) for e in ladder]
+    rises = [(ladder[i], ladder[i + 1]) for i in range(3) if accs[i + 1] > accs[i] + tol]
+    details = {"eps": ladder, "accuracy": accs}
+    if rises:
+        results.append(CheckResult("monotone_eps", "fail", f"accuracy rises with eps ({', '.join(f'{a:.4g}→{b:.4g}' for a, b in rises)}; "
+                                   f"accuracies {[round(a, 3) for a in accs]}): a larger budget should never help "
+                                   "the model; the attack is failing", True, details))
+    else:
+        results.append(CheckResult("monotone_eps", "pass", f"accuracy falls with eps: {[round(a, 3) for a in accs]}",
+                                   True, details))
+    acc_eps = accs[2]
+
+    note("more_steps")
+    acc_2k = pgd(eps, 2 * steps)
+    details = {"steps": [steps, 2 * steps], "accuracy": [acc_eps, acc_2k]}
+    if acc_2k < acc_eps - tol:
+        results.append(CheckResult("more_steps", "warn", f"doubling PGD steps ({steps}→{2 * steps}) lowers accuracy "
+                                   f"from {100 * acc_eps:.0f}% to {100 * acc_2k:.0f}%: attacks have not converged; "
+                                   "the reported numbers may be loose upper bounds", False, details))
+    else:
+        results.append(CheckResult("more_steps", "pass", f"doubling PGD steps changes accuracy by "
+                                   f"{100 * (acc_2k - acc_eps):+.0f} points (within tolerance)", False, details))
+    white = min(acc_eps, acc_2k)
+
+    note("black_box")
+    acc_sq = make_attack("square", eps=eps, norm=norm, seed=seed, square_queries=square_queries)(model, x, y).robust_accuracy
+    details = {"square_accuracy": acc_sq, "white_box_accuracy": white, "queries": square_queries}
+    if acc_sq < white - tol:
+        results.append(CheckResult("black_box", "fail", f"Square Attack ({square_queries} queries, no gradients) "
+                                   f"reaches {100 * acc_sq:.0f}% while white-box PGD leaves {100 * white:.0f}%: "
+                                   "gradients are obfuscated; white-box results understate the attack", True, details))
+    else:
+        results.append(CheckResult("black_box", "pass", f"Square {100 * acc_sq:.0f}% ≥ white-box "
+                                   f"{100 * white:.0f}% (within tolerance)", True, details))
+
+    note("transfer")
+    if base_classifier is None:
+        results.append(CheckResult("transfer", "skipped", "no undefended base classifier given", False))
+    else:
+        res = PGD(eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps, seed=seed)(base_classifier, x, y)
+        with torch.no_grad():
+            model.reset()
+            acc_tr = float(((model(res.x_adv).argmax(1) == y) & (model(x).argmax(1) == y)).float().mean())
+        model.reset()
+        details = {"transfer_accuracy": acc_tr, "white_box_accuracy": white}
+        if acc_tr < white - tol:
+            results.append(CheckResult("transfer", "fail", f"adversarial examples of the undefended base model leave "
+                                       f"{100 * acc_tr:.0f}% vs {100 * white:.0f}% for white-box PGD on the defense: "
+                                       "the defense's gradients mislead the attack", True, details))
+        else:
+            results.append(CheckResult("transfer", "pass", f"transfer from the base model {100 * acc_tr:.0f}% ≥ "
+                                       f"white-box {100 * white:.0f}% (within tolerance)", True, details))
+    model.reset()
+    return results
+
