@@ -59,12 +59,25 @@ def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, monkeypatc
 
 
 def test_demo_json(capsys):
-    assert main(["demo", "--n-examples", "60", "--steps", "10", "--json"]) == 0
+    assert main(["demo", "--n-examples", "32", "--attacks", "pgd", "--no-checks", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["n_examples"] == 60 and rec["protocol"]["steps"] == 10 and rec["protocol"]["eps"] == 0.1
-    assert 0 <= rec["robust_accuracy"] < rec["clean_accuracy"] <= 1
-    lo, hi = rec["robust_ci95"]
-    assert lo <= rec["robust_accuracy"] <= hi
+    assert rec["n_examples"] == 32 and rec["eps"] == 0.1 and rec["defense"] == "tiny_cnn.digits"
+    assert rec["attacks"][0]["name"] == "pgd" and rec["attacks"][0]["steps"] == 100
+    robust, clean = rec["robust"]["single_draw"], rec["clean"]["single_draw"]
+    assert 0 <= robust["value"] < clean["value"] <= 1
+    assert robust["ci_low"] <= robust["value"] <= robust["ci_high"]
+
+
+def test_bench_writes_resumable_record(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--attacks", "pgd", "--n-examples", "16",
+            "--batch-size", "8", "--no-checks", "--run-dir", str(run_dir)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "robust (all attacks)" in out and str(run_dir / "record.json") in out
+    assert (run_dir / "record.json").exists() and len(list((run_dir / "shards").glob("*.jsonl"))) == 2
+    assert main([*args[:4], "0.2", *args[5:]]) == 2  # same run dir, other eps: refused, one line
+    assert "different configuration" in capsys.readouterr().err
 
 
 def test_console_entry_point_module():

@@ -15,9 +15,9 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import RobustkitError
-from . import accuracy, demo, list_cmd
+from . import accuracy, bench, demo, list_cmd, report
 
-SUBCOMMANDS = (list_cmd, accuracy, demo)
+SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,10 +135,10 @@ class BenchmarkRecord:
         """A plain-text table: clean and robust accuracy per protocol, per attack, checks, cost."""
         lines = [f"{self.defense} on {self.dataset}/{self.split}, {self.threat_model} eps={self.eps:.6g}, "
                  f"n={self.n_examples}, seed={self.seed}, re-evaluations={self.n_reeval}",
-                 f"{'':24}{'single draw':>26}{'majority':>26}{'worst of M':>26}"]
+                 f"{'':28}{'single draw':>32}{'majority':>32}{'worst of M':>32}"]
 
         def row(label: str, stats: dict[str, AccuracyStat]) -> str:
-            return f"{label:<24}" + "".join(f"{str(stats[p]) if p in stats else '-':>26}" for p in PROTOCOLS)
+            return f"{label:<28}" + "".join(f"{str(stats[p]) if p in stats else '-':>32}" for p in PROTOCOLS)
 
         lines.append(row("clean", self.clean))
         for name, stats in self.per_attack.items():

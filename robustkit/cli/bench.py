@@ -1,0 +1,64 @@
+"""``robustkit bench``: benchmark a classifier (or a defense around it) and print the result table.
+
+    robustkit bench --classifier resnet20.cifar10 --dataset cifar10 --threat-model Linf --eps 8/255 \\
+        --attacks autoattack-standard --n-examples 512 --run-dir runs/resnet20
+
+Re-running with the same ``--run-dir`` resumes a killed run; the record is ``RUN_DIR/record.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..eval import benchmark
+from ..registry import create_classifier
+
+
+def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None = None) -> None:
+    p.add_argument("--classifier", default=classifier_default, required=classifier_default is None,
+                   help="registered classifier (robustkit list)")
+    p.add_argument("--checkpoint", default=None, help="weights file for the classifier instead of the published ones")
+    p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
+    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--eps", required=classifier_default is None, default=None,
+                   help="budget in [0,1] pixel units, e.g. 8/255 or 0.5")
+    p.add_argument("--attacks", default="auto",
+                   help="'auto' (from the defense's traits) or a comma-separated list, e.g. autoattack-rand,pgd-eot")
+    p.add_argument("--n-examples", type=int, default=None, help="first N test examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per shard")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-reeval", type=int, default=10, help="re-evaluations per example (stochastic defenses)")
+    p.add_argument("--run-dir", default=None, help="resumable run directory (default: a temporary one)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model is)")
+    p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+    p.add_argument("--no-cascade", action="store_true", help="run every attack on every example")
+    p.add_argument("--executor", default="inline", choices=["inline", "processes", "submitit", "submitit-local"])
+    p.add_argument("--workers", type=int, default=None, help="worker processes / Slurm tasks")
+    p.add_argument("--json", action="store_true", help="print the record as JSON instead of the table")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark a classifier against attacks, with sanity checks")
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    clf = create_classifier(args.classifier, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    if args.device:
+        clf = clf.to(args.device)
+    rec = benchmark(clf, dataset=args.dataset or clf.config.dataset, threat_model=args.threat_model, eps=args.eps,
+                    attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
+                    n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,
+                    checks=not args.no_checks, cascade=not args.no_cascade, executor=args.executor,
+                    workers=args.workers)
+    if args.json:
+        print(rec.to_json())
+    else:
+        print(rec.summary())
+        if args.run_dir:
+            print(f"record: {Path(args.run_dir) / 'record.json'}")
+    return 1 if rec.unreliable else 0
