@@ -12,7 +12,12 @@ ROBUSTKIT_SHARED ?= $(abspath ../shared)
 PYTEST_ARGS ?=
 export ROBUSTKIT_SHARED
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean browser-deps
+
+# The browser tests (tests/test_leaderboard_site.py) drive Debian's headless Chromium with Selenium.
+# Installed here only when missing, and only where we may (root with apt-get); elsewhere those tests
+# skip with the reason, except under CI=true, where they fail.
+BROWSER_PKGS := chromium chromium-driver
 
 install: $(STAMP)
 
@@ -26,7 +31,17 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt requirements/tor
 demo: $(STAMP)
 	$(BIN)/robustkit demo
 
-test: $(STAMP)
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(BROWSER_PKGS) for the browser tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PKGS); \
+	else \
+		echo "note: chromium/chromedriver are missing and cannot be installed here (needs root and apt-get):" \
+		     "the browser tests will skip (and fail under CI=true)"; \
+	fi
+
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

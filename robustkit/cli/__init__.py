@@ -15,9 +15,9 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import RobustkitError
-from . import accuracy, bench, demo, list_cmd, report
+from . import accuracy, bench, demo, export, leaderboard, list_cmd, report, serve, submit
 
-SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo)
+SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo, export, submit, serve, leaderboard)
 
 
 def build_parser() -> argparse.ArgumentParser:

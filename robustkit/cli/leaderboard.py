@@ -1,0 +1,33 @@
+"""``robustkit leaderboard build DIR --out SITE``: the leaderboard as a static site from run directories.
+
+Every finished run directory under ``DIR`` (a directory holding ``record.json``) becomes an entry,
+checked against its per-example records; paper metadata may sit next to the record as
+``leaderboard.json``. Writes ``SITE/index.html`` (one sortable table per dataset × threat model, the
+same page the server shows), ``SITE/entries/*.html`` and ``SITE/board.js``, and prints the index
+path. Unfinished or inconsistent runs are skipped with a warning, or refused with ``--strict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leaderboard", help="build the leaderboard web pages from run directories")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = actions.add_parser("build", help="render a static site from the run directories under DIR")
+    b.add_argument("src", metavar="DIR", help="directory searched (recursively) for finished run directories")
+    b.add_argument("--out", required=True, metavar="SITE", help="output directory")
+    b.add_argument("--strict", action="store_true", help="fail on an unfinished or inconsistent run")
+    b.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..leaderboard.site import build_site
+
+    result = build_site(args.src, args.out, strict=args.strict)
+    for reason in result.skipped:
+        print(f"robustkit: warning: skipped {reason}", file=sys.stderr)
+    print(result.index)
+    return 0
