@@ -5,6 +5,7 @@ here uses ``torch.no_grad()``: grad mode belongs to the caller, because attacks 
 """
 
 from .adm import ADMConfig, ADMScoreModel, ADMUNet, load_guided_diffusion
+from .diffusers_loader import DiffusersScoreModel, from_diffusers
 from .edm import EDMConfig, EDMPrecond, EDMScoreModel, SongUNet, load_edm
 from .ncsnpp import NCSNpp
 from .schedule import DiscreteVPSchedule, Marginal, VPSDE
@@ -18,4 +19,5 @@ __all__ = [
     "NCSNpp", "ScoreSDEConfig", "ScoreSDEScoreModel", "get_score_sde_config", "load_score_sde",
     "ADMConfig", "ADMUNet", "ADMScoreModel", "load_guided_diffusion",
     "EDMConfig", "SongUNet", "EDMPrecond", "EDMScoreModel", "load_edm",
+    "DiffusersScoreModel", "from_diffusers",
 ]
