@@ -12,6 +12,9 @@ from .schedule import DiscreteVPSchedule, Marginal, VPSDE
 from .score_model import ScoreModel
 from .score_sde import ScoreSDEConfig, ScoreSDEScoreModel, get_score_sde_config, load_score_sde
 from .solvers import ddim, ddim_indices, ddpm_ancestral, euler_maruyama, probability_flow_euler, time_grid
+from .unet import ClassifierFreeGuidance, UNet, UNetConfig
+from .train import DiffusionTrainConfig, TrainResult, denoising_loss, sample_images, save_image_grid, train
+from .zoo import ScoreModelConfig, create_score_model, list_score_models, score_model_config
 
 __all__ = [
     "ScoreModel", "VPSDE", "DiscreteVPSchedule", "Marginal",
@@ -20,4 +23,7 @@ __all__ = [
     "ADMConfig", "ADMUNet", "ADMScoreModel", "load_guided_diffusion",
     "EDMConfig", "SongUNet", "EDMPrecond", "EDMScoreModel", "load_edm",
     "DiffusersScoreModel", "from_diffusers",
+    "UNet", "UNetConfig", "ClassifierFreeGuidance",
+    "DiffusionTrainConfig", "TrainResult", "train", "denoising_loss", "sample_images", "save_image_grid",
+    "ScoreModelConfig", "create_score_model", "list_score_models", "score_model_config",
 ]

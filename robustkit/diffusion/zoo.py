@@ -1,0 +1,279 @@
+"""Registry of named diffusion score models, in the style of the classifier registry.
+
+An entry is a *factory function* building the bare :class:`~robustkit.diffusion.ScoreModel` plus a
+frozen :class:`ScoreModelConfig` saying everything else: the architecture, the VP SDE it was trained
+under, where its weights come from (with their sha256), the training recipe and command that produce
+them. ``create_score_model(name, pretrained=True)`` turns an entry into a ready model.
+
+Entries:
+
+* ``tiny_unet.digits`` — a class-conditional :class:`~robustkit.diffusion.UNet` for the 8×8 digits,
+  weights bundled in the package (``scripts/train_tiny_unet_digits.py``, a few minutes on a CPU).
+* ``unet.cifar10`` — a compact class-conditional U-Net for CIFAR-10. Its weights are not shipped:
+  train them with ``scripts/train_unet_cifar10.py`` (resumable in chunks) and put
+  ``unet_cifar10.safetensors`` in ``$ROBUSTKIT_HOME/checkpoints/``.
+
+Reference:
+    Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020 (architecture and recipe);
+    Ho & Salimans, "Classifier-Free Diffusion Guidance", 2021 (the null label); timm's registry
+    (name → factory + config), which robustkit's classifier registry follows.
+
+Example::
+
+    >>> import torch
+    >>> from robustkit.diffusion import create_score_model, list_score_models
+    >>> list_score_models()
+    ['tiny_unet.digits', 'unet.cifar10']
+    >>> model = create_score_model("tiny_unet.digits", pretrained=True)
+    >>> model(torch.zeros(2, 1, 8, 8), 0.5, torch.tensor([0, 9])).shape
+    torch.Size([2, 1, 8, 8])
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from .. import hub
+from ..errors import CheckpointError, InputError, RegistryError
+from ..registry import Registry, WeightSource
+from .schedule import VPSDE
+from .score_model import ScoreModel
+from .train import CHECKPOINT_FORMAT, DiffusionTrainConfig
+from .unet import UNet, UNetConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ScoreModelConfig", "adapt_training_checkpoint", "create_score_model", "list_score_models",
+           "register_score_model", "resolve_score_model_weights", "score_model_config"]
+
+StateDictAdapter = Callable[[Mapping[str, object]], dict]
+
+TINY_UNET_DIGITS_SHA256 = "9e385d689225eb8966e6f9af81ef1e5a8a784bb2dc127ccbc53eddcf0a3bad17"
+
+
+def adapt_training_checkpoint(state: Mapping[str, object]) -> dict:
+    """Take the EMA weights out of a :func:`~robustkit.diffusion.train` checkpoint; pass plain state dicts."""
+    if state.get("format") == CHECKPOINT_FORMAT:
+        ema = state.get("ema")
+        if not isinstance(ema, Mapping):
+            raise CheckpointError("training checkpoint without an 'ema' state dict")
+        return dict(ema)
+    return dict(state)
+
+
+@dataclass(frozen=True)
+class ScoreModelConfig:
+    """Everything about a registered score model except how to build its network.
+
+    Attributes:
+        architecture: a one-line description.
+        dataset: the data it models (a ``robustkit.load_dataset`` name).
+        image_shape: ``(C, H, W)`` of ``x_t``.
+        num_classes: number of classes of a conditional model (its null label is ``num_classes``),
+            ``None`` for unconditional models.
+        beta_min, beta_max: the :class:`~robustkit.diffusion.VPSDE` it was trained under.
+        weights: where the weights come from (``None``: none published).
+        adapt_state_dict: maps the weight file's keys onto the network's.
+        recipe: the training config that produces the weights (``None`` for foreign checkpoints).
+        train_command: the command that trains them.
+        license, paper, source, notes: provenance.
+    """
+
+    architecture: str
+    dataset: str
+    image_shape: tuple[int, int, int]
+    num_classes: int | None
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    weights: WeightSource | None = None
+    adapt_state_dict: StateDictAdapter | None = adapt_training_checkpoint
+    recipe: DiffusionTrainConfig | None = None
+    train_command: str = ""
+    license: str = ""
+    paper: str = ""
+    source: str = ""
+    notes: str = ""
+
+    @property
+    def sde(self) -> VPSDE:
+        return VPSDE(self.beta_min, self.beta_max)
+
+
+@dataclass(frozen=True)
+class _ScoreModelEntry:
+    name: str
+    factory: Callable[[], ScoreModel]
+    config: ScoreModelConfig
+
+
+SCORE_MODELS: Registry[_ScoreModelEntry] = Registry("score model")
+
+
+Factory = Callable[[], ScoreModel]
+
+
+def register_score_model(name: str, config: ScoreModelConfig) -> Callable[[Factory], Factory]:
+    """Decorator registering a factory (a named function returning the bare ScoreModel) under ``name``."""
+
+    def deco(factory: Factory) -> Factory:
+        if getattr(factory, "__name__", "<lambda>") == "<lambda>":
+            raise RegistryError("registry factories must be named functions, not lambdas")
+        SCORE_MODELS.add(name, _ScoreModelEntry(name, factory, config))
+        return factory
+
+    return deco
+
+
+def list_score_models(pattern: str = "*") -> list[str]:
+    """Registered score-model names matching a glob pattern, sorted."""
+    return SCORE_MODELS.names(pattern)
+
+
+def score_model_config(name: str) -> ScoreModelConfig:
+    """The config of a registered score model."""
+    return SCORE_MODELS.get(name).config
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"package {package!r} is not installed (it ships the weights {relative})")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def resolve_score_model_weights(name: str, *, download: bool = True) -> Path:
+    """Path of a registered score model's weights, verified; downloads into the cache when missing.
+
+    Order: a file inside an installed package; ``$ROBUSTKIT_HOME/checkpoints/<filename>``; the URL.
+    Raises :class:`~robustkit.CheckpointError` naming the file to put where (and how to train it).
+    """
+    entry = SCORE_MODELS.get(name)
+    cfg = entry.config
+    src = cfg.weights
+    if src is None:
+        raise CheckpointError(f"{name} has no published weights; pass checkpoint=PATH")
+    if src.package_file is not None:
+        path = _package_file(*src.package_file)
+        if not path.is_file():
+            raise CheckpointError(f"weights of {name} should ship in the {src.package_file[0]} package as "
+                                  f"{src.package_file[1]}, but {path} is missing; reinstall it"
+                                  + (f" or rebuild it with `{cfg.train_command}`" if cfg.train_command else ""))
+        return hub.verify_file(path, src.sha256)
+    path = hub.home() / "checkpoints" / src.filename
+    if path.is_file():
+        if src.sha256 is None:
+            log.warning("%s: no published sha256 for %s; the file is checked only against the architecture's "
+                        "state_dict layout", name, path)
+        return hub.verify_file(path, src.sha256)
+    if src.url is None or not download:
+        how = f"; train them with `{cfg.train_command}`" if cfg.train_command else ""
+        raise CheckpointError(f"weights of {name} not found: put {src.filename} at {path}"
+                              + (f" (sha256 {src.sha256})" if src.sha256 else "") + how)
+    return hub.download(src.url, path, digest=src.sha256)
+
+
+def create_score_model(name: str, *, pretrained: bool = False,
+                       checkpoint: str | os.PathLike | None = None) -> ScoreModel:
+    """Build a registered score model; with weights, in eval mode with frozen parameters.
+
+    Args:
+        name: a name from :func:`list_score_models`, e.g. ``"tiny_unet.digits"``.
+        pretrained: load the entry's weights (see :func:`resolve_score_model_weights`).
+        checkpoint: load this file instead: safetensors, a state dict, or a training checkpoint of
+            :func:`~robustkit.diffusion.train` (its EMA weights), strictly (missing or unexpected keys
+            raise :class:`~robustkit.CheckpointError`).
+
+    Loaded models get ``requires_grad_(False)``: attacks still differentiate with respect to the
+    input, without accumulating parameter gradients. ``model.name``, ``model.registry_config`` and
+    ``model.weights_path`` record the provenance.
+
+    Shape:
+        the model maps ``x_t [N, *config.image_shape]``, ``t [N]``, ``y [N]`` or None to ``x_t``'s shape.
+
+    Example::
+
+        >>> import torch
+        >>> model = create_score_model("tiny_unet.digits", pretrained=True)
+        >>> model.registry_config.sde, model.null_label
+        (VPSDE(beta_min=0.1, beta_max=20.0), 10)
+        >>> x = torch.zeros(1, 1, 8, 8, requires_grad=True)
+        >>> model(x, 0.3).sum().backward(); x.grad.shape        # differentiable w.r.t. the input
+        torch.Size([1, 1, 8, 8])
+    """
+    entry = SCORE_MODELS.get(name)
+    cfg = entry.config
+    if pretrained and checkpoint is not None:
+        raise InputError("pass either pretrained=True or checkpoint=PATH, not both")
+    model = entry.factory()
+    path: Path | None = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    elif pretrained:
+        path = resolve_score_model_weights(name)
+    if path is not None:
+        state = hub.load_state_dict_file(path)
+        if cfg.adapt_state_dict is not None:
+            state = cfg.adapt_state_dict(state)
+        hub.load_strict(model, {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                                for k, v in state.items()}, source=str(path))
+        model.eval().requires_grad_(False)
+    model.name = name
+    model.registry_config = cfg
+    model.weights_path = str(path) if path is not None else None
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- entries
+
+#: 8×8 digits, 10 classes + null label.
+TINY_UNET_DIGITS = UNetConfig(in_channels=1, image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(4,), mid_attention=True, num_heads=1, num_classes=10,
+                              dropout=0.0, num_groups=8, emb_channels=64)
+
+TINY_UNET_DIGITS_RECIPE = DiffusionTrainConfig(
+    unet=TINY_UNET_DIGITS, dataset="digits", steps=4000, batch_size=128, lr=2e-3, warmup_steps=200,
+    lr_schedule="cosine", grad_clip=1.0, ema_decay=0.999, p_uncond=0.1, hflip=False, seed=0)
+
+
+@register_score_model("tiny_unet.digits", ScoreModelConfig(
+    architecture="class-conditional U-Net (16/32 channels, attention at 4×4 and in the middle)", dataset="digits",
+    image_shape=(1, 8, 8), num_classes=10,
+    weights=WeightSource(filename="tiny_unet_digits.safetensors",
+                         package_file=("robustkit", "diffusion/weights/tiny_unet_digits.safetensors"),
+                         sha256=TINY_UNET_DIGITS_SHA256),
+    recipe=TINY_UNET_DIGITS_RECIPE, train_command="python scripts/train_tiny_unet_digits.py",
+    license="MIT (robustkit)", paper="Ho et al., NeurIPS 2020; Ho & Salimans 2021 (null label)",
+    source="scripts/train_tiny_unet_digits.py (seed 0)",
+    notes="the embedded default score model: trained on the digits train split in minutes on a CPU; "
+          "191k parameters, EMA weights stored in float16 (loaded as float32)"))
+def tiny_unet_digits() -> UNet:
+    return UNet(TINY_UNET_DIGITS)
+
+
+#: CIFAR-10: DDPM's layout at half width (64 channels, ~9M parameters), class-conditional.
+UNET_CIFAR10 = UNetConfig(in_channels=3, image_size=32, base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                          attention_resolutions=(16,), mid_attention=True, num_heads=1, num_classes=10,
+                          dropout=0.1, num_groups=32)
+
+UNET_CIFAR10_RECIPE = replace(DiffusionTrainConfig(), unet=UNET_CIFAR10, dataset="cifar10", steps=400_000)
+
+
+@register_score_model("unet.cifar10", ScoreModelConfig(
+    architecture="class-conditional U-Net (DDPM layout, 64 base channels, attention at 16×16)", dataset="cifar10",
+    image_shape=(3, 32, 32), num_classes=10,
+    weights=WeightSource(filename="unet_cifar10.safetensors", url=None, sha256=None),
+    recipe=UNET_CIFAR10_RECIPE,
+    train_command="python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --device cuda "
+                  "(repeat to resume; then copy runs/unet_cifar10/ema.safetensors)",
+    license="MIT (robustkit)", paper="Ho et al., NeurIPS 2020 (architecture, recipe); Ho & Salimans 2021",
+    source="scripts/train_unet_cifar10.py",
+    notes="no weights are published: train them and put the file in $ROBUSTKIT_HOME/checkpoints/"))
+def unet_cifar10() -> UNet:
+    return UNet(UNET_CIFAR10)
