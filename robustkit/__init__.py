@@ -16,6 +16,7 @@ from .data import load_dataset
 from .errors import CheckpointError, DatasetError, InputError, RegistryError, RobustkitError
 from .registry import create_classifier, list_classifiers
 from .eval import BenchmarkRecord, benchmark
+from .defenses import PurifiedClassifier, create_defense, list_defenses
 
 __all__ = [
     "BenchmarkRecord",
@@ -24,6 +25,7 @@ __all__ = [
     "Classifier",
     "DatasetError",
     "DefenseTraits",
+    "PurifiedClassifier",
     "InputError",
     "RegistryError",
     "RobustkitError",
@@ -31,7 +33,9 @@ __all__ = [
     "check_images",
     "check_labels",
     "create_classifier",
+    "create_defense",
     "list_classifiers",
+    "list_defenses",
     "load_dataset",
     "wrap_classifier",
 ]

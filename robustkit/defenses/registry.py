@@ -1,0 +1,196 @@
+"""The registry of named defenses, timm style: a config dataclass plus a named factory function.
+
+An entry's factory builds the defense's *diffusion model* (a :class:`~robustkit.diffusion.ScoreModel`),
+loading its weights when asked; the :class:`DefenseConfig` says everything else: the purifier's
+hyperparameters (paper defaults), which registered classifier sits behind it, the gradient mode and
+voting, and where the weights come from. :func:`create_defense` assembles the ready
+:class:`~robustkit.defenses.PurifiedClassifier`.
+
+Missing weights behave as in :func:`robustkit.create_classifier`: a file found in
+``$ROBUSTKIT_HOME/checkpoints/`` is verified, a missing one is downloaded when the entry has a URL, and
+otherwise (or offline) a :class:`~robustkit.CheckpointError` names the file and where to put it.
+
+Example::
+
+    >>> import robustkit
+    >>> "diffpure.cifar10" in robustkit.list_defenses()
+    True
+    >>> robustkit.defenses.defense_config("diffpure_l2.cifar10").purifier.t_star
+    0.075
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from .. import hub
+from ..classifier import Classifier
+from ..errors import CheckpointError, InputError, RegistryError
+from ..registry import Registry, WeightSource, create_classifier
+from .diffpure import DiffPureConfig, DiffPurePurifier
+from .purification import GRADIENT_MODES, VOTES, PurifiedClassifier
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DefenseConfig", "DEFENSES", "create_defense", "defense_config", "list_defenses", "register_defense",
+           "resolve_defense_weights"]
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Everything about a registered purification defense except how to build its diffusion model.
+
+    Attributes:
+        method: the method's name (``"DiffPure"``).
+        dataset: the dataset it defends (``"cifar10"``, ``"imagenet"``, ``"digits"``).
+        input_shape: ``(C, H, W)`` of the defended classifier's inputs.
+        classifier: registered classifier name behind the purifier; None: the user must pass one.
+        purifier: the purifier's hyperparameters (paper defaults).
+        weights: the diffusion model's checkpoint (None when the factory gets it elsewhere, e.g. from
+            the diffusion-model registry).
+        score_model: what the factory builds, in words (architecture and source).
+        gradient, n_samples, vote: defaults of :class:`~robustkit.defenses.PurifiedClassifier`.
+        paper, source, license, notes: provenance.
+    """
+
+    method: str
+    dataset: str
+    input_shape: tuple[int, int, int]
+    classifier: str | None
+    purifier: DiffPureConfig = field(default_factory=DiffPureConfig)
+    weights: WeightSource | None = None
+    score_model: str = ""
+    gradient: str = "exact"
+    n_samples: int = 1
+    vote: str = "logits"
+    paper: str = ""
+    source: str = ""
+    license: str = ""
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.gradient not in GRADIENT_MODES:
+            raise InputError(f"gradient must be one of {GRADIENT_MODES}, got {self.gradient!r}")
+        if self.vote not in VOTES:
+            raise InputError(f"vote must be one of {VOTES}, got {self.vote!r}")
+
+
+#: ``factory(pretrained) -> ScoreModel``: the diffusion model, with its published weights when asked.
+DefenseFactory = Callable[[bool], nn.Module]
+
+
+@dataclass(frozen=True)
+class _DefenseEntry:
+    name: str
+    factory: DefenseFactory
+    config: DefenseConfig
+
+
+DEFENSES: Registry[_DefenseEntry] = Registry("defense")
+
+
+def register_defense(name: str, config: DefenseConfig) -> Callable[[DefenseFactory], DefenseFactory]:
+    """Decorator registering a factory ``factory(pretrained) -> ScoreModel`` under ``name``."""
+    if not isinstance(config, DefenseConfig):
+        raise RegistryError(f"config of {name!r} must be a DefenseConfig, got {type(config).__name__}")
+
+    def deco(factory: DefenseFactory) -> DefenseFactory:
+        if getattr(factory, "__name__", "<lambda>") == "<lambda>":
+            raise RegistryError("registry factories must be named functions, not lambdas")
+        DEFENSES.add(name, _DefenseEntry(name, factory, config))
+        return factory
+
+    return deco
+
+
+def _ensure_registered() -> None:
+    from . import zoo  # noqa: F401  (importing registers the entries)
+
+
+def list_defenses(pattern: str = "*") -> list[str]:
+    """Registered defense names matching a glob pattern, sorted."""
+    _ensure_registered()
+    return DEFENSES.names(pattern)
+
+
+def defense_config(name: str) -> DefenseConfig:
+    """The config of a registered defense."""
+    _ensure_registered()
+    return DEFENSES.get(name).config
+
+
+def resolve_defense_weights(name: str, source: WeightSource, *, download: bool = True) -> Path:
+    """Path of a defense's diffusion checkpoint, verified; downloaded into the cache when missing.
+
+    Looks in ``$ROBUSTKIT_HOME/checkpoints/<filename>``, then the URL; raises
+    :class:`~robustkit.CheckpointError` naming the file and the place to put it.
+    """
+    path = hub.home() / "checkpoints" / source.filename
+    if source.sha256 is None:
+        log.warning("%s: no published sha256 for %s; the file is checked only against the architecture's "
+                    "state_dict layout", name, source.filename)
+    if path.is_file():
+        return hub.verify_file(path, source.sha256)
+    if source.url is None or not download:
+        raise CheckpointError(f"diffusion weights of {name} not found: put {source.filename} at {path}"
+                              + (f" (sha256 {source.sha256})" if source.sha256 else ""))
+    return hub.download(source.url, path, digest=source.sha256)
+
+
+def create_defense(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,
+                   gradient: str | None = None, n_samples: int | None = None, vote: str | None = None,
+                   seed: int | None = None, **purifier_overrides: Any) -> PurifiedClassifier:
+    """Build a registered defense as a ready :class:`~robustkit.defenses.PurifiedClassifier` (eval mode).
+
+    Args:
+        name: a name from :func:`list_defenses`, e.g. ``"diffpure.cifar10"``.
+        pretrained: load the published diffusion weights and the registered classifier's weights
+            (missing files: see the module docstring). False builds randomly initialised networks.
+        classifier: a :class:`~robustkit.Classifier` or a registered classifier name replacing the entry's
+            (required when the entry has none, e.g. ``diffpure.imagenet``).
+        gradient, n_samples, vote: override the entry's :class:`PurifiedClassifier` settings.
+        seed: the defense's private generator seed (None: per-forward seeds from torch's global RNG).
+        **purifier_overrides: :class:`~robustkit.defenses.DiffPureConfig` fields to replace, e.g.
+            ``t_star=0.05`` or ``sampler="ode"`` (the record stores the resulting config).
+    """
+    _ensure_registered()
+    entry = DEFENSES.get(name)
+    cfg = entry.config
+    if not isinstance(pretrained, bool):
+        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
+    unknown = sorted(set(purifier_overrides) - {f.name for f in dataclasses.fields(DiffPureConfig)})
+    if unknown:
+        raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_defense takes pretrained, classifier, "
+                         f"gradient, n_samples, vote, seed and DiffPureConfig fields")
+    purifier_cfg = dataclasses.replace(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
+    # Cheap checks first: nothing is loaded before the arguments are known to be usable.
+    if classifier is None and cfg.classifier is None:
+        raise InputError(f"{name} has no registered classifier: pass classifier=<a robustkit Classifier taking "
+                         f"[N, {', '.join(map(str, cfg.input_shape))}] images in [0, 1]> "
+                         f"(e.g. robustkit.wrap_classifier(torchvision_resnet50, mean=..., std=...))")
+    if classifier is not None and not isinstance(classifier, (Classifier, str)):
+        raise InputError(f"classifier must be a robustkit Classifier or a registered name, got "
+                         f"{type(classifier).__name__}")
+    if isinstance(classifier, Classifier) and tuple(classifier.input_shape) != tuple(cfg.input_shape):
+        raise InputError(f"{name} defends [N, {', '.join(map(str, cfg.input_shape))}] images; the classifier takes "
+                         f"[N, {', '.join(map(str, classifier.input_shape))}]")
+
+    score_model = entry.factory(pretrained)
+    if isinstance(classifier, Classifier):
+        clf = classifier
+    else:
+        clf = create_classifier(classifier if isinstance(classifier, str) else cfg.classifier, pretrained=pretrained)
+    purifier = DiffPurePurifier(score_model, purifier_cfg)
+    defense = PurifiedClassifier(purifier, clf, gradient=gradient or cfg.gradient,
+                                 n_samples=cfg.n_samples if n_samples is None else n_samples,
+                                 vote=vote or cfg.vote, seed=seed)
+    defense.name = name
+    defense.defense_config = cfg
+    defense.pretrained = pretrained
+    return defense.eval()
