@@ -28,6 +28,14 @@ def test_list(capsys):
     assert capsys.readouterr().out.split()[0] == "tiny_cnn.digits"
 
 
+@pytest.mark.parametrize("what, expected", [("defenses", "tiny_diffpure.digits"),
+                                            ("score-models", "tiny_unet.digits")])
+def test_list_other_registries(capsys, what, expected):
+    assert main(["list", what, "--pattern", "*.digits"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert expected in names and all(n.endswith(".digits") for n in names)
+
+
 def test_accuracy_on_digits(capsys):
     assert main(["accuracy", "tiny_cnn.digits", "--n-examples", "100"]) == 0
     out = capsys.readouterr().out

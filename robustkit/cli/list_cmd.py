@@ -1,25 +1,54 @@
-"""``robustkit list [classifiers] [--pattern GLOB]``: registered names with their architecture and weights."""
+"""``robustkit list [classifiers|defenses|score-models] [--pattern GLOB]``: registered names, one per line."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..registry import classifier_config, list_classifiers
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list registered classifiers")
-    p.add_argument("what", nargs="?", default="classifiers", choices=["classifiers"], help="what to list")
+    p = sub.add_parser("list", help="list registered classifiers, defenses or diffusion score models")
+    p.add_argument("what", nargs="?", default="classifiers", choices=["classifiers", "defenses", "score-models"],
+                   help="what to list (default: classifiers)")
     p.add_argument("--pattern", default="*", help="glob on names, e.g. '*.cifar10'")
     p.set_defaults(run=run)
 
 
+def _weights(source) -> str:
+    if source is None:
+        return "no weights"
+    return f"ships in {source.package_file[0]}" if source.package_file else source.filename
+
+
+def _classifiers(pattern: str) -> list[tuple[str, str]]:
+    from ..registry import classifier_config, list_classifiers
+
+    return [(n, f"{classifier_config(n).architecture}  [{_weights(classifier_config(n).weights)}]")
+            for n in list_classifiers(pattern)]
+
+
+def _defenses(pattern: str) -> list[tuple[str, str]]:
+    from ..defenses import defense_config, list_defenses
+
+    rows = []
+    for n in list_defenses(pattern):
+        cfg = defense_config(n)
+        rows.append((n, f"{cfg.method} on {cfg.dataset}, classifier {cfg.classifier or '(yours)'}"))
+    return rows
+
+
+def _score_models(pattern: str) -> list[tuple[str, str]]:
+    from ..diffusion import list_score_models, score_model_config
+
+    return [(n, f"{score_model_config(n).architecture}  [{_weights(score_model_config(n).weights)}]")
+            for n in list_score_models(pattern)]
+
+
+_LISTERS = {"classifiers": _classifiers, "defenses": _defenses, "score-models": _score_models}
+
+
 def run(args: argparse.Namespace) -> int:
-    names = list_classifiers(args.pattern)
-    width = max((len(n) for n in names), default=0)
-    for name in names:
-        cfg = classifier_config(name)
-        weights = "no weights" if cfg.weights is None else (
-            f"ships in {cfg.weights.package_file[0]}" if cfg.weights.package_file else cfg.weights.filename)
-        print(f"{name:<{width}}  {cfg.architecture}  [{weights}]")
+    rows = _LISTERS[args.what](args.pattern)
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
     return 0
