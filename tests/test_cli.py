@@ -92,3 +92,18 @@ def test_console_entry_point_module():
     out = subprocess.run([sys.executable, "-m", "robustkit", "list", "--pattern", "resnet2*"],
                          capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "resnet20.cifar10"
+
+
+def test_bench_builds_a_registered_defense_with_its_base_classifier(capsys):
+    from robustkit.cli import bench, build_parser
+    from robustkit.defenses import PurifiedClassifier
+
+    args = build_parser().parse_args(["bench", "--defense", "tiny_diffpure.digits", "--eps", "0.1",
+                                      "--gradient", "bpda"])
+    model, base, dataset = bench._build(args)
+    assert isinstance(model, PurifiedClassifier) and model.traits.gradient == "bpda"
+    assert base is model.classifier and dataset == "digits"
+    assert main(["bench", "--eps", "0.1"]) == 2  # neither --classifier nor --defense
+    assert "--defense" in capsys.readouterr().err
+    assert main(["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--gradient", "bpda"]) == 2
+    assert "applies to a defense" in capsys.readouterr().err

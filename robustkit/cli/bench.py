@@ -2,6 +2,11 @@
 
     robustkit bench --classifier resnet20.cifar10 --dataset cifar10 --threat-model Linf --eps 8/255 \\
         --attacks autoattack-standard --n-examples 512 --run-dir runs/resnet20
+    robustkit bench --defense diffpure.cifar10 --eps 8/255 --attacks autoattack-rand,pgd-eot \\
+        --n-examples 512 --run-dir runs/diffpure
+
+With ``--defense`` the registered defense is built (``robustkit list defenses``); ``--classifier`` then
+replaces the classifier behind it, and that classifier is the undefended base of the transfer check.
 
 Re-running with the same ``--run-dir`` resumes a killed run; the record is ``RUN_DIR/record.json``.
 """
@@ -12,13 +17,17 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from ..eval import benchmark
 from ..registry import create_classifier
 
 
 def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None = None) -> None:
-    p.add_argument("--classifier", default=classifier_default, required=classifier_default is None,
-                   help="registered classifier (robustkit list)")
+    p.add_argument("--defense", default=None, help="registered defense (robustkit list defenses)")
+    p.add_argument("--classifier", default=classifier_default,
+                   help="registered classifier (robustkit list); with --defense, the classifier behind it")
+    p.add_argument("--gradient", default=None, choices=["exact", "adjoint", "bpda", "surrogate"],
+                   help="with --defense: the gradient mode attacks get (default: the entry's)")
     p.add_argument("--checkpoint", default=None, help="weights file for the classifier instead of the published ones")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
@@ -46,13 +55,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _build(args: argparse.Namespace):
+    """(model to benchmark, its undefended base classifier or None, its dataset)."""
+    if args.classifier is None and args.defense is None:
+        raise InputError("give --classifier NAME or --defense NAME (see `robustkit list`)")
+    if args.gradient is not None and args.defense is None:
+        raise InputError("--gradient applies to a defense: give --defense NAME")
+    clf = None
+    if args.classifier is not None:
+        clf = create_classifier(args.classifier, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    if args.defense is None:
+        return clf, None, clf.config.dataset
+    from ..defenses import create_defense, defense_config
+
+    defense = create_defense(args.defense, pretrained=True, classifier=clf, gradient=args.gradient)
+    return defense, defense.classifier, defense_config(args.defense).dataset
+
+
 def run(args: argparse.Namespace) -> int:
-    clf = create_classifier(args.classifier, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    model, base, dataset = _build(args)
     if args.device:
-        clf = clf.to(args.device)
-    rec = benchmark(clf, dataset=args.dataset or clf.config.dataset, threat_model=args.threat_model, eps=args.eps,
-                    attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
-                    n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,
+        model = model.to(args.device)
+    rec = benchmark(model, dataset=args.dataset or dataset, base_classifier=base, threat_model=args.threat_model,
+                    eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
+                    seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,
                     checks=not args.no_checks, cascade=not args.no_cascade, executor=args.executor,
                     workers=args.workers)
     if args.json:
