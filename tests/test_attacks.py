@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import robustkit
 from robustkit import InputError, wrap_classifier
-from robustkit.attacks import PGD, Attack, perturbation_norm, project
+from robustkit.attacks import PGD, Attack, eval_mode, perturbation_norm, project
 
 
 def linear_binary(seed=0, d=(1, 4, 4)):
@@ -124,3 +124,55 @@ def test_project_l2_lands_inside_ball_and_box():
     assert float(p.min()) >= 0 and float(p.max()) <= 1
     with pytest.raises(InputError):
         project(xa, x, 0.5, "L1")
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_project_returns_feasible_points_bit_for_bit(norm, eps):
+    """x + (x_adv - x) is not x_adv in floating point; the projection must not move points that are
+    already inside the threat model (else wrapped attacks' outputs change in the last bits)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 8, 8, generator=g)
+    once = project(x + torch.randn(16, 3, 8, 8, generator=g), x, eps, norm)
+    assert torch.equal(project(once, x, eps, norm), once)  # idempotent
+    inside = (x + (torch.rand(16, 3, 8, 8, generator=g) * 2 - 1) * 1e-3).clamp(0, 1)
+    inside = inside + 1e-7  # values x + δ that x + (inside - x) does not reproduce exactly
+    inside = inside.clamp(0, 1)
+    assert not torch.equal(x + (inside - x), inside)  # the hazard is real on these points
+    assert torch.equal(project(inside, x, eps, norm), inside)
+
+
+def test_eval_mode_restores_each_submodule_flag():
+    base = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    assert not base.training
+
+    class Wrapper(robustkit.Classifier):  # nn.Module starts in training mode; the base is in eval mode
+        def __init__(self):
+            super().__init__(10, (1, 8, 8))
+            self.base = base
+
+        def logits(self, x):
+            assert not self.training and not self.base.training
+            return self.base(x)
+
+    w = Wrapper()
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    PGD(eps=0.1, steps=2)(w, x, y)
+    assert w.training and not base.training  # not flipped to training (BatchNorm would use batch stats)
+    with eval_mode(w, None):
+        assert not w.training
+    assert w.training
+
+
+def test_pgd_without_early_stop_returns_the_last_iterate():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=32)
+    first = PGD(eps=0.2, steps=10, seed=0)(clf, x, y)
+    last = PGD(eps=0.2, steps=10, seed=0, early_stop=False)(clf, x, y)
+    assert last.info["early_stop"] is False and first.info["early_stop"] is True
+    # the last iterate has (much) higher loss: it is pushed far past the decision boundary
+    with torch.no_grad():
+        l_first = torch.nn.functional.cross_entropy(clf(first.x_adv), y)
+        l_last = torch.nn.functional.cross_entropy(clf(last.x_adv), y)
+    assert l_last > l_first
+    assert not torch.equal(first.x_adv, last.x_adv)
+    assert bool((perturbation_norm(last.x_adv, x, "Linf") <= 0.2 + 1e-6).all())

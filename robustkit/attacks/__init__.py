@@ -6,12 +6,12 @@ Use :func:`make_attack` for the named protocols of the literature (``autoattack-
 
 from .apgd import APGD
 from .autoattack import AutoAttack
-from .base import Attack, AttackResult, Perturbation, perturbation_norm, project
+from .base import Attack, AttackResult, Perturbation, eval_mode, perturbation_norm, project
 from .bpda_eot import BPDAEOT
 from .pgd import PGD
 from .presets import PRESETS, list_attacks, make_attack
 from .torchattacks_adapter import TorchAttack
 from .transfer import TransferAttack
 
-__all__ = ["APGD", "Attack", "AttackResult", "AutoAttack", "BPDAEOT", "PGD", "PRESETS", "Perturbation", "TorchAttack", "TransferAttack",
+__all__ = ["APGD", "Attack", "AttackResult", "AutoAttack", "BPDAEOT", "PGD", "PRESETS", "Perturbation", "TorchAttack", "TransferAttack", "eval_mode",
            "list_attacks", "make_attack", "perturbation_norm", "project"]

@@ -20,8 +20,9 @@ Example::
 from __future__ import annotations
 
 import abc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn as nn
@@ -38,22 +39,50 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> tor
 
     For L2 the ball projection is applied first, then the box clip, which keeps the result inside
     both sets (the clip can only shrink the perturbation's norm).
+
+    Points already inside both sets are returned bit for bit: the projection never round-trips them
+    through ``x + (x_adv - x)``, which in floating point is not ``x_adv`` (it moves ~1e-9 per pixel).
+    That makes the projection idempotent, and wrapped attacks (pyautoattack) return exactly the points
+    the original code returns, not points that differ from them in the last bits.
     """
-    delta = x_adv - x
     if norm == "Linf":
-        delta = delta.clamp(-eps, eps)
+        # the Linf ball is a box: clamp coordinate-wise, as pyautoattack does (min/max, no subtraction)
+        out = torch.clamp(x_adv, min=x - eps, max=x + eps)
     elif norm == "L2":
-        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        delta = delta * torch.clamp(eps / n, max=1.0)
+        delta = x_adv - x
+        n = delta.flatten(1).norm(dim=1)
+        outside = (n > eps).view(-1, *([1] * (x.dim() - 1)))
+        scale = (eps / n.clamp_min(1e-12)).view(-1, *([1] * (x.dim() - 1)))
+        out = torch.where(outside, x + delta * scale, x_adv)
     else:
         raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-    return (x + delta).clamp(0.0, 1.0)
+    return out.clamp(0.0, 1.0)
 
 
 def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm) -> torch.Tensor:
     """Per-example ``||x_adv - x||`` in the given norm."""
     d = (x_adv - x).flatten(1)
     return d.abs().amax(dim=1) if norm == "Linf" else d.norm(dim=1)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block, then restore every submodule's own flag.
+
+    ``module.train(was_training)`` would not restore: it sets the flag *recursively*, so a wrapper
+    built around an eval-mode classifier (``nn.Module`` starts in training mode) would switch the
+    wrapped classifier to training mode, and BatchNorm would then use batch statistics and update its
+    running statistics on every later forward.
+    """
+    flags = [(m, m.training) for mod in modules if mod is not None for m in mod.modules()]
+    for mod in modules:
+        if mod is not None:
+            mod.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 @dataclass
@@ -158,9 +187,7 @@ class Attack(abc.ABC):
                              f"got {type(model).__name__}")
         check_images(x, model.input_shape)
         check_labels(y, x.shape[0], model.num_classes)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             model.reset()
             counted = _Counting(model)
             with torch.no_grad():
@@ -178,8 +205,6 @@ class Attack(abc.ABC):
             model.reset()
             with torch.no_grad():
                 robust = clean_correct & (model(x_adv).argmax(1) == y)
-        finally:
-            model.train(was_training)
         info = self.protocol()
         info["n_examples"] = int(x.shape[0])
         info["gradient"] = model.traits.gradient

@@ -3,7 +3,10 @@
 Each step ascends the loss along ``sign(g)`` (Linf) or ``g/||g||_2`` (L2), where ``g`` is the gradient
 averaged over ``eot`` forward-backward passes (Athalye et al., ICML 2018: expectation over
 transformation, for stochastic models), then projects onto the threat model. Per example, the first
-iterate that is misclassified is kept (for a stochastic model the final verification decides).
+iterate that is misclassified is kept (for a stochastic model the final verification decides);
+``early_stop=False`` returns the last iterate instead, the highest-loss point, which is what a
+*transfer* attack needs: a first-misclassified iterate lies just past the source model's decision
+boundary and rarely fools another model (Carlini & Wagner, S&P 2017, on high-confidence transfer).
 
 Reference:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
@@ -41,12 +44,14 @@ class PGD(Attack):
         step_size: step length (Linf: per coordinate; L2: Euclidean).
         eot: gradients averaged per step (1 for deterministic models).
         random_start: start from a uniform point in the ball instead of ``x``.
+        early_stop: keep, per example, the first iterate seen misclassified (True) or return the last
+            iterate (False; for crafting examples on a source model to transfer).
     """
 
     name = "pgd"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
-                 eot: int = 1, random_start: bool = True, seed: int = 0):
+                 eot: int = 1, random_start: bool = True, early_stop: bool = True, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if not isinstance(steps, int) or steps < 1:
             raise InputError(f"steps must be a positive int, got {steps!r}")
@@ -58,10 +63,11 @@ class PGD(Attack):
             raise InputError(f"step_size must be positive, got {step_size!r}")
         self.eot = eot
         self.random_start = bool(random_start)
+        self.early_stop = bool(early_stop)
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "random_start": self.random_start, "restarts": 1, "loss": "ce"}
+                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": "ce"}
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.norm == "Linf":
@@ -93,6 +99,12 @@ class PGD(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
         x_adv = self._random_start(x, generator) if self.random_start else x.clone()
+        if not self.early_stop:
+            with torch.enable_grad():
+                for _ in range(self.steps):
+                    grad, _ = self._gradient(model, x_adv, y)
+                    x_adv = project(x_adv + self._step(grad), x, self.eps, self.norm).detach()
+            return x_adv
         best = x_adv.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         expand = (-1, *([1] * (x.dim() - 1)))

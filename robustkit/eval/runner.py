@@ -16,7 +16,8 @@ different config in the same directory is refused with :class:`RunConfigError`.
 
 Workers claim shards with an exclusive-create lease file whose mtime a heartbeat thread refreshes; a
 lease older than ``lease_timeout`` seconds is stale and taken over (the taker renames it away first,
-so two takers cannot both win).
+so two takers cannot both win). A worker killed mid-write leaves a ``.shard_….tmp`` file behind; the
+next owner of that shard removes it when it claims the shard.
 """
 
 from __future__ import annotations
@@ -65,10 +66,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _is_tmp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -151,7 +160,9 @@ class RunDir:
                                      f"{', '.join(changed) or 'unknown'}); use another --run-dir")
             stored = [Shard(i, a, b) for i, (a, b) in enumerate(m["shards"])]
             return cls(path, config, stored)
-        if path.exists() and any(path.iterdir()):
+        # temporary files are ours: a run killed while writing its manifest, or another torchrun rank
+        # writing the same manifest right now (both renames then install identical content)
+        if path.exists() and any(not _is_tmp(p.name) for p in path.iterdir()):
             raise RunConfigError(f"{path} exists, is not empty and has no manifest.json; refusing to write into it")
         atomic_write_text(manifest, json.dumps({"manifest_version": MANIFEST_VERSION, "config_hash": h,
                                                 "config": config, "shards": [[s.start, s.stop] for s in shards]},
@@ -226,5 +237,22 @@ class RunDir:
             if self.is_done(shard):  # finished between our check and the claim
                 lease.unlink(missing_ok=True)
                 return None
+            self._remove_orphans(shard, older_than=lease_timeout / 2)
             return Lease(lease, heartbeat_s=max(lease_timeout / 4, 0.05))
         return None
+
+    def _remove_orphans(self, shard: Shard, older_than: float) -> None:
+        """Remove temporary files a dead worker left while writing ``shard`` (we now own the shard).
+
+        Only files older than ``older_than`` seconds go: a previous holder of the shard stopped
+        heart-beating at least ``3/4 · lease_timeout`` ago, whereas a worker whose lease was wrongly
+        judged stale (alive but starved) may be writing a fresh one right now; we leave that alone.
+        """
+        now = time.time()
+        for tmp in (self.path / "shards").glob(f".{shard.name}.*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime >= older_than:
+                    tmp.unlink()
+                    log.info("removed %s, left by a worker killed while writing %s", tmp.name, shard.name)
+            except FileNotFoundError:  # removed meanwhile by its writer or another taker
+                continue

@@ -1,0 +1,75 @@
+"""robustkit's AutoAttack is pyautoattack: identical flags to calling it directly with the same seed."""
+
+import pytest
+import torch
+
+import robustkit
+from robustkit.attacks import AutoAttack, TorchAttack
+from robustkit import InputError
+
+
+def test_custom_version_validation():
+    with pytest.raises(InputError):
+        AutoAttack(eps=0.1, version="plus")
+    with pytest.raises(InputError):
+        AutoAttack(eps=0.1, version="custom")
+    with pytest.raises(InputError):
+        AutoAttack(eps=0.1, version="custom", attacks=("apgd-ce", "bogus"))
+    with pytest.raises(InputError):
+        AutoAttack(eps=0.1, version="standard", attacks=("apgd-ce",))
+    p = AutoAttack(eps=0.1, version="rand").protocol()
+    assert p["sub_attacks"] == ["apgd-ce", "apgd-dlr"] and p["eot"] == 20 and p["steps"] == 100
+
+
+def test_torchattacks_autoattack_is_refused():
+    with pytest.raises(InputError, match="10 iterations"):
+        TorchAttack("AutoAttack", eps=0.1)
+    with pytest.raises(InputError, match="no attack named"):
+        TorchAttack("Nope", eps=0.1)
+
+
+def test_global_rng_is_untouched_by_pyautoattack():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    before = torch.random.get_rng_state()
+    AutoAttack(eps=0.1, version="custom", attacks=("apgd-ce",), seed=5)(clf, x, y)
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+@pytest.mark.slow
+def test_standard_flags_equal_direct_pyautoattack_on_resnet20(shared_dir):
+    from pyautoattack import AutoAttack as Original
+
+    clf = robustkit.create_classifier("resnet20.cifar10", checkpoint=shared_dir / "models" / "resnet20-12fca82f.th")
+    x, y = robustkit.load_dataset("cifar10", n_examples=100, data_dir=shared_dir / "data")
+    ours = AutoAttack(eps=8 / 255, version="standard", seed=0)(clf, x, y)
+    torch.manual_seed(0)
+    direct = Original(clf, norm="Linf", eps=8 / 255, version="standard", seed=0)
+    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=250)
+    with torch.no_grad():
+        flags = clf(x_adv).argmax(1) == y
+    assert torch.equal(ours.robust, flags)
+    # bit-exact points: the wrapper's projection leaves pyautoattack's (feasible) points untouched
+    assert torch.equal(ours.x_adv, x_adv)
+    assert ours.info["cascade"]["apgd-ce"] >= ours.robust_accuracy
+
+
+@pytest.mark.slow
+def test_flags_equal_direct_pyautoattack_when_points_survive_the_cascade():
+    """At 8/255 every ResNet-20 point falls to APGD-CE, so its flags are all False; here some survive
+    APGD-CE and Square runs on the survivors only, so the flags (and indexing) are informative."""
+    from pyautoattack import AutoAttack as Original
+
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=24)
+    subs = ("apgd-ce", "square")
+    ours = AutoAttack(eps=0.05, version="custom", attacks=subs, square_queries=200, seed=3)(clf, x, y)
+    direct = Original(clf, norm="Linf", eps=0.05, version="custom", attacks=list(subs), seed=3)
+    direct.square.n_queries = 200
+    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=250)
+    with torch.no_grad():
+        flags = clf(x_adv).argmax(1) == y
+    assert 0 < int(flags.sum()) < int(ours.clean_correct.sum())  # the comparison is informative
+    assert torch.equal(ours.robust, flags)
+    assert torch.equal(ours.x_adv, x_adv)
+    assert ours.info["cascade"]["square"] == pytest.approx(ours.robust_accuracy, abs=1e-4)

@@ -1,0 +1,129 @@
+"""Sanity checks: planted obfuscated or mis-declared defenses are flagged; a clean model is not."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import robustkit
+from robustkit import Classifier, DefenseTraits
+from robustkit.eval import benchmark, run_checks
+from robustkit.eval.checks import sign_test_p
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return robustkit.load_dataset("digits", n_examples=24)
+
+
+class Quantized(Classifier):
+    """The digits model behind a 4-level quantiser: torch.round has zero gradient (shattered gradients)."""
+
+    def __init__(self, base):
+        super().__init__(10, (1, 8, 8))
+        self.base = base
+
+    def logits(self, x):
+        return self.base(torch.round(x * 3) / 3)
+
+
+class SecretlyRandom(Classifier):
+    """Adds input noise but declares itself deterministic."""
+
+    def __init__(self, base):
+        super().__init__(10, (1, 8, 8))
+        self.base = base
+
+    def logits(self, x):
+        return self.base((x + 0.3 * torch.randn_like(x)).clamp(0, 1))
+
+
+class Softmaxed(Classifier):
+    def __init__(self, base):
+        super().__init__(10, (1, 8, 8))
+        self.base = base
+
+    def logits(self, x):
+        return self.base(x).softmax(1)
+
+
+class Adapting(Classifier):
+    """Updates a buffer on every forward without declaring it."""
+
+    def __init__(self, base):
+        super().__init__(10, (1, 8, 8))
+        self.base = base
+        self.register_buffer("seen", torch.zeros(()))
+
+    def logits(self, x):
+        self.seen += x.shape[0]
+        return self.base(x)
+
+
+def by_name(results):
+    return {r.name: r for r in results}
+
+
+def test_clean_model_passes_every_check(clf, probe):
+    res = by_name(run_checks(clf, *probe, eps=0.1, norm="Linf", base_classifier=clf))
+    assert not any(r.is_blocking_failure for r in res.values()), {k: r.message for k, r in res.items()}
+    assert all(r.status == "pass" for r in res.values()), {k: (r.status, r.message) for k, r in res.items()}
+
+
+def test_sign_test():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(6, 0) == 1 / 64
+    assert sign_test_p(3, 3) == 42 / 64  # P[Bin(6, 1/2) >= 3]
+    assert sign_test_p(0, 5) == 1.0
+
+
+def test_quantizer_is_flagged_as_obfuscated(clf, probe):
+    q = Quantized(clf)  # a fresh wrapper is in training mode, the classifier inside it in eval mode
+    res = by_name(run_checks(q, *probe, eps=0.1, norm="Linf", base_classifier=clf))
+    assert q.training and not clf.training  # checks run in eval mode and restore each module's own flag
+    assert res["gradients"].status == "fail" and res["gradients"].blocking
+    assert "zero" in res["gradients"].message
+    assert res["unbounded_attack"].status == "fail"
+    assert res["black_box"].status == "fail"  # Square beats the gradient attack
+    assert res["transfer"].status == "fail"  # the base model's gradients beat the defense's own
+    # paired on the same probe points: transfer breaks points white-box PGD cannot, never the reverse
+    assert res["transfer"].details["broken_only_by_alternative"] >= 5
+    assert res["transfer"].details["broken_only_by_white_box"] == 0
+
+
+def test_hidden_randomness_is_flagged(clf, probe):
+    res = by_name(run_checks(SecretlyRandom(clf), *probe, eps=0.1, norm="Linf"))
+    assert res["stochasticity"].status == "fail" and res["stochasticity"].blocking
+    assert "declared deterministic" in res["stochasticity"].message
+
+
+def test_probabilities_and_undeclared_adaptation_are_flagged(clf, probe):
+    assert by_name(run_checks(Softmaxed(clf), *probe, eps=0.1, norm="Linf"))["logits"].status == "fail"
+    res = by_name(run_checks(Adapting(clf), *probe, eps=0.1, norm="Linf"))
+    assert res["test_time_state"].status == "fail" and "adapts_at_test_time" in res["test_time_state"].message
+
+
+def test_declared_stochastic_but_deterministic_is_only_a_warning(clf, probe):
+    class Declared(Quantized):
+        traits = DefenseTraits(stochastic=True)
+
+        def logits(self, x):
+            return self.base(x)
+
+    res = by_name(run_checks(Declared(clf), *probe, eps=0.1, norm="Linf"))
+    assert res["stochasticity"].status == "warn" and not res["stochasticity"].is_blocking_failure
+
+
+def test_benchmark_marks_obfuscated_defense_unreliable(clf):
+    kw = dict(dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 10}}, n_examples=24,
+              batch_size=24, probe_size=24)
+    bad = benchmark(Quantized(clf), **kw)
+    assert bad.unreliable and "UNRELIABLE" in bad.summary()
+    good = benchmark(clf, **kw)
+    assert not good.unreliable
+    # the obfuscated model looks *more* robust to the white-box attack: exactly what the checks catch
+    assert bad.robust["single_draw"].value > good.robust["single_draw"].value
