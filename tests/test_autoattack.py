@@ -1,5 +1,7 @@
 """robustkit's AutoAttack is pyautoattack: identical flags to calling it directly with the same seed."""
 
+import logging
+
 import pytest
 import torch
 
@@ -34,6 +36,33 @@ def test_global_rng_is_untouched_by_pyautoattack():
     before = torch.random.get_rng_state()
     AutoAttack(eps=0.1, version="custom", attacks=("apgd-ce",), seed=5)(clf, x, y)
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.NOTSET)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.names.append(record.name)
+
+
+@pytest.mark.parametrize("root_level, leaks", [(logging.WARNING, False), (logging.DEBUG, True)])
+def test_cascade_is_read_without_leaking_debug_lines_to_the_users_handlers(root_level, leaks):
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    root, seen = logging.getLogger(), _Records()
+    old_level = root.level
+    root.addHandler(seen)
+    root.setLevel(root_level)
+    try:
+        res = AutoAttack(eps=0.1, version="custom", attacks=("apgd-ce",), seed=5)(clf, x, y)
+    finally:
+        root.removeHandler(seen)
+        root.setLevel(old_level)
+    assert "apgd-ce" in res.info["cascade"]  # our handler still read pyautoattack's cascade line
+    assert ("auto-attack" in seen.names) == leaks
+    assert logging.getLogger("auto-attack").propagate
 
 
 @pytest.mark.slow

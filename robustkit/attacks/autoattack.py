@@ -118,8 +118,11 @@ class AutoAttack(Attack):
         aa = self._build(model, x.device)
         log = logging.getLogger("auto-attack")
         cascade = _CascadeLog()
-        old_level = log.level
+        old_level, old_propagate = log.level, log.propagate
         log.addHandler(cascade)
+        # Lowered only so that our handler sees the cascade lines; records below the level the user had
+        # configured must not reach the user's (root) handlers, so they propagate only if they would have.
+        log.propagate = old_propagate and log.isEnabledFor(logging.DEBUG)
         log.setLevel(logging.DEBUG)
         devices = [x.device] if x.device.type == "cuda" else []
         try:
@@ -128,6 +131,7 @@ class AutoAttack(Attack):
         finally:
             log.removeHandler(cascade)
             log.setLevel(old_level)
+            log.propagate = old_propagate
         # fraction of the batch still robust after each sub-attack, in cascade order
         return Perturbation(x_adv, {"cascade": dict(cascade.after)})
 
