@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import DatasetError, InputError
 from ..hub import data_dir as default_data_dir
-from . import cifar10, digits
+from . import cifar10, cifar10c, digits
 
 __all__ = ["DATASETS", "DatasetError", "load_dataset", "default_data_dir"]
 
@@ -52,28 +53,44 @@ def _select(x: np.ndarray, y: np.ndarray, n_examples: int | None, indices: Seque
     return xt.contiguous(), torch.from_numpy(ys.astype(np.int64))
 
 
-# name -> loader(split, data_dir) returning (x [N,C,H,W] uint8 or float in [0,1], y int) numpy arrays
-Loader = Callable[[str, "Path | None"], "tuple[np.ndarray, np.ndarray]"]
-DATASETS: dict[str, Loader] = {"cifar10": cifar10.load_arrays, "digits": digits.load_arrays}
+# name -> loader(split, data_dir, **options) returning (x [N,C,H,W] uint8 or float in [0,1], y int) numpy
+# arrays; a loader's keyword-only parameters are the dataset's options (cifar10c: corruption, severity).
+Loader = Callable[..., "tuple[np.ndarray, np.ndarray]"]
+DATASETS: dict[str, Loader] = {"cifar10": cifar10.load_arrays, "cifar10c": cifar10c.load_arrays,
+                               "digits": digits.load_arrays}
+
+
+def _options(loader: Loader) -> tuple[str, ...]:
+    return tuple(n for n, p in inspect.signature(loader).parameters.items() if p.kind is p.KEYWORD_ONLY)
 
 
 def load_dataset(name: str, *, split: str = "test", n_examples: int | None = None,
                  data_dir: str | os.PathLike | None = None,
-                 indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 indices: Sequence[int] | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a dataset as ``(x, y)`` tensors.
 
     Args:
-        name: ``"cifar10"`` or ``"digits"`` (see ``DATASETS``).
+        name: ``"cifar10"``, ``"cifar10c"`` or ``"digits"`` (see ``DATASETS``).
         split: ``"test"`` or ``"train"``.
         n_examples: keep the first n (in the official order, or of ``indices``).
         data_dir: where the files are (see module docstring); ignored by bundled datasets.
         indices: explicit rows to take, in the given order.
+        options: the dataset's own keywords; ``cifar10c`` needs ``corruption`` (one of
+            ``robustkit.data.corruptions.CORRUPTIONS``) and ``severity`` (1..5).
+
+    Example::
+
+        x, y = load_dataset("cifar10c", corruption="fog", severity=5, n_examples=100)
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     loader = DATASETS[name]
-    x, y = loader(split, Path(data_dir).expanduser() if data_dir is not None else None)
+    unknown = sorted(set(options) - set(_options(loader)))
+    if unknown:
+        allowed = ", ".join(_options(loader)) or "none"
+        raise InputError(f"dataset {name!r} takes no option {', '.join(unknown)} (its options: {allowed})")
+    x, y = loader(split, Path(data_dir).expanduser() if data_dir is not None else None, **options)
     return _select(x, y, n_examples, indices, name, split)
 
