@@ -165,12 +165,16 @@ def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return _concat(parts)
 
 
-def _extract(tarball: Path) -> Path:
-    """Verify ``tarball``'s md5, extract it safely next to itself and return the batches folder."""
-    hub.verify_file(tarball, TARBALL_MD5, "md5", error=DatasetError)
+def safe_extract(tarball: Path, md5: str) -> Path:
+    """Verify ``tarball``'s md5, extract it (any compression) next to itself and return that folder.
+
+    Every member is checked first: an absolute path, a ``..`` component, a link or a device refuses the
+    whole archive, so nothing is written outside the folder and nothing half-extracted is trusted.
+    """
+    hub.verify_file(tarball, md5, "md5", error=DatasetError)
     dest = tarball.parent
     try:
-        with tarfile.open(tarball, "r:gz") as tf:
+        with tarfile.open(tarball, "r:*") as tf:
             members = tf.getmembers()
             for m in members:
                 p = PurePosixPath(m.name)
@@ -186,4 +190,9 @@ def _extract(tarball: Path) -> Path:
         raise
     except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
         raise DatasetError(f"cannot extract {tarball}: {type(e).__name__}: {e}") from e
-    return dest / BATCH_DIR
+    return dest
+
+
+def _extract(tarball: Path) -> Path:
+    """Verify and extract the official CIFAR-10 tarball; return its batches folder."""
+    return safe_extract(tarball, TARBALL_MD5) / BATCH_DIR

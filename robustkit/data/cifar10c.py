@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 import warnings
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from .. import hub
 from ..errors import DatasetError, InputError
+from .cifar10 import safe_extract
 from .corruptions import CORRUPTIONS, SEVERITIES, check_corruption
 
 log = logging.getLogger(__name__)
@@ -142,26 +142,7 @@ def _warn_generated(folder: Path) -> None:
 
 def extract(tarball: Path) -> Path:
     """Verify ``tarball``'s md5, extract it safely next to itself and return its ``CIFAR-10-C`` folder."""
-    hub.verify_file(tarball, TARBALL_MD5, "md5", error=DatasetError)
-    dest = tarball.parent
-    try:
-        with tarfile.open(tarball, "r:*") as tf:
-            members = tf.getmembers()
-            for m in members:
-                p = PurePosixPath(m.name)
-                if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
-                    raise DatasetError(f"{tarball}: unsafe archive member {m.name!r} (absolute path, '..' "
-                                       "or a link/device); refusing to extract anything")
-            log.info("extracting %s into %s", tarball, dest)
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python without extraction filters; members were checked above
-                tf.extractall(dest, members=members)
-    except DatasetError:
-        raise
-    except (OSError, EOFError, tarfile.TarError) as e:
-        raise DatasetError(f"cannot extract {tarball}: {type(e).__name__}: {e}") from e
-    return dest / FOLDER
+    return safe_extract(tarball, TARBALL_MD5) / FOLDER
 
 
 def write_cifar10c(out: str | Path, images: np.ndarray, labels: np.ndarray, *, seed: int = 0,
