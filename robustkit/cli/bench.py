@@ -14,7 +14,6 @@ Re-running with the same ``--run-dir`` resumes a killed run; the record is ``RUN
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import InputError
