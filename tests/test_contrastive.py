@@ -1,0 +1,387 @@
+"""ContrastiveGuidedPurifier: the losses and the guidance against independent computations, the guided solve
+against a naive loop written here, exact gradients against finite differences, randomness, the online-head
+declaration, input validation and the registry entries.
+
+The reference loss below is written per anchor from Robinson et al. (ICLR 2021, Eqs. 3–5), independently of
+the vectorised code under test; NT-Xent is checked in its cross-entropy form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import robustkit
+from robustkit.defenses import (ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, ContrastivePurifiedClassifier,
+                                DiffPureConfig, DiffPurePurifier, GaussianScoreModel, PurifiedClassifier,
+                                create_contrastive_purification, create_defense, debiased_contrastive_loss,
+                                defense_config, info_nce_loss, list_defenses)
+from robustkit.diffusion.schedule import VPSDE
+from robustkit.errors import CheckpointError, InputError
+
+SHAPE = (1, 4, 4)
+CFG = DiffPureConfig(t_star=0.1, dt=0.02)  # 5 Euler steps; guided from step 2: 3 guided steps
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Wavy(GaussianScoreModel):
+    """The Gaussian optimum plus a smooth nonlinear term (so the score model's Jacobian is not trivial)."""
+
+    def predict_noise(self, x_t, t, y):
+        return super().predict_noise(x_t, t, y) + 0.1 * torch.sin(2.0 * x_t)
+
+
+def _classifier(dtype=torch.float64) -> robustkit.Classifier:
+    g = torch.Generator().manual_seed(3)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return robustkit.wrap_classifier(net.to(dtype), num_classes=3, input_shape=SHAPE)
+
+
+def _purifier(guidance: ContrastiveGuidanceConfig | None = None, config: DiffPureConfig = CFG,
+              dtype=torch.float64) -> ContrastiveGuidedPurifier:
+    p = ContrastiveGuidedPurifier(Wavy(SHAPE, std=0.5), _classifier(dtype), config, guidance)
+    return p.to(dtype)
+
+
+def _images(n: int = 4, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    return torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ------------------------------------------------------------------------------- independent references
+
+def ref_debiased(zp: torch.Tensor, zc: torch.Tensor, tau: float, beta: float, temp: float) -> torch.Tensor:
+    """Robinson et al.'s hard-negative debiased loss, one anchor at a time."""
+    z = torch.cat([zp, zc], 0)
+    b2 = z.shape[0]
+    b = b2 // 2
+
+    def s(i, j):
+        return torch.exp(F.cosine_similarity(z[i], z[j], dim=0) / temp)
+
+    total = 0.0
+    for i in range(b2):
+        p = (i + b) % b2
+        negs = [s(i, j) for j in range(b2) if j not in (i, p)]
+        m = len(negs)
+        w = [n ** beta for n in negs]
+        reweighted = sum(wi * ni for wi, ni in zip(w, negs)) / (sum(w) / m)
+        ng = torch.clamp((reweighted - tau * m * s(i, p)) / (1 - tau), min=m * math.exp(-1 / temp))
+        total = total - torch.log(s(i, p) / (s(i, p) + ng))
+    return total / b2
+
+
+def ref_nt_xent(zp: torch.Tensor, zc: torch.Tensor, temp: float) -> torch.Tensor:
+    """NT-Xent (SimCLR) as a cross-entropy over cosine logits with the self-similarity masked."""
+    z = F.normalize(torch.cat([zp, zc], 0), dim=1)
+    b2 = z.shape[0]
+    logits = (z @ z.T / temp).masked_fill(torch.eye(b2, dtype=torch.bool), float("-inf"))
+    target = (torch.arange(b2) + b2 // 2) % b2
+    return F.cross_entropy(logits, target)
+
+
+def ref_embed(p: ContrastiveGuidedPurifier, x_t: torch.Tensor) -> torch.Tensor:
+    return p.head(p.classifier.logits((x_t + 1) / 2))
+
+
+def ref_guidance(p: ContrastiveGuidedPurifier, x_t, x_prev, create_graph: bool) -> torch.Tensor:
+    g = p.guidance
+    loss = ref_debiased(ref_embed(p, x_prev), ref_embed(p, x_t), g.tau_plus, g.beta, g.temperature)
+    grad, = torch.autograd.grad(loss, x_t, create_graph=create_graph)
+    return g.guidance_scale * grad
+
+
+def naive_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise, second_order: bool = True) -> torch.Tensor:
+    """The guided Euler–Maruyama loop written out: x ← x + ½βh x − βh/σ (ε̂ + λ∇ℓ) + sqrt(βh) z."""
+    sde = VPSDE()
+    x_t = p.noise_mean * (2 * x - 1) + p.noise_std * noise.init
+    n = len(noise.steps)
+    times = [0.1 - k * 0.02 for k in range(n)] + [1e-5]
+    prev = None
+    for k in range(n):
+        t, h = times[k], times[k] - times[k + 1]
+        tt = torch.tensor(t, dtype=torch.float64)
+        beta, std = float(sde.beta(tt)), float(sde.marginal(tt).std)
+        eps = p.score_model(x_t, torch.full((x.shape[0],), t, dtype=x.dtype))
+        if k >= p.guidance.start_step:
+            if not x_t.requires_grad:
+                x_t = x_t.detach().requires_grad_(True)
+            g = ref_guidance(p, x_t, prev, create_graph=True)
+            eps = eps + (g if second_order else g.detach())
+        nxt = x_t + 0.5 * beta * h * x_t - beta * h / std * eps + math.sqrt(beta * h) * noise.steps[k]
+        prev, x_t = x_t, nxt
+    return (x_t + 1) / 2
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+def test_debiased_loss_matches_per_anchor_formula():
+    g = torch.Generator().manual_seed(1)
+    zp, zc = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    for tau, beta, temp in [(0.1, 1.0, 1.0), (0.3, 0.5, 0.5), (0.0, 2.0, 2.0)]:
+        got = debiased_contrastive_loss(zp, zc, tau_plus=tau, beta=beta, temperature=temp)
+        assert torch.allclose(got, ref_debiased(zp, zc, tau, beta, temp), rtol=1e-12, atol=1e-12)
+
+
+def test_clamp_of_negatives_is_active_for_large_tau_plus():
+    # Close pairs and a large τ⁺ drive (Σ w n − τ⁺ M p)/(1 − τ⁺) below M e^{−1/T}: the clamp decides.
+    zp = torch.eye(3, dtype=torch.float64)
+    got = debiased_contrastive_loss(zp, zp, tau_plus=0.9, beta=1.0, temperature=1.0)
+    m = 4
+    expect = -math.log(math.e / (math.e + m * math.exp(-1.0)))
+    assert abs(float(got) - expect) < 1e-12
+    assert torch.allclose(got, ref_debiased(zp, zp, 0.9, 1.0, 1.0))
+
+
+def test_debiased_loss_reduces_to_info_nce_at_tau0_beta0():
+    g = torch.Generator().manual_seed(2)
+    zp, zc = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    for temp in (1.0, 0.3):
+        d = debiased_contrastive_loss(zp, zc, tau_plus=0.0, beta=0.0, temperature=temp)
+        assert torch.allclose(d, info_nce_loss(zp, zc, temperature=temp), rtol=1e-12)
+        assert torch.allclose(d, ref_nt_xent(zp, zc, temp), rtol=1e-12)
+
+
+def test_batch_of_one_has_no_negatives_and_no_guidance():
+    z = torch.randn(1, 3, dtype=torch.float64)
+    assert float(debiased_contrastive_loss(z, z + 1)) == 0.0 and float(info_nce_loss(z, z + 1)) == 0.0
+    p = _purifier()
+    x = _images(1)
+    ref = DiffPurePurifier(p.score_model, CFG)
+    with pytest.warns(UserWarning, match="batch of one"):
+        a = p.purify(x, torch.Generator().manual_seed(4))
+    b = ref.purify(x, torch.Generator().manual_seed(4))
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+# -------------------------------------------------------------------------------------------- guidance
+
+def test_guidance_term_equals_independent_lambda_grad():
+    p = _purifier()
+    x_prev = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x_t = (x_prev + 0.05 * torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(6),
+                                       dtype=torch.float64)).requires_grad_(True)
+    got = p.guidance_term(x_t, x_prev)
+    expect = ref_guidance(p, x_t, x_prev, create_graph=False)
+    assert float(expect.abs().max()) > 1e-3  # the guidance is not trivially zero
+    assert torch.allclose(got, expect, rtol=1e-10, atol=1e-12)
+    # graph-free path (no_grad, as in BPDA/inference) gives the same numbers
+    with torch.no_grad():
+        assert torch.allclose(p.guidance_term(x_t.detach(), x_prev), expect, rtol=1e-10, atol=1e-12)
+    # ε̃ = ε̂ + λ∇ℓ
+    t = torch.full((4,), 0.05, dtype=torch.float64)
+    assert torch.allclose(p.guided_noise(x_t, x_prev, t), p.score_model(x_t, t) + expect, rtol=1e-10, atol=1e-12)
+
+
+def test_lambda_zero_is_diffpure_bit_for_bit():
+    x = _images(4, dtype=torch.float32)
+    for guidance in (ContrastiveGuidanceConfig(guidance_scale=0.0), ContrastiveGuidanceConfig(start_step=5)):
+        p = _purifier(guidance, dtype=torch.float32)
+        assert p.guided_steps == 0
+        ref = DiffPurePurifier(p.score_model, CFG)
+        a = p.purify(x, torch.Generator().manual_seed(7))
+        b = ref.purify(x, torch.Generator().manual_seed(7))
+        assert torch.equal(a, b)
+
+
+def test_guided_purification_matches_naive_loop_values_and_gradients():
+    p = _purifier()
+    x = _images(4, seed=8).requires_grad_(True)
+    noise = p.draw_noise(x, torch.Generator().manual_seed(9))
+    w = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+
+    out = p.purify_with_noise(x, noise, checkpoint=True)
+    ref = naive_purify(p, x, noise)
+    assert torch.allclose(out, ref, rtol=1e-10, atol=1e-10)
+    # the guidance moved the images away from DiffPure's
+    plain = DiffPurePurifier(p.score_model, CFG).purify_with_noise(x, noise)
+    assert float((out - plain).detach().abs().max()) > 1e-3
+
+    g_ckpt, = torch.autograd.grad((out * w).sum(), x)
+    g_plain, = torch.autograd.grad((p.purify_with_noise(x, noise, checkpoint=False) * w).sum(), x)
+    g_ref, = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(g_ckpt, g_ref, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(g_plain, g_ref, rtol=1e-9, atol=1e-10)
+    # second-order terms matter: freezing the guidance gives a different gradient
+    g_first, = torch.autograd.grad((naive_purify(p, x, noise, second_order=False) * w).sum(), x)
+    assert float((g_first - g_ref).abs().max()) > 1e-4 * float(g_ref.abs().max())
+
+
+def test_exact_gradient_matches_finite_differences():
+    p = _purifier()
+    x0 = _images(3, seed=11)
+    noise = p.draw_noise(x0, torch.Generator().manual_seed(12))
+    w = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+
+    def f(x):
+        return (p.purify_with_noise(x, noise) * w).sum()
+
+    x = x0.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(f(x), x)
+    h = 1e-6
+    for idx in [(0, 0, 0, 0), (1, 0, 2, 3), (2, 0, 1, 1), (0, 0, 3, 2)]:
+        e = torch.zeros_like(x0)
+        e[idx] = h
+        with torch.no_grad():
+            fd = (f(x0 + e) - f(x0 - e)) / (2 * h)
+        assert abs(float(fd) - float(grad[idx])) < 1e-6 * max(1.0, abs(float(fd)))
+
+
+def test_bpda_and_surrogate_modes_predict_with_the_guided_purification():
+    p = _purifier()
+    x = _images(4, seed=16)
+    with torch.no_grad():
+        guided = p.classifier.logits(p.purify(x, torch.Generator().manual_seed(17)))
+    for mode in ("bpda", "surrogate"):
+        d = ContrastivePurifiedClassifier(p, p.classifier, gradient=mode, seed=17)
+        xr = x.clone().requires_grad_(True)
+        out = d(xr)
+        assert torch.allclose(out, guided, rtol=1e-10, atol=1e-12)
+        grad, = torch.autograd.grad(out.sum(), xr)
+        assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+        assert d.traits.gradient == mode
+
+
+# ------------------------------------------------------------------------------------------ online head
+
+def test_online_head_is_declared_and_trains_per_purification():
+    p = _purifier(ContrastiveGuidanceConfig(online_head=True))
+    assert p.guidance.online_head and p.online_head and p.gradient == "surrogate"
+    d = ContrastivePurifiedClassifier(p, p.classifier, gradient="exact", seed=0)
+    assert d.traits.gradient == "surrogate" and d.traits.stochastic
+    init = [q.detach().clone() for q in p.head.parameters()]
+    x = _images(4)
+    a = p.purify(x, torch.Generator().manual_seed(1))
+    trained = [q.detach().clone() for q in p.head.parameters()]
+    assert any(not torch.equal(u, v) for u, v in zip(init, trained))  # Adam moved the head
+    b = p.purify(x, torch.Generator().manual_seed(1))  # re-initialised: the same purification again
+    assert torch.equal(a, b)
+    p.head.reset()
+    assert all(torch.equal(u, v) for u, v in zip(init, p.head.parameters()))
+    # a fixed head keeps "exact"
+    fixed = _purifier()
+    assert ContrastivePurifiedClassifier(fixed, fixed.classifier).traits.gradient == "exact"
+    assert not any(q.requires_grad for q in fixed.head.parameters())
+
+
+def test_online_head_gradient_treats_guidance_as_constant():
+    p = _purifier(ContrastiveGuidanceConfig(online_head=True))
+    x = _images(3, seed=14).requires_grad_(True)
+    noise = p.draw_noise(x, torch.Generator().manual_seed(15))
+    out = p.purify_with_noise(x, noise)
+    grad, = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+
+
+# ------------------------------------------------------------------------------------------- randomness
+
+def test_global_rng_untouched():
+    fixed, online = _purifier(), _purifier(ContrastiveGuidanceConfig(online_head=True))
+    x = _images(4)
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    for p in (fixed, online):
+        p.purify(x, torch.Generator().manual_seed(0))
+        p.purify(x)  # OS-seeded private generator
+    d = ContrastivePurifiedClassifier(fixed, fixed.classifier, seed=3)
+    d(x.float().double())
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert np.array_equal(after[1], np_state[1]) and after[2] == np_state[2]
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("kwargs", [dict(tau_plus=1.0), dict(tau_plus=-0.1), dict(beta=-1.0), dict(temperature=0.0),
+                                    dict(start_step=0), dict(start_step=1.5), dict(loss="nce"),
+                                    dict(guidance_scale=-1.0), dict(guidance_scale=float("nan")),
+                                    dict(online_head="yes"), dict(head_lr=0.0), dict(head_hidden=0)])
+def test_config_validation(kwargs):
+    with pytest.raises(InputError):
+        ContrastiveGuidanceConfig(**kwargs)
+
+
+def test_input_validation():
+    model, clf = Wavy(SHAPE), _classifier()
+    with pytest.raises(InputError, match="sampler"):
+        ContrastiveGuidedPurifier(model, clf, DiffPureConfig(sampler="ode"))
+    with pytest.raises(InputError, match="Classifier"):
+        ContrastiveGuidedPurifier(model, nn.Linear(16, 3), CFG)
+    with pytest.raises(InputError):
+        ContrastiveGuidedPurifier(model, clf, CFG, guidance=dict(guidance_scale=1.0))
+    other = robustkit.wrap_classifier(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), num_classes=3,
+                                      input_shape=(1, 6, 6))
+    with pytest.raises(InputError):
+        ContrastiveGuidedPurifier(model, other, CFG)
+    with pytest.raises(InputError):
+        debiased_contrastive_loss(torch.zeros(3, 2), torch.zeros(4, 2))
+    p = _purifier()
+    with pytest.raises(InputError):
+        p.purify(torch.full((2, *SHAPE), 2.0, dtype=torch.float64))
+    with pytest.raises(InputError, match="adjoint"):
+        PurifiedClassifier(p, p.classifier, gradient="adjoint")
+    with pytest.raises(InputError):
+        ContrastivePurifiedClassifier(DiffPurePurifier(Wavy(SHAPE), CFG), clf)
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+NAMES = ("contrastive_purification.cifar10", "contrastive_purification_unet.cifar10",
+         "tiny_contrastive_purification.digits")
+
+
+def test_registry_entries():
+    assert set(NAMES) <= set(list_defenses("*contrastive*"))
+    assert defense_config("contrastive_purification.cifar10").classifier == defense_config("diffpure.cifar10").classifier
+    assert defense_config("contrastive_purification.cifar10").weights == defense_config("diffpure.cifar10").weights
+    assert defense_config("contrastive_purification_unet.cifar10").classifier == \
+        defense_config("diffpure_unet.cifar10").classifier
+    assert defense_config("tiny_contrastive_purification.digits").classifier == "tiny_cnn.digits"
+    with pytest.raises(InputError, match="not a contrastive"):
+        create_contrastive_purification("diffpure.cifar10")
+    with pytest.raises(InputError, match="unknown"):
+        create_contrastive_purification("tiny_contrastive_purification.digits", lamda=1)
+
+
+def _skip_unless_tiny_unet_digits() -> None:
+    from robustkit.diffusion.zoo import resolve_score_model_weights
+
+    try:
+        resolve_score_model_weights("tiny_unet.digits", download=False)
+    except CheckpointError as e:
+        pytest.skip(f"tiny_unet.digits weights are not bundled: {e}")
+
+
+def test_create_defense_refuses_contrastive_entry():
+    _skip_unless_tiny_unet_digits()
+    d = create_defense("tiny_contrastive_purification.digits", pretrained=True, seed=0)
+    with pytest.raises(InputError, match="create_contrastive_purification"):
+        d(torch.rand(2, 1, 8, 8))
+
+
+def test_tiny_digits_entry_runs_and_classifies():
+    _skip_unless_tiny_unet_digits()
+    d = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, seed=0, dt=1e-2)
+    assert isinstance(d.purifier, ContrastiveGuidedPurifier) and d.traits.gradient == "exact"
+    assert d.purifier.guidance == ContrastiveGuidanceConfig()
+    x, y = robustkit.load_dataset("digits", n_examples=50)
+    with torch.no_grad():
+        pred = d(x).argmax(1)
+    acc = float((pred == y).float().mean())
+    assert acc > 0.8
+    online = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, seed=0,
+                                             dt=1e-2, online_head=True)
+    assert online.traits.gradient == "surrogate" and online.purifier.guidance.online_head

@@ -1,0 +1,319 @@
+"""RDC: the diffusion classifier against an independent sum, its speed modes against the full sum, chunked
+gradients against plain autograd, likelihood maximisation's constraints and randomness, the registry."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import robustkit
+from robustkit.defenses import (DiffusionClassifier, DiffusionClassifierConfig, LikelihoodMaximizationConfig,
+                                LikelihoodMaximizationPurifier, RobustDiffusionClassifier, create_rdc,
+                                defense_config, list_defenses)
+from robustkit.diffusion import create_score_model
+from robustkit.diffusion.edm import EDMConfig, EDMPrecond, EDMScoreModel
+from robustkit.diffusion.schedule import DiscreteVPSchedule
+from robustkit.diffusion.score_model import ScoreModel
+from robustkit.diffusion.unet import UNet, UNetConfig
+from robustkit.errors import CheckpointError, InputError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """A shared 2-core machine: intra-op threads only add contention for these tiny networks."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return create_score_model("tiny_unet.digits", pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return robustkit.load_dataset("digits", n_examples=50)
+
+
+def _random_unet(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)  # only to build a test network; restored by the caller's fixture scope
+    cfg = UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(), mid_attention=False, num_heads=1, num_classes=4, dropout=0.0,
+                     num_groups=4, emb_channels=16)
+    return UNet(cfg).eval()
+
+
+class _Blind(ScoreModel):
+    """Predicts ε̂ = 0.1·x_t whatever the class: with shared noise every class gets the same loss."""
+
+    def __init__(self):
+        super().__init__((1, 4, 4), num_classes=3)
+
+    def predict_noise(self, x_t, t, y):
+        return 0.1 * x_t
+
+
+# -- the diffusion classifier ------------------------------------------------------------------------------
+
+def _reference_uniform(model, x, noise, stride, num_classes):
+    """−Σ_k (T/T') ‖ε̂(√ᾱ_k x0 + √(1−ᾱ_k) ε_k, t_k, y) − ε_k‖², one (image, class, step) at a time."""
+    sched = DiscreteVPSchedule()
+    steps = list(range(0, 1000, stride))
+    out = torch.zeros(x.shape[0], num_classes)
+    for i in range(x.shape[0]):
+        x0 = 2 * x[i: i + 1] - 1
+        for y in range(num_classes):
+            total = 0.0
+            for j, k in enumerate(steps):
+                a, s = sched.marginal_at_index(k)
+                eps_hat = model(a * x0 + s * noise[j: j + 1], torch.tensor([sched.time_of(k)]), torch.tensor([y]))
+                total += float(((eps_hat - noise[j: j + 1]) ** 2).sum())
+            out[i, y] = -total * 1000 / len(steps)
+    return out
+
+
+def test_logits_equal_independent_sum_uniform(digits_model, digits):
+    x = digits[0][:3]
+    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=125, chunk_size=7))
+    noise = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = -dc.losses(x, noise=noise)
+        ref = _reference_uniform(digits_model, x, noise, 125, 10)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_logits_equal_independent_sum_edm_in_sigma_space():
+    """The EDM weighting through the ScoreModel adapter equals the σ-space ELBO computed with ``denoise``:
+    −Σ_k λ(σ_k) p(σ_k) Δσ ‖D(x0 + σ_k ε_k; σ_k, y) − x0‖², p the log-normal density over σ."""
+    cfg = EDMConfig(img_resolution=8, in_channels=1, model_channels=8, channel_mult=(1, 1), num_blocks=1,
+                    attn_resolutions=(4,), label_dim=3, augment_dim=0)
+    model = EDMScoreModel(EDMPrecond(cfg, generator=torch.Generator().manual_seed(0))).eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    n, stride = 40, 5
+    dc = DiffusionClassifier(model, DiffusionClassifierConfig(weighting="edm", num_timesteps=n, stride=stride))
+    noise = torch.randn(n // stride, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = -dc.losses(x, noise=noise)
+        ref = torch.zeros(2, 3, dtype=torch.float64)
+        d_sigma = (3.0 - 1e-4) / n
+        for j, k in enumerate(range(0, n, stride)):
+            sigma = 1e-4 + k * d_sigma
+            lam = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+            p = math.exp(-((math.log(sigma) + 1.2) ** 2) / (2 * 1.2 ** 2)) / (sigma * 1.2 * math.sqrt(2 * math.pi))
+            for y in range(3):
+                x0 = 2 * x - 1
+                d = model.denoise(x0 + sigma * noise[j].expand_as(x0), sigma, torch.full((2,), y))
+                ref[:, y] -= lam * p * d_sigma * (d - x0).double().pow(2).flatten(1).sum(1) * stride
+    torch.testing.assert_close(got.double(), ref, rtol=2e-3, atol=1e-6)
+
+
+def test_noise_is_shared_across_classes():
+    dc = DiffusionClassifier(_Blind(), DiffusionClassifierConfig(num_timesteps=50, stride=5), seed=0)
+    out = dc(torch.rand(2, 1, 4, 4))
+    assert torch.equal(out, out[:, :1].expand_as(out))   # identical ε for every class → identical losses
+    assert not torch.equal(out[0], out[1])
+
+
+def test_chunked_checkpointed_gradient_equals_plain_autograd(digits_model, digits):
+    digits_model = copy.deepcopy(digits_model).double()     # float64: compare summation orders tightly
+    x = digits[0][:2].clone().double()
+    cfg = DiffusionClassifierConfig(stride=100, chunk_size=9)  # 2·10·10 rows in 23 checkpointed chunks
+    dc = DiffusionClassifier(digits_model, cfg)
+    noise = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.randn(2, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    xa = x.clone().requires_grad_()
+    (g_chunked,) = torch.autograd.grad((dc.losses(xa, noise=noise) * w).sum(), xa)
+    # Plain autograd: one un-chunked graph through an independent formula.
+    sched = DiscreteVPSchedule()
+    xb = x.clone().requires_grad_()
+    total = 0.0
+    for j, k in enumerate(range(0, 1000, 100)):
+        acp = sched.alphas_cumprod64[k]
+        a, s = acp.sqrt(), (1 - acp).sqrt()
+        x0 = (2 * xb - 1).repeat_interleave(10, 0)
+        y = torch.arange(10).repeat(2)
+        eps_hat = digits_model(a * x0 + s * noise[j], sched.timesteps[k].double().expand(20), y)
+        total = total + (((eps_hat - noise[j]) ** 2).flatten(1).sum(1).view(2, 10) * 100 * w).sum()   # T / T' = 100
+    (g_plain,) = torch.autograd.grad(total, xb)
+    assert float(g_plain.abs().max()) > 0
+    torch.testing.assert_close(g_chunked, g_plain, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_order_does_not_change_per_image_logits(digits_model, digits):
+    x = digits[0][:6]
+    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=50, chunk_size=64), seed=5,
+                             fixed_noise=True)
+    assert not dc.traits.stochastic
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        a, b = dc(x), dc(x[perm])
+    torch.testing.assert_close(b, a[perm], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_kind", ["digits", "random"])
+def test_guaranteed_mode_predicts_like_the_full_sum(model_kind, digits_model, digits):
+    model = digits_model if model_kind == "digits" else _random_unet()
+    x = digits[0][:12]
+    base = dict(stride=20, chunk_size=512, coarse_steps=5, block_steps=7)
+    noise = torch.randn(50, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    full = DiffusionClassifier(model, DiffusionClassifierConfig(**base))
+    guar = DiffusionClassifier(model, DiffusionClassifierConfig(mode="guaranteed", **base))
+    with torch.no_grad():
+        lf = -full.losses(x, noise=noise)
+        lg = -guar.losses(x, noise=noise)
+    assert torch.equal(lg.argmax(1), lf.argmax(1))
+    win = lf.argmax(1)
+    torch.testing.assert_close(lg[torch.arange(12), win], lf[torch.arange(12), win], rtol=1e-5, atol=1e-4)
+    assert guar.last_nfe <= full.last_nfe
+
+
+def test_adaptive_budget_and_accuracy_on_digits(digits_model, digits):
+    """The adaptive mode (≤ 10% of K×T) classifies the first 50 digits test images well above chance."""
+    x, y = digits
+    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(mode="adaptive"), seed=0)
+    assert dc.traits.forward_passes <= 1000          # 10% of 10 classes × 1000 steps
+    with torch.no_grad():
+        pred = dc(x).argmax(1)
+    assert dc.last_nfe == 50 * dc.traits.forward_passes
+    acc = float((pred == y).float().mean())
+    chance = float(torch.bincount(y, minlength=10).max()) / len(y)   # majority-class rate
+    assert acc >= max(0.8, chance + 0.5), (acc, chance)
+
+
+def test_speed_modes_are_differentiable(digits_model, digits):
+    x = digits[0][:2].clone().requires_grad_()
+    for mode in ("adaptive", "guaranteed"):
+        dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(mode=mode, stride=20, coarse_steps=5,
+                                                                         fine_steps=20, chunk_size=64), seed=0)
+        (g,) = torch.autograd.grad(dc(x).log_softmax(1)[:, 0].sum(), x)
+        assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+
+
+# -- likelihood maximisation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm,eta", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_likelihood_maximisation_stays_in_ball_and_box(digits_model, digits, norm, eta):
+    x = digits[0][:8].clone()
+    x[0] = 0.0
+    x[1] = 1.0
+    p = LikelihoodMaximizationPurifier(digits_model, LikelihoodMaximizationConfig(norm=norm, eta=eta))
+    out = p.purify(x, torch.Generator().manual_seed(0))
+    assert out.min() >= 0 and out.max() <= 1
+    d = (out - x).flatten(1)
+    if norm == "Linf":
+        assert float(d.abs().max()) <= eta + 1e-6
+        assert float(d.abs().max()) > eta / 2          # it moved
+    else:
+        assert float(d.norm(dim=1).max()) <= eta + 1e-5
+    torch.testing.assert_close(p.purify(x, torch.Generator().manual_seed(0)), out)   # its generator only
+
+
+def test_likelihood_maximisation_edm_weighting_on_an_unconditional_edm_model():
+    cfg = EDMConfig(img_resolution=8, in_channels=1, model_channels=8, channel_mult=(1, 1), num_blocks=1,
+                    attn_resolutions=(4,), label_dim=0, augment_dim=0)
+    uncond = EDMScoreModel(EDMPrecond(cfg, generator=torch.Generator().manual_seed(0))).eval()
+    p = LikelihoodMaximizationPurifier(uncond, LikelihoodMaximizationConfig(weighting="edm"))
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = p.purify(x, torch.Generator().manual_seed(2))
+    assert float((out - x).abs().max()) <= 8 / 255 + 1e-6 and out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)
+
+
+def test_likelihood_maximisation_lowers_the_diffusion_loss(digits_model, digits):
+    x = (digits[0][:16] + 0.15 * torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    p = LikelihoodMaximizationPurifier(digits_model, LikelihoodMaximizationConfig(eta=0.1, steps=10))
+    out = p.purify(x, torch.Generator().manual_seed(1))
+    sched = DiscreteVPSchedule()
+    g = torch.Generator().manual_seed(2)
+    ks = torch.randint(0, 1000, (64,), generator=g)
+    noise = torch.randn(64, 1, 8, 8, generator=g)
+
+    def loss(z):
+        total = 0.0
+        for k, e in zip(ks.tolist(), noise):
+            a, s = sched.marginal_at_index(k)
+            total += float(((digits_model(a * (2 * z - 1) + s * e, sched.time_of(k)) - e) ** 2).sum())
+        return total
+
+    with torch.no_grad():
+        assert loss(out) < loss(x)
+
+
+def test_likelihood_maximisation_leaves_the_global_rng_alone(digits_model, digits):
+    x = digits[0][:4]
+    rdc = create_rdc("tiny_rdc.digits", pretrained=True, seed=3, stride=200)   # building a network draws; not here
+    purifier = LikelihoodMaximizationPurifier(digits_model)
+    state = torch.get_rng_state()
+    purifier.purify(x, torch.Generator().manual_seed(0))
+    purifier.purify(x)            # its own OS-seeded generator
+    rdc(x)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_rdc_gradient_modes(digits_model, digits):
+    x = digits[0][:2].clone().requires_grad_()
+    grads = {}
+    for mode in ("bpda", "exact"):
+        rdc = RobustDiffusionClassifier(digits_model, classifier_config=DiffusionClassifierConfig(stride=200),
+                                        gradient=mode, seed=0, fixed_noise=True)
+        assert rdc.traits.gradient == mode and rdc.traits.stochastic
+        assert rdc.traits.forward_passes == 5 + 10 * 5
+        (grads[mode],) = torch.autograd.grad(rdc(x)[:, 0].sum(), x)
+        assert torch.isfinite(grads[mode]).all() and float(grads[mode].abs().sum()) > 0
+    assert not torch.equal(grads["bpda"], grads["exact"])
+
+
+# -- registry and validation -----------------------------------------------------------------------------------
+
+def test_registered_rdc_defenses(tmp_path, monkeypatch, digits):
+    assert {"rdc.cifar10", "rdc_unet.cifar10", "tiny_rdc.digits"} <= set(list_defenses())
+    assert defense_config("tiny_rdc.digits").method == "RDC"
+    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="edm_cifar_cond.pt"):
+        create_rdc("rdc.cifar10", pretrained=True)
+    with pytest.raises(CheckpointError, match="unet_cifar10"):
+        create_rdc("rdc_unet.cifar10", pretrained=True)
+    rdc = create_rdc("tiny_rdc.digits", pretrained=True, seed=0, mode="adaptive")
+    x, y = digits
+    with torch.no_grad():
+        acc = float((rdc(x).argmax(1) == y).float().mean())
+    chance = float(torch.bincount(y, minlength=10).max()) / len(y)
+    assert acc >= max(0.7, chance + 0.4), (acc, chance)
+
+
+def test_input_validation(digits_model):
+    with pytest.raises(InputError, match="weighting"):
+        DiffusionClassifierConfig(weighting="vlb")
+    with pytest.raises(InputError, match="mode"):
+        DiffusionClassifierConfig(mode="fast")
+    with pytest.raises(InputError, match="stride"):
+        DiffusionClassifierConfig(stride=0)
+    with pytest.raises(InputError, match="norm"):
+        LikelihoodMaximizationConfig(norm="L1")
+    with pytest.raises(InputError, match="eta"):
+        LikelihoodMaximizationConfig(eta=-1.0)
+    uncond = UNet(UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1,), num_res_blocks=1,
+                             attention_resolutions=(), mid_attention=False, num_classes=None, num_groups=4,
+                             emb_channels=16))
+    with pytest.raises(InputError, match="class-conditional"):
+        DiffusionClassifier(uncond)
+    with pytest.raises(InputError, match="fixed_noise"):
+        DiffusionClassifier(digits_model, fixed_noise=True)
+    with pytest.raises(InputError, match="log_prior"):
+        DiffusionClassifier(digits_model, DiffusionClassifierConfig(log_prior=(0.0, 0.0)))
+    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=500))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        dc(torch.full((1, 1, 8, 8), 2.0))
+    with pytest.raises(InputError, match="noise"):
+        dc.losses(torch.rand(1, 1, 8, 8), noise=torch.zeros(3, 1, 8, 8))
+    with pytest.raises(InputError, match="gradient"):
+        RobustDiffusionClassifier(digits_model, gradient="adjoint")
+    with pytest.raises(InputError, match="unknown"):
+        create_rdc("tiny_rdc.digits", t_star=0.1)
+    with pytest.raises(InputError, match="not an RDC"):
+        create_rdc("tiny_diffpure.digits")
