@@ -103,6 +103,8 @@ def test_bench_builds_a_registered_defense_with_its_base_classifier(capsys):
     model, base, dataset = bench._build(args)
     assert isinstance(model, PurifiedClassifier) and model.traits.gradient == "bpda"
     assert base is model.classifier and dataset == "digits"
+    tent, base, _ = bench._build(build_parser().parse_args(["bench", "--defense", "tent.tiny_cnn.digits", "--eps", "0.1"]))
+    assert tent.traits.adapts_at_test_time and base is tent.base_classifier
     assert main(["bench", "--eps", "0.1"]) == 2  # neither --classifier nor --defense
     assert "--defense" in capsys.readouterr().err
     assert main(["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--gradient", "bpda"]) == 2

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import robustkit
 from robustkit.defenses import (ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, ContrastivePurifiedClassifier,
+                                ContrastiveScoreModel,
                                 DiffPureConfig, DiffPurePurifier, GaussianScoreModel, PurifiedClassifier,
                                 create_contrastive_purification, create_defense, debiased_contrastive_loss,
                                 defense_config, info_nce_loss, list_defenses)
@@ -365,11 +366,14 @@ def _skip_unless_tiny_unet_digits() -> None:
         pytest.skip(f"tiny_unet.digits weights are not bundled: {e}")
 
 
-def test_create_defense_refuses_contrastive_entry():
+def test_create_defense_builds_the_contrastive_entry():
     _skip_unless_tiny_unet_digits()
-    d = create_defense("tiny_contrastive_purification.digits", pretrained=True, seed=0)
-    with pytest.raises(InputError, match="create_contrastive_purification"):
-        d(torch.rand(2, 1, 8, 8))
+    d = create_defense("tiny_contrastive_purification.digits", pretrained=True, seed=0, dt=1e-2)
+    assert isinstance(d, ContrastivePurifiedClassifier) and isinstance(d.purifier, ContrastiveGuidedPurifier)
+    assert d.purifier.guidance == ContrastiveGuidanceConfig()
+    assert not isinstance(d.purifier.score_model, ContrastiveScoreModel)  # the real score model, unwrapped
+    with pytest.raises(InputError, match="create_defense"):
+        ContrastiveScoreModel(d.purifier.score_model)(torch.rand(2, 1, 8, 8), 0.5)
 
 
 def test_tiny_digits_entry_runs_and_classifies():

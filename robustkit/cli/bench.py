@@ -67,8 +67,11 @@ def _build(args: argparse.Namespace):
         return clf, None, clf.config.dataset
     from ..defenses import create_defense, defense_config
 
-    defense = create_defense(args.defense, pretrained=True, classifier=clf, gradient=args.gradient)
-    return defense, defense.classifier, defense_config(args.defense).dataset
+    options = {k: v for k, v in (("classifier", clf), ("gradient", args.gradient)) if v is not None}
+    defense = create_defense(args.defense, pretrained=True, **options)
+    # purifiers keep their classifier as .classifier, test-time adaptation its static copy as .base_classifier
+    base = getattr(defense, "base_classifier", getattr(defense, "classifier", None))
+    return defense, base, defense_config(args.defense).dataset
 
 
 def run(args: argparse.Namespace) -> int:

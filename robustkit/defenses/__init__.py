@@ -24,7 +24,8 @@ from .contrastive import (ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, 
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier, GaussianScoreModel, coarsen_noise
 from .purification import (GRADIENT_MODES, VOTES, PurifiedClassifier, PurifiedClassifierConfig, Purifier,
                            SurrogatePurification)
-from .registry import DefenseConfig, create_defense, defense_config, list_defenses, register_defense
+from .registry import (DefenseConfig, create_defense, create_diffpure, defense_config, list_defenses, register_builder,
+                       register_defense)
 from .adaptation import (AdaptationConfig, NoNormLayersError, NormStatsClassifier, SourceClassifier, TentClassifier,
                          TentConfig, TestTimeAdaptedClassifier, create_adapted_defense)
 from .tea import EnergyAdaptedClassifier, TEAConfig
@@ -32,7 +33,7 @@ from .tea import EnergyAdaptedClassifier, TEAConfig
 __all__ = [
     "DefenseConfig", "DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GRADIENT_MODES", "GaussianScoreModel",
     "PurifiedClassifier", "PurifiedClassifierConfig", "Purifier", "SurrogatePurification", "VOTES", "coarsen_noise",
-    "create_defense", "defense_config", "list_defenses", "register_defense",
+    "create_defense", "create_diffpure", "defense_config", "list_defenses", "register_builder", "register_defense",
     # RDC
     "DiffusionClassifier", "DiffusionClassifierConfig", "LikelihoodMaximizationConfig",
     "LikelihoodMaximizationPurifier", "RDCScoreModels", "RobustDiffusionClassifier", "create_rdc",

@@ -445,8 +445,8 @@ class ContrastivePurifiedClassifier(PurifiedClassifier):
 class ContrastiveScoreModel(nn.Module):
     """What a contrastive-purification registry entry's factory returns: the score model and its guidance.
 
-    Not a score model itself: build the defense with :func:`create_contrastive_purification`. Calling it
-    (as ``create_defense`` would, building plain DiffPure) raises :class:`InputError`.
+    Not a score model itself: :func:`~robustkit.defenses.create_defense` (or
+    :func:`create_contrastive_purification`) builds the defense from it; calling it raises :class:`InputError`.
     """
 
     def __init__(self, score_model: nn.Module, guidance: ContrastiveGuidanceConfig | None = None):
@@ -455,8 +455,8 @@ class ContrastiveScoreModel(nn.Module):
         self.guidance = ContrastiveGuidanceConfig() if guidance is None else guidance
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise InputError("a contrastive-purification entry is built with "
-                         "robustkit.defenses.create_contrastive_purification, not create_defense")
+        raise InputError("a contrastive-purification entry's factory output is not a score model: build the "
+                         "defense with robustkit.create_defense")
 
 
 def create_contrastive_purification(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,

@@ -38,8 +38,8 @@ from .purification import GRADIENT_MODES, VOTES, PurifiedClassifier
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DefenseConfig", "DEFENSES", "create_defense", "defense_config", "list_defenses", "register_defense",
-           "resolve_defense_weights"]
+__all__ = ["DefenseConfig", "DEFENSES", "create_defense", "create_diffpure", "defense_config", "list_defenses",
+           "register_builder", "register_defense", "resolve_defense_weights"]
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,53 @@ def resolve_defense_weights(name: str, source: WeightSource, *, download: bool =
     return hub.download(source.url, path, digest=source.sha256)
 
 
-def create_defense(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,
-                   gradient: str | None = None, n_samples: int | None = None, vote: str | None = None,
-                   seed: int | None = None, **purifier_overrides: Any) -> PurifiedClassifier:
-    """Build a registered defense as a ready :class:`~robustkit.defenses.PurifiedClassifier` (eval mode).
+#: method → ``builder(name, *, pretrained, **options) -> Classifier``; each defense family registers its own
+#: (see :mod:`robustkit.defenses.zoo`), so :func:`create_defense` builds every registered name.
+_BUILDERS: dict[str, Callable[..., Classifier]] = {}
+
+
+def register_builder(method: str, builder: Callable[..., Classifier]) -> None:
+    """Make :func:`create_defense` build the entries whose ``DefenseConfig.method`` is ``method`` with ``builder``."""
+    if getattr(builder, "__name__", "<lambda>") == "<lambda>":
+        raise RegistryError("defense builders must be named functions, not lambdas")
+    if _BUILDERS.get(method, builder) is not builder:
+        raise RegistryError(f"method {method!r} already has the builder {_BUILDERS[method].__name__}")
+    _BUILDERS[method] = builder
+
+
+def create_defense(name: str, *, pretrained: bool = False, **options: Any) -> Classifier:
+    """Build any registered defense (eval mode), with the builder of its method.
 
     Args:
-        name: a name from :func:`list_defenses`, e.g. ``"diffpure.cifar10"``.
+        name: a name from :func:`list_defenses`, e.g. ``"diffpure.cifar10"``, ``"tiny_rdc.digits"``,
+            ``"tea.resnet20.cifar10"``.
+        pretrained: load the published weights (missing files: a :class:`~robustkit.CheckpointError` saying
+            which file to put where).
+        **options: the method's own options, checked by its builder: :func:`create_diffpure` (DiffPure),
+            :func:`~robustkit.defenses.create_contrastive_purification`, :func:`~robustkit.defenses.create_rdc`,
+            :func:`~robustkit.defenses.create_adapted_defense` (TEA, TENT, BN).
+
+    Example::
+
+        >>> import robustkit
+        >>> tent = robustkit.create_defense("tent.tiny_cnn.digits", pretrained=True)
+        >>> tent.traits.adapts_at_test_time
+        True
+    """
+    _ensure_registered()
+    method = DEFENSES.get(name).config.method
+    if method not in _BUILDERS:
+        raise RegistryError(f"{name}: no builder is registered for its method {method!r}")
+    return _BUILDERS[method](name, pretrained=pretrained, **options)
+
+
+def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,
+                   gradient: str | None = None, n_samples: int | None = None, vote: str | None = None,
+                   seed: int | None = None, **purifier_overrides: Any) -> PurifiedClassifier:
+    """Build a registered DiffPure defense as a ready :class:`~robustkit.defenses.PurifiedClassifier` (eval mode).
+
+    Args:
+        name: a registered DiffPure name, e.g. ``"diffpure.cifar10"``.
         pretrained: load the published diffusion weights and the registered classifier's weights
             (missing files: see the module docstring). False builds randomly initialised networks.
         classifier: a :class:`~robustkit.Classifier` or a registered classifier name replacing the entry's
@@ -162,11 +202,13 @@ def create_defense(name: str, *, pretrained: bool = False, classifier: Classifie
     _ensure_registered()
     entry = DEFENSES.get(name)
     cfg = entry.config
+    if cfg.method != "DiffPure":
+        raise InputError(f"{name} is not a DiffPure defense (method {cfg.method!r}); use create_defense")
     if not isinstance(pretrained, bool):
         raise InputError(f"pretrained must be a bool, got {pretrained!r}")
     unknown = sorted(set(purifier_overrides) - {f.name for f in dataclasses.fields(DiffPureConfig)})
     if unknown:
-        raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_defense takes pretrained, classifier, "
+        raise InputError(f"unknown argument(s) {', '.join(unknown)}: {name} (DiffPure) takes pretrained, classifier, "
                          f"gradient, n_samples, vote, seed and DiffPureConfig fields")
     purifier_cfg = dataclasses.replace(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
     # Cheap checks first: nothing is loaded before the arguments are known to be usable.

@@ -1,4 +1,6 @@
-"""Registered purification defenses (see :func:`robustkit.list_defenses` / :func:`robustkit.create_defense`).
+"""Registered defenses (see :func:`robustkit.list_defenses` / :func:`robustkit.create_defense`).
+
+DiffPure entries:
 
 =========================  ==========================================================  ======================
 name                       diffusion model                                             classifier
@@ -22,7 +24,10 @@ import torch.nn as nn
 
 from ..registry import WeightSource
 from .diffpure import DiffPureConfig
-from .registry import DefenseConfig, register_defense, resolve_defense_weights
+from .adaptation import ADAPTERS, create_adapted_defense
+from .contrastive import create_contrastive_purification
+from .rdc import create_rdc
+from .registry import DefenseConfig, create_diffpure, register_builder, register_defense, resolve_defense_weights
 
 CIFAR10_SHAPE = (3, 32, 32)
 _PAPER = "Nie et al., Diffusion Models for Adversarial Purification, ICML 2022"
@@ -287,3 +292,11 @@ def tent_tiny_cnn_digits(pretrained: bool = False) -> nn.Module:
 @register_defense("bn.tiny_cnn.digits", _tta_config("BN", "tiny_cnn.digits", "digits", (1, 8, 8)))
 def bn_tiny_cnn_digits(pretrained: bool = False) -> nn.Module:
     return _tta_classifier("tiny_cnn.digits", pretrained)
+
+
+# ---------------------------------------------------------------------------------- builders per method
+register_builder("DiffPure", create_diffpure)
+register_builder("ContrastiveGuidedPurification", create_contrastive_purification)
+register_builder("RDC", create_rdc)
+for _method in ADAPTERS:
+    register_builder(_method, create_adapted_defense)
