@@ -4,6 +4,8 @@ The network / schedule / solver split of diffusers, in score_sde's continuous ti
 here uses ``torch.no_grad()``: grad mode belongs to the caller, because attacks differentiate through it.
 """
 
+from .diffussm import DiffuSSM, DiffuSSMConfig, S4DLayer
+from .dit import DiT, DiTConfig
 from .adm import ADMConfig, ADMScoreModel, ADMUNet, load_guided_diffusion
 from .diffusers_loader import DiffusersScoreModel, from_diffusers
 from .edm import EDMConfig, EDMPrecond, EDMScoreModel, SongUNet, load_edm
@@ -24,6 +26,7 @@ __all__ = [
     "EDMConfig", "SongUNet", "EDMPrecond", "EDMScoreModel", "load_edm",
     "DiffusersScoreModel", "from_diffusers",
     "UNet", "UNetConfig", "ClassifierFreeGuidance",
+    "DiT", "DiTConfig", "DiffuSSM", "DiffuSSMConfig", "S4DLayer",
     "DiffusionTrainConfig", "TrainResult", "train", "denoising_loss", "sample_images", "save_image_grid",
     "ScoreModelConfig", "create_score_model", "list_score_models", "score_model_config",
 ]

@@ -12,6 +12,8 @@ Entries:
 * ``unet.cifar10`` — a compact class-conditional U-Net for CIFAR-10. Its weights are not shipped:
   train them with ``scripts/train_unet_cifar10.py`` (resumable in chunks) and put
   ``unet_cifar10.safetensors`` in ``$ROBUSTKIT_HOME/checkpoints/``.
+* ``dit_tiny.digits``, ``dit_s2.cifar10`` (:class:`~robustkit.diffusion.DiT`) and ``diffussm_tiny.digits``,
+  ``diffussm_s.cifar10`` (:class:`~robustkit.diffusion.DiffuSSM`) — architectures only, no weights yet.
 
 Reference:
     Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020 (architecture and recipe);
@@ -22,7 +24,7 @@ Example::
 
     >>> import torch
     >>> from robustkit.diffusion import create_score_model, list_score_models
-    >>> list_score_models()
+    >>> list_score_models("*unet*")
     ['tiny_unet.digits', 'unet.cifar10']
     >>> model = create_score_model("tiny_unet.digits", pretrained=True)
     >>> model(torch.zeros(2, 1, 8, 8), 0.5, torch.tensor([0, 9])).shape
@@ -46,6 +48,8 @@ from ..registry import Registry, WeightSource
 from .schedule import VPSDE
 from .score_model import ScoreModel
 from .train import CHECKPOINT_FORMAT, DiffusionTrainConfig
+from .diffussm import DiffuSSM, DiffuSSMConfig
+from .dit import DiT, DiTConfig
 from .unet import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -277,3 +281,74 @@ UNET_CIFAR10_RECIPE = replace(DiffusionTrainConfig(), unet=UNET_CIFAR10, dataset
     notes="no weights are published: train them and put the file in $ROBUSTKIT_HOME/checkpoints/"))
 def unet_cifar10() -> UNet:
     return UNet(UNET_CIFAR10)
+
+
+# ------------------------------------------------------------------ transformer and attention-free backbones
+# No weights and no recipe yet: robustkit.diffusion.train builds U-Nets only (DiffusionTrainConfig.unet),
+# so `robustkit train-diffusion` cannot train these until it accepts their configs.
+
+_NO_RECIPE_NOTE = ("no weights are published and the registry holds no recipe yet (the trainer builds U-Nets "
+                   "only); train it with a backbone-aware trainer and put the file in $ROBUSTKIT_HOME/checkpoints/")
+
+#: 8×8 digits: 16 tokens of 2×2 patches, width 64, 4 blocks.
+DIT_TINY_DIGITS = DiTConfig(in_channels=1, image_size=8, patch_size=2, hidden_size=64, depth=4, num_heads=4,
+                            num_classes=10, frequency_size=64)
+
+
+@register_score_model("dit_tiny.digits", ScoreModelConfig(
+    architecture="class-conditional DiT (patch 2, width 64, 4 adaLN-Zero blocks, 4 heads)", dataset="digits",
+    image_shape=(1, 8, 8), num_classes=10,
+    weights=WeightSource(filename="dit_tiny_digits.safetensors", url=None, sha256=None),
+    recipe=None,
+    license="MIT (robustkit)", paper="Peebles & Xie, ICCV 2023; Ho & Salimans 2021 (null label)",
+    source="robustkit/diffusion/dit.py", notes=_NO_RECIPE_NOTE))
+def dit_tiny_digits() -> DiT:
+    return DiT(DIT_TINY_DIGITS)
+
+
+#: CIFAR-10: DiT-S/2 (width 384, 12 blocks, 6 heads) on 16×16 tokens of 2×2 pixel patches.
+DIT_S2_CIFAR10 = DiTConfig(in_channels=3, image_size=32, patch_size=2, hidden_size=384, depth=12, num_heads=6,
+                           num_classes=10)
+
+
+@register_score_model("dit_s2.cifar10", ScoreModelConfig(
+    architecture="class-conditional DiT-S/2 (width 384, 12 adaLN-Zero blocks, 6 heads, patch 2)", dataset="cifar10",
+    image_shape=(3, 32, 32), num_classes=10,
+    weights=WeightSource(filename="dit_s2_cifar10.safetensors", url=None, sha256=None),
+    recipe=None,
+    license="MIT (robustkit)", paper="Peebles & Xie, ICCV 2023 (DiT-S/2, Table 1); Ho & Salimans 2021",
+    source="robustkit/diffusion/dit.py", notes=_NO_RECIPE_NOTE))
+def dit_s2_cifar10() -> DiT:
+    return DiT(DIT_S2_CIFAR10)
+
+
+#: 8×8 digits: 64 pixel tokens, width 32, 2 blocks, hourglass 2 (SSM over 32 tokens).
+DIFFUSSM_TINY_DIGITS = DiffuSSMConfig(in_channels=1, image_size=8, hidden_size=32, depth=2, downsample=2,
+                                      state_size=16, num_classes=10, frequency_size=64)
+
+
+@register_score_model("diffussm_tiny.digits", ScoreModelConfig(
+    architecture="class-conditional DiffuSSM (width 32, 2 blocks, hourglass 2, S4D with 16 modes)", dataset="digits",
+    image_shape=(1, 8, 8), num_classes=10,
+    weights=WeightSource(filename="diffussm_tiny_digits.safetensors", url=None, sha256=None),
+    recipe=None,
+    license="MIT (robustkit)", paper="Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)",
+    source="robustkit/diffusion/diffussm.py", notes=_NO_RECIPE_NOTE))
+def diffussm_tiny_digits() -> DiffuSSM:
+    return DiffuSSM(DIFFUSSM_TINY_DIGITS)
+
+
+#: CIFAR-10: 1024 pixel tokens, width 256, 12 blocks, hourglass 4 (SSM over 256 tokens).
+DIFFUSSM_S_CIFAR10 = DiffuSSMConfig(in_channels=3, image_size=32, hidden_size=256, depth=12, downsample=4,
+                                    state_size=32, num_classes=10)
+
+
+@register_score_model("diffussm_s.cifar10", ScoreModelConfig(
+    architecture="class-conditional DiffuSSM (width 256, 12 blocks, hourglass 4, S4D with 32 modes)",
+    dataset="cifar10", image_shape=(3, 32, 32), num_classes=10,
+    weights=WeightSource(filename="diffussm_s_cifar10.safetensors", url=None, sha256=None),
+    recipe=None,
+    license="MIT (robustkit)", paper="Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)",
+    source="robustkit/diffusion/diffussm.py", notes=_NO_RECIPE_NOTE))
+def diffussm_s_cifar10() -> DiffuSSM:
+    return DiffuSSM(DIFFUSSM_S_CIFAR10)
