@@ -56,22 +56,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .dit import ConditionEmbedding, FinalLayer, check_time_and_labels, modulate
+from .dit import ConditionEmbedding, FinalLayer, _positive_int, _positive_real, check_time_and_labels, modulate
 from .score_model import ScoreModel
 
 __all__ = ["DiffuSSM", "DiffuSSMBlock", "DiffuSSMConfig", "GatedBiSSM", "S4DLayer"]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _positive_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)

@@ -47,16 +47,10 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .score_model import ScoreModel
-from .unet import T_MAX, sinusoidal_embedding
+from .unet import T_MAX, _positive_int, sinusoidal_embedding
 
 __all__ = ["ConditionEmbedding", "DiT", "DiTBlock", "DiTConfig", "check_time_and_labels", "modulate",
            "sincos_positions_2d"]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _positive_real(name: str, value: object) -> float:
