@@ -15,11 +15,11 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import RobustkitError
-from . import (accuracy, bench, demo, export, leaderboard, list_cmd, make_cifar10c, report, serve, submit,
-               train_diffusion)
+from . import (accuracy, bench, corruption_sweep, demo, export, leaderboard, list_cmd, make_cifar10c, report, serve,
+               submit, train_diffusion)
 
 SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo, export, submit, serve, leaderboard, train_diffusion,
-               make_cifar10c)
+               make_cifar10c, corruption_sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
