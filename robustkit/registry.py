@@ -148,21 +148,20 @@ def classifier_config(name: str) -> ClassifierConfig:
     return CLASSIFIERS.get(name).config
 
 
-def resolve_weights(name: str, *, download: bool = True) -> Path:
-    """Path of a registered classifier's weights, verified; downloads into the cache when missing.
+def resolve_source(name: str, src: WeightSource, *, download: bool = True, what: str = "weights",
+                   train_command: str = "") -> Path:
+    """Path of the file ``src`` describes, verified; downloaded into the cache when missing.
 
-    Order: a file inside an installed package; ``$ROBUSTKIT_HOME/checkpoints/<filename>``; the URL.
+    Order: a file inside an installed package; ``$ROBUSTKIT_HOME/checkpoints/<filename>``; the URL. Raises
+    :class:`~robustkit.CheckpointError` naming the file and where to put it (and ``train_command``, when
+    the entry has one). Shared by the classifier, score-model and defense registries.
     """
-    _ensure_models_registered()
-    entry = CLASSIFIERS.get(name)
-    src = entry.config.weights
-    if src is None:
-        raise CheckpointError(f"{name} has no pretrained weights; pass checkpoint=PATH")
     if src.package_file is not None:
         path = _package_file(*src.package_file)
         if not path.is_file():
-            raise CheckpointError(f"weights of {name} should ship in the {src.package_file[0]} package "
-                                  f"as {src.package_file[1]}, but {path} is missing; reinstall it")
+            raise CheckpointError(f"{what} of {name} should ship in the {src.package_file[0]} package as "
+                                  f"{src.package_file[1]}, but {path} is missing; reinstall it"
+                                  + (f" or rebuild it with `{train_command}`" if train_command else ""))
         return hub.verify_file(path, src.sha256)
     path = hub.home() / "checkpoints" / src.filename
     if src.sha256 is None:
@@ -171,9 +170,19 @@ def resolve_weights(name: str, *, download: bool = True) -> Path:
     if path.is_file():
         return hub.verify_file(path, src.sha256)
     if src.url is None or not download:
-        raise CheckpointError(f"weights of {name} not found: put {src.filename} at {path}"
-                              + (f" (sha256 {src.sha256})" if src.sha256 else ""))
+        raise CheckpointError(f"{what} of {name} not found: put {src.filename} at {path}"
+                              + (f" (sha256 {src.sha256})" if src.sha256 else "")
+                              + (f"; train them with `{train_command}`" if train_command else ""))
     return hub.download(src.url, path, digest=src.sha256)
+
+
+def resolve_weights(name: str, *, download: bool = True) -> Path:
+    """Path of a registered classifier's weights, verified (see :func:`resolve_source`)."""
+    _ensure_models_registered()
+    src = CLASSIFIERS.get(name).config.weights
+    if src is None:
+        raise CheckpointError(f"{name} has no pretrained weights; pass checkpoint=PATH")
+    return resolve_source(name, src, download=download)
 
 
 def create_classifier(name: str, *, pretrained: bool = False,

@@ -22,21 +22,18 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch.nn as nn
 
-from .. import hub
 from ..classifier import Classifier
-from ..errors import CheckpointError, InputError, RegistryError
-from ..registry import Registry, WeightSource, create_classifier
+from ..errors import InputError, RegistryError
+from ..registry import Registry, WeightSource, create_classifier, resolve_source
 from .diffpure import DiffPureConfig, DiffPurePurifier
 from .purification import GRADIENT_MODES, VOTES, PurifiedClassifier
 
-log = logging.getLogger(__name__)
 
 __all__ = ["DefenseConfig", "DEFENSES", "create_defense", "create_diffpure", "defense_config", "list_defenses",
            "register_builder", "register_defense", "resolve_defense_weights"]
@@ -131,16 +128,7 @@ def resolve_defense_weights(name: str, source: WeightSource, *, download: bool =
     Looks in ``$ROBUSTKIT_HOME/checkpoints/<filename>``, then the URL; raises
     :class:`~robustkit.CheckpointError` naming the file and the place to put it.
     """
-    path = hub.home() / "checkpoints" / source.filename
-    if source.sha256 is None:
-        log.warning("%s: no published sha256 for %s; the file is checked only against the architecture's "
-                    "state_dict layout", name, source.filename)
-    if path.is_file():
-        return hub.verify_file(path, source.sha256)
-    if source.url is None or not download:
-        raise CheckpointError(f"diffusion weights of {name} not found: put {source.filename} at {path}"
-                              + (f" (sha256 {source.sha256})" if source.sha256 else ""))
-    return hub.download(source.url, path, digest=source.sha256)
+    return resolve_source(name, source, download=download, what="diffusion weights")
 
 
 #: method → ``builder(name, *, pretrained, **options) -> Classifier``; each defense family registers its own

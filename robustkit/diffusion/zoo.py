@@ -33,8 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +42,7 @@ import torch
 
 from .. import hub
 from ..errors import CheckpointError, InputError, RegistryError
-from ..registry import Registry, WeightSource
+from ..registry import Registry, WeightSource, resolve_source
 from .schedule import VPSDE
 from .score_model import ScoreModel
 from .train import CHECKPOINT_FORMAT, DiffusionTrainConfig
@@ -52,7 +50,6 @@ from .diffussm import DiffuSSM, DiffuSSMConfig
 from .dit import DiT, DiTConfig
 from .unet import UNet, UNetConfig
 
-log = logging.getLogger(__name__)
 
 __all__ = ["ScoreModelConfig", "adapt_training_checkpoint", "create_score_model", "list_score_models",
            "register_score_model", "resolve_score_model_weights", "score_model_config"]
@@ -145,42 +142,16 @@ def score_model_config(name: str) -> ScoreModelConfig:
     return SCORE_MODELS.get(name).config
 
 
-def _package_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"package {package!r} is not installed (it ships the weights {relative})")
-    return Path(list(spec.submodule_search_locations)[0]) / relative
-
-
 def resolve_score_model_weights(name: str, *, download: bool = True) -> Path:
     """Path of a registered score model's weights, verified; downloads into the cache when missing.
 
     Order: a file inside an installed package; ``$ROBUSTKIT_HOME/checkpoints/<filename>``; the URL.
     Raises :class:`~robustkit.CheckpointError` naming the file to put where (and how to train it).
     """
-    entry = SCORE_MODELS.get(name)
-    cfg = entry.config
-    src = cfg.weights
-    if src is None:
+    cfg = SCORE_MODELS.get(name).config
+    if cfg.weights is None:
         raise CheckpointError(f"{name} has no published weights; pass checkpoint=PATH")
-    if src.package_file is not None:
-        path = _package_file(*src.package_file)
-        if not path.is_file():
-            raise CheckpointError(f"weights of {name} should ship in the {src.package_file[0]} package as "
-                                  f"{src.package_file[1]}, but {path} is missing; reinstall it"
-                                  + (f" or rebuild it with `{cfg.train_command}`" if cfg.train_command else ""))
-        return hub.verify_file(path, src.sha256)
-    path = hub.home() / "checkpoints" / src.filename
-    if path.is_file():
-        if src.sha256 is None:
-            log.warning("%s: no published sha256 for %s; the file is checked only against the architecture's "
-                        "state_dict layout", name, path)
-        return hub.verify_file(path, src.sha256)
-    if src.url is None or not download:
-        how = f"; train them with `{cfg.train_command}`" if cfg.train_command else ""
-        raise CheckpointError(f"weights of {name} not found: put {src.filename} at {path}"
-                              + (f" (sha256 {src.sha256})" if src.sha256 else "") + how)
-    return hub.download(src.url, path, digest=src.sha256)
+    return resolve_source(name, cfg.weights, download=download, train_command=cfg.train_command)
 
 
 def create_score_model(name: str, *, pretrained: bool = False,
