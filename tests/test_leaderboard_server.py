@@ -167,8 +167,10 @@ def test_cli_submit_and_tokens(runs, tmp_path, capsys, monkeypatch):
     assert cli.main(["serve", "--db", str(db), "--create-token", "carol"]) == 0
     token = capsys.readouterr().out.strip()
     assert token.startswith("rk_") and Store(db).authenticate(token) == "carol"
+    secret = token.split("_", 2)[2]  # rk_<id>_<secret>; the secret itself may contain '_'
+    assert len(secret) == 43
     for f in tmp_path.glob("board.db*"):  # stored hashed, in the database and its WAL
-        assert token.encode() not in f.read_bytes() and token.split("_")[2].encode() not in f.read_bytes()
+        assert token.encode() not in f.read_bytes() and secret.encode() not in f.read_bytes()
     assert cli.main(["serve", "--db", str(db), "--create-token", "carol"]) == 2
     assert "already exists" in capsys.readouterr().err
     with running_server(db, max_body=MAX_BODY, limits=HIGH) as (_, port, store):
