@@ -4,6 +4,13 @@
 of test-time state, counting of forward/backward passes, projection of the result onto the threat
 model (norm ball ∩ [0, 1]), and verification with a fresh forward. Subclasses write only ``perturb``.
 
+Models that adapt at test time (``traits.adapts_at_test_time``) are attacked under the batch threat
+model: the unit is the batch ``x`` as given, and every query the attack makes, like the verification,
+is ``reset()`` followed by a forward, so the attack differentiates exactly the function that is scored
+(a query never sees a model already adapted to the attack's earlier iterates). An attack that queries
+subsets of ``x`` changes the batch the defense adapts on; the harness runs full-batch attacks on such
+models (see :mod:`robustkit.eval.benchmark`).
+
 Example::
 
     >>> import robustkit
@@ -125,11 +132,17 @@ class AttackResult:
 
 
 class _Counting(nn.Module):
-    """Wraps a classifier and counts the examples it forwards and back-propagates."""
+    """Wraps a classifier and counts the examples it forwards and back-propagates.
+
+    For a model that adapts at test time it also calls ``reset()`` before every query (the batch threat
+    model): each query is then the very function the verification forward evaluates (``reset()`` +
+    forward of the whole batch), instead of a model that has adapted to the attack's earlier iterates.
+    """
 
     def __init__(self, model: Classifier):
         super().__init__()
         self.model = model
+        self.reset_per_query = bool(model.traits.adapts_at_test_time)
         self.forwards = 0
         self.backwards = 0
 
@@ -139,6 +152,8 @@ class _Counting(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reset_per_query:
+            self.model.reset()
         out = self.model(x)
         self.forwards += x.shape[0]
         if out.requires_grad:
@@ -208,6 +223,8 @@ class Attack(abc.ABC):
         info = self.protocol()
         info["n_examples"] = int(x.shape[0])
         info["gradient"] = model.traits.gradient
+        if counted.reset_per_query:
+            info["test_time_state"] = "reset() before every query and before the verification forward"
         info.update(details)
         return AttackResult(x_adv=x_adv, robust=robust, clean_correct=clean_correct,
                             forwards=counted.forwards, backwards=counted.backwards, info=info)

@@ -16,7 +16,11 @@ Protocols (``attacks="auto"``):
   every final x_adv and every clean x re-classified ``n_reeval`` times and reported as single-draw,
   majority-of-M and worst-of-M accuracy; per example the minimum over all attacks;
 * adapts at test time → transfer from the static base model + an adaptive ``pgd-eot`` through the
-  adaptation (``reset()`` before every attack and every re-evaluation).
+  adaptation, under the batch threat model: the unit of work is one shard (``batch_size`` consecutive
+  examples in evaluation order; the last may be smaller), attacked as a whole even with ``cascade``, and
+  the defense is ``reset()`` before the clean pass, before every attack query and before every
+  re-evaluation, so every score is the defense's first adaptation on that batch from its source state.
+  The record's attack protocols carry ``batch_threat_model`` and ``test_time_state``.
 
 Randomness: the attack seed and the torch RNG seen by a stochastic defense are derived from
 (run seed, first example index of the shard, stage), and shard boundaries are fixed in the run
@@ -206,8 +210,11 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     alive = torch.tensor([any(_flags(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
     tensors: dict[str, torch.Tensor] = {}
     infos: dict[str, Any] = {}
+    # An adapting defense's prediction depends on the whole batch: attack every example of the shard
+    # together (the batch threat model), even those a cascade would skip, so the batch never changes.
+    adapting = model.traits.adapts_at_test_time
     for name in job.attacks:
-        todo = alive.nonzero().flatten() if job.cascade else torch.arange(n)
+        todo = alive.nonzero().flatten() if job.cascade and not adapting else torch.arange(n)
         x_adv_all = x.detach().clone()
         if todo.numel():
             ti = todo.to(device)
@@ -217,6 +224,10 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             forwards += res.forwards
             backwards += res.backwards
             infos[name] = res.info
+            if adapting:
+                infos[name]["batch_threat_model"] = {
+                    "batch_size": n, "composition": "one shard: consecutive examples in evaluation order, "
+                    "attacked, re-evaluated and scored as one batch; reset() before every query"}
             x_adv_all[ti] = res.x_adv
             if model.traits.stochastic:
                 with _seeded(derive_seed(job.seed, shard.start, f"reeval:{name}"), device):
