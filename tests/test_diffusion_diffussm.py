@@ -150,7 +150,7 @@ def test_registry_entries_without_weights(name, tmp_path, monkeypatch):
         create_score_model(name, pretrained=True)
     msg = str(e.value)
     assert cfg.weights.filename in msg and str(tmp_path / "checkpoints") in msg
-    assert "train-diffusion" not in msg  # no recipe yet: the error must not promise a command that fails
+    assert f"robustkit train-diffusion {name} " in msg  # the recipe's command, which trains it
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,7 +1,9 @@
-"""Training U-Net score models: loss, exact resumption, atomic checkpoints, CLI, registry, bundled weights."""
+"""Training score models (U-Net, DiT, DiffuSSM): loss, exact resumption, atomic checkpoints, CLI, registry,
+bundled weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import replace
@@ -12,8 +14,8 @@ import torch
 
 import robustkit
 from robustkit.cli import main
-from robustkit.diffusion import (DiffusionTrainConfig, UNet, UNetConfig, create_score_model, denoising_loss,
-                                 list_score_models, score_model_config, train)
+from robustkit.diffusion import (DiffuSSM, DiffusionTrainConfig, DiT, UNet, UNetConfig, create_score_model,
+                                 denoising_loss, list_score_models, score_model_config, train)
 from robustkit.errors import CheckpointError, InputError, RegistryError
 
 # `robustkit.diffusion.train` is the function; the module is reached through importlib.
@@ -21,7 +23,7 @@ train_module = importlib.import_module("robustkit.diffusion.train")
 
 TINY = UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                   attention_resolutions=(4,), num_groups=4, num_classes=10, dropout=0.1)
-CFG = DiffusionTrainConfig(unet=TINY, dataset="digits", n_examples=96, steps=12, batch_size=16, lr=2e-3,
+CFG = DiffusionTrainConfig(model=TINY, dataset="digits", n_examples=96, steps=12, batch_size=16, lr=2e-3,
                            warmup_steps=3, lr_schedule="cosine", ema_decay=0.9, p_uncond=0.2, hflip=True, seed=3)
 FAST = dict(samples_per_class=1, sample_steps=2, progress=False)
 
@@ -72,7 +74,7 @@ def _no_temp_files(folder: Path) -> bool:
 
 def test_training_loss_decreases(tmp_path):
     cfg = replace(CFG, steps=60, n_examples=128, batch_size=32, lr=3e-3, warmup_steps=0, lr_schedule="constant",
-                  p_uncond=0.1, hflip=False, unet=replace(TINY, dropout=0.0))
+                  p_uncond=0.1, hflip=False, model=replace(TINY, dropout=0.0))
     result = train(cfg, tmp_path, samples_per_class=0, progress=False)
     first, last = result.losses[:10], result.losses[-10:]
     assert len(result.losses) == 60 and result.finished
@@ -135,6 +137,98 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     last = train(CFG, chunked, checkpoint_every=4, **FAST)
     assert last.finished and last.losses == full.losses
     _assert_same_state(tmp_path / "full" / "checkpoint.pt", chunked / "checkpoint.pt")
+
+
+# ------------------------------------------------------------------------------------ the three backbones
+
+BACKBONE_ENTRIES = {"unet": ("tiny_unet.digits", UNet), "dit": ("dit_tiny.digits", DiT),
+                    "diffussm": ("diffussm_tiny.digits", DiffuSSM)}
+
+
+def _small_recipe(entry: str) -> DiffusionTrainConfig:
+    """The registry's digits recipe (its architecture, so the weights load into the entry), a few small steps."""
+    return replace(score_model_config(entry).recipe, n_examples=64, steps=6, batch_size=16, warmup_steps=2, seed=5)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONE_ENTRIES))
+def test_backbone_trains_resumes_exactly_and_loads_into_registry(backbone, tmp_path, monkeypatch):
+    entry, network_cls = BACKBONE_ENTRIES[backbone]
+    cfg = _small_recipe(entry)
+    assert cfg.backbone == backbone
+    full = train(cfg, tmp_path / "full", checkpoint_every=2, **FAST)
+    assert full.finished and type(full.model) is network_cls and len(full.losses) == 6
+    saved = json.loads((tmp_path / "full" / "train_config.json").read_text())
+    assert saved["model"]["backbone"] == backbone and "unet" not in saved
+    assert DiffusionTrainConfig.from_dict(saved) == cfg
+    init = train_module._build_model(cfg)
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), full.model.state_dict().values()))
+
+    # killed in step 5 (after the optimiser step, before the EMA update): resumes from step 4's checkpoint
+    calls = {"n": 0}
+    real_update = train_module._ema_update
+
+    def dying_update(ema, model, decay):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_update(ema, model, decay)
+
+    monkeypatch.setattr(train_module, "_ema_update", dying_update)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", checkpoint_every=2, **FAST)
+    monkeypatch.setattr(train_module, "_ema_update", real_update)
+    killed = tmp_path / "killed"
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = train(cfg, killed, checkpoint_every=2, **FAST)
+    assert resumed.finished and resumed.losses == full.losses
+    _assert_same_state(tmp_path / "full" / "checkpoint.pt", killed / "checkpoint.pt")
+    assert (tmp_path / "full" / "ema.safetensors").read_bytes() == (killed / "ema.safetensors").read_bytes()
+
+    # the saved EMA weights (and the full checkpoint) load into the registered architecture, strictly
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0, 7, 10])
+    expected = full.model(x, t, y)
+    for path in (full.weights_path, full.checkpoint_path):
+        loaded = create_score_model(entry, checkpoint=path)
+        assert type(loaded) is network_cls and torch.equal(loaded(x, t, y), expected), path
+
+
+def _to_old_format(d: dict) -> dict:
+    """A config dict as the U-Net-only trainer wrote it: ``"unet": {fields}`` instead of the tagged ``"model"``."""
+    d = dict(d)
+    model = dict(d.pop("model"))
+    assert model.pop("backbone") == "unet"
+    return {"unet": model, **d}
+
+
+def test_old_unet_config_format_parses_and_its_run_folder_resumes(tmp_path):
+    old = json.loads(json.dumps({"unet": dataclasses.asdict(TINY),
+                                 **{k: v for k, v in dataclasses.asdict(CFG).items() if k != "model"}}))
+    assert DiffusionTrainConfig.from_dict(old) == CFG
+    with pytest.raises(InputError, match="not both"):
+        DiffusionTrainConfig.from_dict({**old, "model": CFG.to_dict()["model"]})
+
+    # a run folder started by the old code: its checkpoint and train_config.json hold the old form
+    cfg = replace(CFG, steps=4)
+    run = tmp_path / "run"
+    first = train(cfg, run, stop_after=2, **FAST)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"] = json.dumps(_to_old_format(json.loads(state["config"])))
+    torch.save(state, run / "checkpoint.pt")
+    (run / "train_config.json").write_text(json.dumps(_to_old_format(cfg.to_dict()), indent=2))
+    assert DiffusionTrainConfig.from_dict(json.loads((run / "train_config.json").read_text())) == cfg
+    with pytest.raises(InputError, match=r"another config \(lr"):  # a different config is still refused
+        train(replace(cfg, lr=1e-3), run, **FAST)
+    resumed = train(cfg, run, **FAST)
+    assert resumed.finished and resumed.losses[:2] == first.losses and len(resumed.losses) == 4
+
+
+def test_checkpoint_with_unreadable_config_is_a_checkpoint_error(tmp_path):
+    train(replace(CFG, steps=2), tmp_path, stop_after=1, **FAST)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["config"] = json.dumps({"model": {"backbone": "transformer"}})
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="config stored in"):
+        train(replace(CFG, steps=2), tmp_path, **FAST)
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
@@ -204,7 +298,10 @@ def test_cuda_bf16_training_runs_and_resumes(tmp_path):
     (dict(beta_min=5.0, beta_max=1.0), "beta_min"),
     (dict(n_examples=0), "n_examples"),
     (dict(seed=-1), "seed"),
-    (dict(unet="tiny"), "UNetConfig"),
+    (dict(model="tiny"), "model must be one of UNetConfig, DiTConfig, DiffuSSMConfig, got str"),
+    (dict(model=dict(in_channels=1)), "needs a 'backbone' key"),
+    (dict(model=dict(backbone="vit", in_channels=1)), "'unet', 'dit', 'diffussm'.*got 'vit'"),
+    (dict(model=dict(backbone="dit", channel_mult=[1, 2])), "bad DiTConfig fields for backbone 'dit'"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(InputError, match=match):
@@ -213,9 +310,9 @@ def test_config_errors(kwargs, match):
 
 def test_train_errors(tmp_path):
     with pytest.raises(InputError, match="expects"):  # 3-channel U-Net on 1-channel digits
-        train(replace(CFG, unet=replace(TINY, in_channels=3)), tmp_path / "a", **FAST)
+        train(replace(CFG, model=replace(TINY, in_channels=3)), tmp_path / "a", **FAST)
     with pytest.raises(InputError, match="num_classes=5"):
-        train(replace(CFG, unet=replace(TINY, num_classes=5)), tmp_path / "b", **FAST)
+        train(replace(CFG, model=replace(TINY, num_classes=5)), tmp_path / "b", **FAST)
     with pytest.raises(InputError, match="stop_after"):
         train(CFG, tmp_path / "c", stop_after=0, **FAST)
     with pytest.raises(InputError, match="DiffusionTrainConfig"):
@@ -251,6 +348,18 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert torch.equal(a(x, 0.5, torch.tensor([1, 2])), b(x, 0.5, torch.tensor([1, 2])))
 
 
+@pytest.mark.parametrize("entry", ["dit_tiny.digits", "diffussm_tiny.digits"])
+def test_cli_trains_other_backbones(entry, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train-diffusion", entry, "--out", str(out), "--steps", "2", "--batch-size", "8", "--n-examples",
+                 "32", "--samples-per-class", "1", "--sample-steps", "2"]) == 0
+    assert "step 2/2" in capsys.readouterr().out
+    saved = DiffusionTrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
+    assert saved.model == score_model_config(entry).recipe.model
+    model = create_score_model(entry, checkpoint=out / "ema.safetensors")
+    assert model.weights_path == str(out / "ema.safetensors")
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train-diffusion", "--out", str(tmp_path / "a"), "--p-uncond", "1.5"]) == 2
     err = capsys.readouterr().err
@@ -267,11 +376,14 @@ def test_registry_entries():
     assert {"tiny_unet.digits", "unet.cifar10"} <= set(list_score_models())
     for name in list_score_models():
         cfg = score_model_config(name)
-        if cfg.recipe is None:  # architecture-only entries (DiT, DiffuSSM): no recipe, so no train command
-            assert cfg.weights.sha256 is None and not cfg.train_command
-            continue
-        assert cfg.recipe.unet.image_shape == cfg.image_shape
-        assert cfg.recipe.dataset == cfg.dataset and cfg.recipe.unet.num_classes == cfg.num_classes
+        assert cfg.recipe is not None and cfg.train_command, name  # every entry is trainable
+        assert cfg.recipe.model.image_shape == cfg.image_shape
+        assert cfg.recipe.dataset == cfg.dataset and cfg.recipe.model.num_classes == cfg.num_classes
+        with torch.device("meta"):  # the architecture only, without allocating or initialising weights
+            assert create_score_model(name).config == cfg.recipe.model, name
+        if cfg.recipe.backbone != "unet":
+            assert f"robustkit train-diffusion {name} " in cfg.train_command
+            assert cfg.weights.filename in cfg.train_command and "trainer" not in cfg.notes
     with pytest.raises(RegistryError, match="unknown score model"):
         create_score_model("nope.digits")
     with pytest.raises(InputError, match="not both"):

@@ -1,8 +1,10 @@
-"""``robustkit train-diffusion [MODEL] --out DIR [overrides]``: train a registered U-Net score model.
+"""``robustkit train-diffusion [MODEL] --out DIR [overrides]``: train a registered score model.
 
-Starts from the registry entry's recipe (architecture, dataset, hyperparameters; ``tiny_unet.digits``
-by default), applies the overrides given on the command line, and runs
-:func:`robustkit.diffusion.train` into ``--out``. Rerunning the same command resumes from the last
+Any registry entry with a recipe trains: the U-Nets (``tiny_unet.digits``, ``unet.cifar10``), the DiTs
+(``dit_tiny.digits``, ``dit_s2.cifar10``) and the DiffuSSMs (``diffussm_tiny.digits``, ``diffussm_s.cifar10``).
+Starts from the entry's recipe (architecture, dataset, hyperparameters; ``tiny_unet.digits`` by default),
+applies the overrides given on the command line, and runs :func:`robustkit.diffusion.train` into
+``--out``. Rerunning the same command resumes from the last
 checkpoint there; ``--stop-after N`` or ``--max-minutes M`` train in chunks. At the end ``--out`` holds
 ``ema.safetensors`` (load it with ``create_score_model(MODEL, checkpoint=...)``) and ``samples.png``.
 """
@@ -20,9 +22,11 @@ _OVERRIDES = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-diffusion", help="train (or resume) a U-Net diffusion model, e.g. tiny_unet.digits")
+    p = sub.add_parser("train-diffusion", help="train (or resume) a registered diffusion model (U-Net, DiT or "
+                                             "DiffuSSM), e.g. tiny_unet.digits or dit_tiny.digits")
     p.add_argument("model", nargs="?", default="tiny_unet.digits",
-                   help="registered score model whose architecture and recipe to train (default: tiny_unet.digits)")
+                   help="registered score model whose architecture and recipe to train, e.g. dit_tiny.digits, "
+                        "diffussm_tiny.digits (default: tiny_unet.digits)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, final weights and sample grid")
     p.add_argument("--dataset", default=None, help="dataset (default: the recipe's)")
     p.add_argument("--n-examples", type=int, default=None, help="train on the first N examples")

@@ -1,4 +1,5 @@
-"""Training of :class:`~robustkit.diffusion.UNet` noise predictors: ε-prediction under the VP SDE.
+"""Training of noise predictors (:class:`~robustkit.diffusion.UNet`, :class:`~robustkit.diffusion.DiT`,
+:class:`~robustkit.diffusion.DiffuSSM`): ε-prediction under the VP SDE.
 
 ``train(config, out_dir)`` minimises the denoising score-matching loss in ε form,
 
@@ -8,7 +9,9 @@ with ``a, s`` the marginal of :class:`~robustkit.diffusion.VPSDE` (Song et al. 2
 ε-parametrisation of Ho et al. 2020, Eq. 14), and ``ỹ`` the label replaced by the null label with
 probability ``p_uncond`` (classifier-free guidance training, Ho & Salimans 2021, Algorithm 1), so one
 network learns ``ε(x, t, y)`` and ``ε(x, t, ∅)``. It keeps an exponential moving average (EMA) of the
-weights, the model that is sampled and saved.
+weights, the model that is sampled and saved. The backbone is chosen by the type of
+``DiffusionTrainConfig.model`` (:class:`~robustkit.diffusion.UNetConfig`, :class:`~robustkit.diffusion.DiTConfig`
+or :class:`~robustkit.diffusion.DiffuSSMConfig`); everything else (loop, EMA, checkpoints, seeding) is shared.
 
 Reproducibility and resumption. Every random draw of step ``k`` (batch order, t, ε, label dropout,
 flips, dropout masks) comes from generators seeded with a hash of ``(seed, k)`` (batch order: of
@@ -38,7 +41,7 @@ Example::
     >>> from robustkit.diffusion import UNetConfig, DiffusionTrainConfig, train
     >>> unet = UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
     ...                   num_res_blocks=1, attention_resolutions=(), num_groups=4, num_classes=10, dropout=0.0)
-    >>> cfg = DiffusionTrainConfig(unet=unet, dataset="digits", n_examples=64, steps=4, batch_size=16,
+    >>> cfg = DiffusionTrainConfig(model=unet, dataset="digits", n_examples=64, steps=4, batch_size=16,
     ...                            lr=1e-3, warmup_steps=0, ema_decay=0.9, hflip=False)
     >>> with tempfile.TemporaryDirectory() as d:
     ...     result = train(cfg, d, samples_per_class=1, sample_steps=2)
@@ -68,6 +71,8 @@ from typing import Callable, Literal
 import torch
 
 from ..errors import CheckpointError, InputError
+from .diffussm import DiffuSSM, DiffuSSMConfig
+from .dit import DiT, DiTConfig
 from .schedule import DiscreteVPSchedule, VPSDE
 from .score_model import ScoreModel
 from .solvers import ddim
@@ -75,13 +80,46 @@ from .unet import ClassifierFreeGuidance, UNet, UNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DiffusionTrainConfig", "TrainResult", "denoising_loss", "sample_images", "save_image_grid", "train"]
+__all__ = ["BACKBONES", "DiffusionTrainConfig", "TrainResult", "backbone_tag", "denoising_loss", "sample_images",
+           "save_image_grid", "train"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "ema.safetensors"
 SAMPLES_NAME = "samples.png"
 CONFIG_NAME = "train_config.json"
 CHECKPOINT_FORMAT = "robustkit.diffusion.train/1"
+
+ModelConfig = UNetConfig | DiTConfig | DiffuSSMConfig
+
+#: backbone tag (the ``"backbone"`` key of a serialised model config) → (config class, network class).
+BACKBONES: dict[str, tuple[type, type[ScoreModel]]] = {
+    "unet": (UNetConfig, UNet),
+    "dit": (DiTConfig, DiT),
+    "diffussm": (DiffuSSMConfig, DiffuSSM),
+}
+_ACCEPTED = ", ".join(config_cls.__name__ for config_cls, _ in BACKBONES.values())
+
+
+def backbone_tag(model_config: object) -> str:
+    """The tag of a model config (``"unet"``, ``"dit"`` or ``"diffussm"``); InputError for other types."""
+    for tag, (config_cls, _) in BACKBONES.items():
+        if isinstance(model_config, config_cls):
+            return tag
+    raise InputError(f"model must be one of {_ACCEPTED}, got {type(model_config).__name__}")
+
+
+def _model_config_from_dict(d: dict) -> ModelConfig:
+    """Rebuild a model config from its JSON form ``{"backbone": tag, **fields}``."""
+    fields = dict(d)
+    tag = fields.pop("backbone", None)
+    if tag not in BACKBONES:
+        raise InputError(f"a model config given as a dict needs a 'backbone' key, one of "
+                         f"{', '.join(map(repr, BACKBONES))} (for {_ACCEPTED}); got {tag!r}")
+    config_cls = BACKBONES[tag][0]
+    try:
+        return config_cls(**fields)
+    except TypeError as e:  # unknown or missing field names
+        raise InputError(f"bad {config_cls.__name__} fields for backbone {tag!r}: {e}") from e
 
 
 def _is_int(v: object) -> bool:
@@ -98,7 +136,10 @@ class DiffusionTrainConfig:
     2020, Appendix B) with the classifier-free-guidance label dropout of Ho & Salimans (2021).
 
     Attributes:
-        unet: the architecture (default: DDPM's CIFAR-10 U-Net, class-conditional).
+        model: the architecture, a :class:`~robustkit.diffusion.UNetConfig`,
+            :class:`~robustkit.diffusion.DiTConfig` or :class:`~robustkit.diffusion.DiffuSSMConfig` (or its
+            JSON form, a dict with a ``"backbone"`` tag: ``"unet"``, ``"dit"``, ``"diffussm"``); default:
+            DDPM's CIFAR-10 U-Net, class-conditional.
         dataset: a name of ``robustkit.data.DATASETS`` (``"cifar10"``, ``"digits"``); its train split.
         n_examples: train on the first n examples only (``None``: all).
         steps: optimiser steps in all (also the length of the learning-rate schedule).
@@ -117,7 +158,7 @@ class DiffusionTrainConfig:
         seed: seeds the initialisation and every random draw.
     """
 
-    unet: UNetConfig = field(default_factory=UNetConfig)
+    model: ModelConfig = field(default_factory=UNetConfig)
     dataset: str = "cifar10"
     n_examples: int | None = None
     steps: int = 800_000
@@ -138,10 +179,9 @@ class DiffusionTrainConfig:
     def __post_init__(self) -> None:
         from ..data import DATASETS
 
-        if isinstance(self.unet, dict):  # e.g. read back from JSON
-            object.__setattr__(self, "unet", UNetConfig(**self.unet))
-        if not isinstance(self.unet, UNetConfig):
-            raise InputError(f"unet must be a UNetConfig, got {type(self.unet).__name__}")
+        if isinstance(self.model, dict):  # e.g. read back from JSON
+            object.__setattr__(self, "model", _model_config_from_dict(self.model))
+        backbone_tag(self.model)  # validates the type
         if self.dataset not in DATASETS:
             raise InputError(f"unknown dataset {self.dataset!r}; available: {', '.join(sorted(DATASETS))}")
         if self.n_examples is not None and not (_is_int(self.n_examples) and self.n_examples >= 1):
@@ -178,12 +218,38 @@ class DiffusionTrainConfig:
     def sde(self) -> VPSDE:
         return VPSDE(self.beta_min, self.beta_max)
 
+    @property
+    def backbone(self) -> str:
+        """The tag of :attr:`model`: ``"unet"``, ``"dit"`` or ``"diffussm"``."""
+        return backbone_tag(self.model)
+
     def to_dict(self) -> dict:
-        """JSON-ready dict; :meth:`from_dict` rebuilds the config."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict; :meth:`from_dict` rebuilds the config. ``model`` is tagged with its backbone."""
+        d = dataclasses.asdict(self)
+        d["model"] = {"backbone": self.backbone, **d["model"]}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionTrainConfig":
+        """Rebuild a config from :meth:`to_dict`'s form, or from the U-Net-only form of older versions
+        (``"unet": {...}`` in place of ``"model"``), so their run folders still resume.
+
+        Example::
+
+            >>> old = {"unet": {"in_channels": 1, "image_size": 8, "channel_mult": [1, 2],
+            ...                 "attention_resolutions": [4], "num_groups": 8}, "dataset": "digits"}
+            >>> cfg = DiffusionTrainConfig.from_dict(old)
+            >>> cfg.backbone, cfg.model.channel_mult, cfg.to_dict()["model"]["backbone"]
+            ('unet', (1, 2), 'unet')
+        """
+        d = dict(d)
+        if "unet" in d:
+            if "model" in d:
+                raise InputError("a DiffusionTrainConfig dict has either 'model' or the older 'unet', not both")
+            unet = d.pop("unet")
+            if not isinstance(unet, dict):
+                raise InputError(f"'unet' must be a dict of UNetConfig fields, got {type(unet).__name__}")
+            d["model"] = {"backbone": "unet", **unet}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -205,7 +271,8 @@ class TrainResult:
     """What :func:`train` returns.
 
     Attributes:
-        model: the EMA network (eval mode, frozen parameters), on the training device.
+        model: the EMA network (eval mode, frozen parameters), on the training device; its class
+            follows ``config.model`` (UNet, DiT or DiffuSSM).
         step: optimiser steps done so far (== ``config.steps`` when finished).
         finished: whether all steps are done (False when stopped by ``stop_after``/``max_time_s``).
         losses: the training loss of every step so far (from the start of the run, resumed or not).
@@ -214,7 +281,7 @@ class TrainResult:
         elapsed_s: wall time of this call.
     """
 
-    model: UNet
+    model: ScoreModel
     config: DiffusionTrainConfig
     step: int
     finished: bool
@@ -280,6 +347,16 @@ def _load_checkpoint(path: Path) -> dict:
     return state
 
 
+def _saved_config_dict(state: dict, path: Path) -> dict:
+    """The config a checkpoint was made with, in the current JSON form (also for checkpoints of older,
+    U-Net-only versions, whose config has ``"unet"`` in place of the tagged ``"model"``)."""
+    try:
+        saved = DiffusionTrainConfig.from_dict(json.loads(state["config"]))
+    except (KeyError, TypeError, ValueError, InputError) as e:  # ValueError includes JSONDecodeError
+        raise CheckpointError(f"the config stored in {path} cannot be read: {type(e).__name__}: {e}") from e
+    return json.loads(json.dumps(saved.to_dict()))
+
+
 # ---------------------------------------------------------------------------------------------- randomness
 
 def _derive_seed(seed: int, *parts: object) -> int:
@@ -301,11 +378,13 @@ def _batch_indices(cfg: DiffusionTrainConfig, step: int, n: int) -> torch.Tensor
     return perm[pos * bs:(pos + 1) * bs]
 
 
-def _build_model(cfg: DiffusionTrainConfig) -> UNet:
+def _build_model(cfg: DiffusionTrainConfig) -> ScoreModel:
+    """The network of ``cfg.model`` (its class from :data:`BACKBONES`), seeded by ``cfg.seed``."""
+    network_cls = BACKBONES[cfg.backbone][1]
     # nn.Module initialisers draw from the global RNG: seed it privately and restore it afterwards.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_derive_seed(cfg.seed, "init"))
-        return UNet(cfg.unet)
+        return network_cls(cfg.model)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -443,16 +522,17 @@ def _load_data(cfg: DiffusionTrainConfig, data_dir: str | os.PathLike | None) ->
     from ..data import load_dataset
 
     x, y = load_dataset(cfg.dataset, split="train", n_examples=cfg.n_examples, data_dir=data_dir)
-    if tuple(x.shape[1:]) != cfg.unet.image_shape:
-        raise InputError(f"dataset {cfg.dataset} has images of shape {list(x.shape[1:])} but the U-Net expects "
-                         f"{list(cfg.unet.image_shape)}")
-    if cfg.unet.num_classes is not None and int(y.max()) >= cfg.unet.num_classes:
-        raise InputError(f"dataset {cfg.dataset} has labels up to {int(y.max())} but the U-Net has "
-                         f"num_classes={cfg.unet.num_classes}")
+    name = type(cfg.model).__name__
+    if tuple(x.shape[1:]) != cfg.model.image_shape:
+        raise InputError(f"dataset {cfg.dataset} has images of shape {list(x.shape[1:])} but the {name} expects "
+                         f"{list(cfg.model.image_shape)}")
+    if cfg.model.num_classes is not None and int(y.max()) >= cfg.model.num_classes:
+        raise InputError(f"dataset {cfg.dataset} has labels up to {int(y.max())} but the {name} has "
+                         f"num_classes={cfg.model.num_classes}")
     return x * 2 - 1, y  # the VP scaling: data in [-1, 1]
 
 
-def _ema_update(ema: UNet, model: UNet, decay: float) -> None:
+def _ema_update(ema: ScoreModel, model: ScoreModel, decay: float) -> None:
     # ema ← decay·ema + (1 − decay)·θ; the EMA's parameters do not require grad and θ is detached,
     # so no graph is recorded (no grad-mode switch needed).
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -463,12 +543,13 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
           resume: bool = True, stop_after: int | None = None, max_time_s: float | None = None,
           checkpoint_every: int = 1000, amp: bool = True, data_dir: str | os.PathLike | None = None,
           samples_per_class: int = 10, sample_steps: int = 50, progress: bool | None = None) -> TrainResult:
-    """Train a U-Net noise predictor (see the module docstring), resumably, into ``out_dir``.
+    """Train a noise predictor (U-Net, DiT or DiffuSSM; see the module docstring), resumably, into ``out_dir``.
 
     Args:
         config: the :class:`DiffusionTrainConfig` (everything that determines the weights).
         out_dir: run folder (created). If it holds a checkpoint, training resumes from it when
-            ``resume`` (the saved config must equal ``config``), else :class:`InputError` is raised.
+            ``resume`` (the saved config must equal ``config``; checkpoints of older, U-Net-only versions
+            are read too), else :class:`InputError` is raised.
         device: where to train. On CUDA with ``amp``, the forward pass runs under bfloat16 autocast.
         stop_after: run at most this many steps in this call, then checkpoint and return (training in
             chunks); ``max_time_s``: likewise after this much wall time.
@@ -482,14 +563,14 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         a :class:`TrainResult`.
 
     Shape:
-        the dataset's images ``[N, C, H, W]`` must have ``config.unet.image_shape``; each step trains on
+        the dataset's images ``[N, C, H, W]`` must have ``config.model.image_shape``; each step trains on
         ``[batch_size, C, H, W]`` (``x0`` scaled to [-1, 1]) with ``t``, labels ``[batch_size]``.
 
     Reference:
         Ho et al. 2020, Algorithm 1; Song et al. 2021; Ho & Salimans 2021, Algorithm 1 (module docstring).
 
     Raises:
-        InputError: bad arguments, a dataset that does not fit the U-Net, or a checkpoint in
+        InputError: bad arguments, a dataset that does not fit the network, or a checkpoint in
             ``out_dir`` made with another config; CheckpointError: an unreadable checkpoint.
     """
     from ..utils import progress_bar
@@ -533,7 +614,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             raise InputError(f"{out} already holds a checkpoint; pass resume=True to continue it, or choose "
                              "another folder")
         state = _load_checkpoint(ckpt_path)
-        diff = _config_mismatch(json.loads(state["config"]), json.loads(json.dumps(config_dict)))
+        diff = _config_mismatch(_saved_config_dict(state, ckpt_path), json.loads(json.dumps(config_dict)))
         if diff:
             raise InputError(f"the checkpoint in {out} was made with another config ({'; '.join(diff)}); "
                              "use the same config to resume, or another folder")
@@ -554,7 +635,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             "optimizer": opt.state_dict(), "losses": torch.tensor(losses, dtype=torch.float64)})
 
     sde = cfg.sde
-    conditional = cfg.unet.num_classes is not None
+    conditional = cfg.model.num_classes is not None
     use_amp = amp and device.type == "cuda"
     n_data = x_all.shape[0]
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -581,7 +662,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             idx = _batch_indices(cfg, step, n_data).to(device)
             bs = idx.shape[0]
             t = (cfg.t_eps + (1 - cfg.t_eps) * torch.rand(bs, generator=g, dtype=torch.float64)).float()
-            noise = torch.randn((bs, *cfg.unet.image_shape), generator=g)
+            noise = torch.randn((bs, *cfg.model.image_shape), generator=g)
             drop = torch.rand(bs, generator=g) < cfg.p_uncond
             flip = torch.rand(bs, generator=g) < 0.5
             x0 = x_all[idx]
@@ -590,7 +671,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             t, noise = t.to(device), noise.to(device)
             y = None
             if conditional:
-                y = torch.where(drop.to(device), torch.full_like(y_all[idx], cfg.unet.num_classes), y_all[idx])
+                y = torch.where(drop.to(device), torch.full_like(y_all[idx], cfg.model.num_classes), y_all[idx])
             x_t = sde.add_noise(x0, noise, t)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step)
@@ -628,7 +709,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         if samples_per_class:
             gen = _generator(cfg.seed, "samples")
             if conditional:
-                labels = torch.arange(cfg.unet.num_classes).repeat_interleave(samples_per_class)
+                labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
                 imgs = sample_images(ema, labels, steps=sample_steps, beta_min=cfg.beta_min,
                                      beta_max=cfg.beta_max, generator=gen)
                 nrow = samples_per_class
@@ -636,7 +717,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
                 imgs = sample_images(ema, 10 * samples_per_class, steps=sample_steps, beta_min=cfg.beta_min,
                                      beta_max=cfg.beta_max, generator=gen)
                 nrow = 10
-            scale = max(1, 32 // cfg.unet.image_size)
+            scale = max(1, 32 // cfg.model.image_size)
             samples_path = save_image_grid(imgs, out / SAMPLES_NAME, nrow=nrow, scale=scale)
     elapsed = time.perf_counter() - t_start
     log.info("%s: step %d/%d, last loss %.4f, %.1fs", out, step, cfg.steps, losses[-1] if losses else float("nan"),

@@ -13,7 +13,9 @@ Entries:
   train them with ``scripts/train_unet_cifar10.py`` (resumable in chunks) and put
   ``unet_cifar10.safetensors`` in ``$ROBUSTKIT_HOME/checkpoints/``.
 * ``dit_tiny.digits``, ``dit_s2.cifar10`` (:class:`~robustkit.diffusion.DiT`) and ``diffussm_tiny.digits``,
-  ``diffussm_s.cifar10`` (:class:`~robustkit.diffusion.DiffuSSM`) — architectures only, no weights yet.
+  ``diffussm_s.cifar10`` (:class:`~robustkit.diffusion.DiffuSSM`) — recipes for the same trainer, no
+  weights published: train them with ``robustkit train-diffusion NAME --out DIR`` and put
+  ``DIR/ema.safetensors`` in ``$ROBUSTKIT_HOME/checkpoints/`` under the entry's file name.
 
 Reference:
     Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020 (architecture and recipe);
@@ -213,7 +215,7 @@ TINY_UNET_DIGITS = UNetConfig(in_channels=1, image_size=8, base_channels=16, cha
                               dropout=0.0, num_groups=8, emb_channels=64)
 
 TINY_UNET_DIGITS_RECIPE = DiffusionTrainConfig(
-    unet=TINY_UNET_DIGITS, dataset="digits", steps=4000, batch_size=128, lr=2e-3, warmup_steps=200,
+    model=TINY_UNET_DIGITS, dataset="digits", steps=4000, batch_size=128, lr=2e-3, warmup_steps=200,
     lr_schedule="cosine", grad_clip=1.0, ema_decay=0.999, p_uncond=0.1, hflip=False, seed=0)
 
 
@@ -237,7 +239,7 @@ UNET_CIFAR10 = UNetConfig(in_channels=3, image_size=32, base_channels=64, channe
                           attention_resolutions=(16,), mid_attention=True, num_heads=1, num_classes=10,
                           dropout=0.1, num_groups=32)
 
-UNET_CIFAR10_RECIPE = replace(DiffusionTrainConfig(), unet=UNET_CIFAR10, dataset="cifar10", steps=400_000)
+UNET_CIFAR10_RECIPE = replace(DiffusionTrainConfig(), model=UNET_CIFAR10, dataset="cifar10", steps=400_000)
 
 
 @register_score_model("unet.cifar10", ScoreModelConfig(
@@ -255,24 +257,36 @@ def unet_cifar10() -> UNet:
 
 
 # ------------------------------------------------------------------ transformer and attention-free backbones
-# No weights and no recipe yet: robustkit.diffusion.train builds U-Nets only (DiffusionTrainConfig.unet),
-# so `robustkit train-diffusion` cannot train these until it accepts their configs.
+# Trained by the same loop as the U-Nets: the digits recipes are TINY_UNET_DIGITS_RECIPE's hyperparameters
+# and the CIFAR-10 recipes UNET_CIFAR10_RECIPE's, with the architecture swapped.
 
-_NO_RECIPE_NOTE = ("no weights are published and the registry holds no recipe yet (the trainer builds U-Nets "
-                   "only); train it with a backbone-aware trainer and put the file in $ROBUSTKIT_HOME/checkpoints/")
+
+def _train_command(name: str, filename: str, *, cuda: bool = False) -> str:
+    """The CLI command that trains a registry entry, and where to put its weights afterwards."""
+    run = f"runs/{name.replace('.', '_')}"
+    return (f"robustkit train-diffusion {name} --out {run}{' --device cuda' if cuda else ''} (repeat to resume; "
+            f"then copy {run}/ema.safetensors to $ROBUSTKIT_HOME/checkpoints/{filename})")
+
+
+_UNTRAINED_NOTE = ("no weights are published: train them with the train command and put the file in "
+                   "$ROBUSTKIT_HOME/checkpoints/")
+
 
 #: 8×8 digits: 16 tokens of 2×2 patches, width 64, 4 blocks.
 DIT_TINY_DIGITS = DiTConfig(in_channels=1, image_size=8, patch_size=2, hidden_size=64, depth=4, num_heads=4,
                             num_classes=10, frequency_size=64)
+
+DIT_TINY_DIGITS_RECIPE = replace(TINY_UNET_DIGITS_RECIPE, model=DIT_TINY_DIGITS)
 
 
 @register_score_model("dit_tiny.digits", ScoreModelConfig(
     architecture="class-conditional DiT (patch 2, width 64, 4 adaLN-Zero blocks, 4 heads)", dataset="digits",
     image_shape=(1, 8, 8), num_classes=10,
     weights=WeightSource(filename="dit_tiny_digits.safetensors", url=None, sha256=None),
-    recipe=None,
+    recipe=DIT_TINY_DIGITS_RECIPE,
+    train_command=_train_command("dit_tiny.digits", "dit_tiny_digits.safetensors"),
     license="MIT (robustkit)", paper="Peebles & Xie, ICCV 2023; Ho & Salimans 2021 (null label)",
-    source="robustkit/diffusion/dit.py", notes=_NO_RECIPE_NOTE))
+    source="robustkit/diffusion/dit.py", notes=_UNTRAINED_NOTE))
 def dit_tiny_digits() -> DiT:
     return DiT(DIT_TINY_DIGITS)
 
@@ -281,14 +295,17 @@ def dit_tiny_digits() -> DiT:
 DIT_S2_CIFAR10 = DiTConfig(in_channels=3, image_size=32, patch_size=2, hidden_size=384, depth=12, num_heads=6,
                            num_classes=10)
 
+DIT_S2_CIFAR10_RECIPE = replace(UNET_CIFAR10_RECIPE, model=DIT_S2_CIFAR10)
+
 
 @register_score_model("dit_s2.cifar10", ScoreModelConfig(
     architecture="class-conditional DiT-S/2 (width 384, 12 adaLN-Zero blocks, 6 heads, patch 2)", dataset="cifar10",
     image_shape=(3, 32, 32), num_classes=10,
     weights=WeightSource(filename="dit_s2_cifar10.safetensors", url=None, sha256=None),
-    recipe=None,
+    recipe=DIT_S2_CIFAR10_RECIPE,
+    train_command=_train_command("dit_s2.cifar10", "dit_s2_cifar10.safetensors", cuda=True),
     license="MIT (robustkit)", paper="Peebles & Xie, ICCV 2023 (DiT-S/2, Table 1); Ho & Salimans 2021",
-    source="robustkit/diffusion/dit.py", notes=_NO_RECIPE_NOTE))
+    source="robustkit/diffusion/dit.py", notes=_UNTRAINED_NOTE))
 def dit_s2_cifar10() -> DiT:
     return DiT(DIT_S2_CIFAR10)
 
@@ -297,14 +314,17 @@ def dit_s2_cifar10() -> DiT:
 DIFFUSSM_TINY_DIGITS = DiffuSSMConfig(in_channels=1, image_size=8, hidden_size=32, depth=2, downsample=2,
                                       state_size=16, num_classes=10, frequency_size=64)
 
+DIFFUSSM_TINY_DIGITS_RECIPE = replace(TINY_UNET_DIGITS_RECIPE, model=DIFFUSSM_TINY_DIGITS)
+
 
 @register_score_model("diffussm_tiny.digits", ScoreModelConfig(
     architecture="class-conditional DiffuSSM (width 32, 2 blocks, hourglass 2, S4D with 16 modes)", dataset="digits",
     image_shape=(1, 8, 8), num_classes=10,
     weights=WeightSource(filename="diffussm_tiny_digits.safetensors", url=None, sha256=None),
-    recipe=None,
+    recipe=DIFFUSSM_TINY_DIGITS_RECIPE,
+    train_command=_train_command("diffussm_tiny.digits", "diffussm_tiny_digits.safetensors"),
     license="MIT (robustkit)", paper="Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)",
-    source="robustkit/diffusion/diffussm.py", notes=_NO_RECIPE_NOTE))
+    source="robustkit/diffusion/diffussm.py", notes=_UNTRAINED_NOTE))
 def diffussm_tiny_digits() -> DiffuSSM:
     return DiffuSSM(DIFFUSSM_TINY_DIGITS)
 
@@ -313,13 +333,16 @@ def diffussm_tiny_digits() -> DiffuSSM:
 DIFFUSSM_S_CIFAR10 = DiffuSSMConfig(in_channels=3, image_size=32, hidden_size=256, depth=12, downsample=4,
                                     state_size=32, num_classes=10)
 
+DIFFUSSM_S_CIFAR10_RECIPE = replace(UNET_CIFAR10_RECIPE, model=DIFFUSSM_S_CIFAR10)
+
 
 @register_score_model("diffussm_s.cifar10", ScoreModelConfig(
     architecture="class-conditional DiffuSSM (width 256, 12 blocks, hourglass 4, S4D with 32 modes)",
     dataset="cifar10", image_shape=(3, 32, 32), num_classes=10,
     weights=WeightSource(filename="diffussm_s_cifar10.safetensors", url=None, sha256=None),
-    recipe=None,
+    recipe=DIFFUSSM_S_CIFAR10_RECIPE,
+    train_command=_train_command("diffussm_s.cifar10", "diffussm_s_cifar10.safetensors", cuda=True),
     license="MIT (robustkit)", paper="Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)",
-    source="robustkit/diffusion/diffussm.py", notes=_NO_RECIPE_NOTE))
+    source="robustkit/diffusion/diffussm.py", notes=_UNTRAINED_NOTE))
 def diffussm_s_cifar10() -> DiffuSSM:
     return DiffuSSM(DIFFUSSM_S_CIFAR10)
