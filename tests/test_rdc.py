@@ -194,7 +194,69 @@ def test_speed_modes_are_differentiable(digits_model, digits):
         assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
 
 
+def _saved_storage_bytes(fn):
+    """``(bytes of the distinct storages autograd saves while running fn, fn's result)``."""
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(storages.values()), out
+
+
+def test_gradient_memory_is_bounded_by_a_chunk_not_by_the_timesteps(digits_model, digits):
+    """Checkpointed chunks save only their inputs (x0, the noise, row indices): what the forward keeps for
+    the backward grows with T' by the extra noise images and index rows alone, never by activations."""
+    x = digits[0][:4]
+    kept = {}
+    for stride in (100, 25):  # T' = 10 and 40: 400 and 1,600 (image, class, step) rows
+        dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=stride, chunk_size=64))
+        xa = x.clone().requires_grad_()
+        kept[stride], losses = _saved_storage_bytes(lambda: dc.losses(xa))
+        (g,) = torch.autograd.grad(losses.sum(), xa)
+        assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+    image_bytes = 8 * 8 * 4
+    extra_rows = 4 * 10 * (40 - 10)
+    # more noise images + (img, cls, pos) int64 indices of the extra rows + one float per row, nothing else
+    assert kept[25] - kept[100] <= (40 - 10) * image_bytes + extra_rows * (3 * 8 + 4) + 4096
+    # the same rows without checkpointing keep the network's activations: far more per row
+    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=25, chunk_size=64))
+    x0 = (2 * x - 1).requires_grad_()
+    rows = torch.arange(64)
+    plain, _ = _saved_storage_bytes(lambda: dc._chunk_terms(x0, dc.draw_noise(torch.Generator().manual_seed(0)),
+                                                            rows % 4, (rows // 4) % 10, rows % 40))
+    assert plain > 20 * kept[25] / (1600 / 64)  # one plain chunk keeps > 20x the checkpointed bytes per chunk
+
+
 # -- likelihood maximisation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm,eta", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_likelihood_maximisation_exact_gradient_matches_finite_differences(digits_model, norm, eta):
+    """The exact gradient through the N momentum steps (double backward through the score network)
+    against central differences, in float64, with the step noise held fixed by reseeding."""
+    model = copy.deepcopy(digits_model).double()
+    p = LikelihoodMaximizationPurifier(model, LikelihoodMaximizationConfig(norm=norm, eta=eta, steps=3))
+    gen = torch.Generator()
+    x = 0.25 + 0.5 * torch.rand(2, 1, 8, 8, generator=gen.manual_seed(1), dtype=torch.float64)  # inside the box
+    v = torch.randn(2, 1, 8, 8, generator=gen.manual_seed(2), dtype=torch.float64)
+    d = torch.randn(2, 1, 8, 8, generator=gen.manual_seed(3), dtype=torch.float64)
+
+    def f(z):
+        return (v * p.purify(z, torch.Generator().manual_seed(0))).sum()
+
+    xa = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(f(xa), xa)
+    h = 1e-6
+    with torch.no_grad():
+        fd = (f(x + h * d) - f(x - h * d)) / (2 * h)
+    assert float((g * d).sum()) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+    if norm == "L2":  # the normalised momentum steps depend smoothly on x: not the identity (BPDA)
+        assert float((g - v).abs().max()) > 1e-3
+
 
 @pytest.mark.parametrize("norm,eta", [("Linf", 8 / 255), ("L2", 0.5)])
 def test_likelihood_maximisation_stays_in_ball_and_box(digits_model, digits, norm, eta):
