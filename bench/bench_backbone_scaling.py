@@ -34,15 +34,11 @@ For every (backbone, size) it reports:
     the counter itself uses for the CUDA kernels). The U-Net's attention takes the math path on CPU
     (``bmm`` and softmax), whose matrix products are counted;
   - every elementwise, normalisation, softmax, activation and reduction op (O(activations), no
-    matrix product), including S4D's complex ``exp`` of the ``[H, N, L]`` Vandermonde powers;
-  - and it counts a complex matrix product (S4D's kernel ``einsum``, a ``bmm`` on complex tensors) as a
-    real one, ``2·m·n·k`` instead of ``8·m·n·k``; that term is 0.14 % of the matched DiffuSSM's total at
-    batch 8 (0.6 % if counted as complex), so it is left as counted.
+    matrix product), including the ``exp``/``cos``/``sin`` of S4D's ``[H, N, L]`` kernel powers.
 
   The table shows the stock count, the analytic additions (and the ops they stand for) and their sum.
-  Uncounted work still takes time: on CPU about 60 % of the matched DiffuSSM's forward at batch 8 is
-  S4D's complex ``exp`` (``H·N·L`` per SSM layer and call, independent of the batch), which is why its
-  time per FLOP is several times DiT's;
+  Uncounted work still takes time: DiffuSSM's elementwise work (gating, the S4D kernel's ``H·N·L``
+  exp/cos/sin per layer and call, FFT glue) is why its time per FLOP is above DiT's on a CPU;
 * wall time per image of a forward at ``--batch`` under ``torch.no_grad()``: the best of ``--repeats``
   runs of ``--calls`` back-to-back calls after one warm-up run, by :func:`bench.bench_solvers.time_forward`,
   single-threaded by default (``--threads 1``);

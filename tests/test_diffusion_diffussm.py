@@ -46,6 +46,62 @@ def test_s4d_fft_convolution_equals_the_recurrence(dtype, tol):
     assert torch.allclose(layer.a_imag[0].double(), torch.pi * torch.arange(8, dtype=torch.float64))
 
 
+def _complex_kernel(params: dict[str, torch.Tensor], length: int) -> torch.Tensor:
+    """The S4D kernel by the complex Vandermonde formula, written out from the raw parameters:
+    ``K_l = Re(Σ_n C_n B̄_n exp(l ΔA_n))`` with ``B̄ = (exp(ΔA) − 1)/A · B`` (the complex ``exp`` path)."""
+    a = torch.complex(-torch.exp(params["log_a_real"]), params["a_imag"])
+    dt_a = a * torch.exp(params["log_dt"])[:, None]
+    b_bar = (torch.exp(dt_a) - 1) / a * torch.complex(params["b"][..., 0], params["b"][..., 1])
+    c = torch.complex(params["c"][..., 0], params["c"][..., 1])
+    steps = torch.arange(length, dtype=params["log_dt"].dtype)
+    return torch.einsum("hn,hnl->hl", c * b_bar, torch.exp(dt_a[:, :, None] * steps)).real
+
+
+def _random_s4d(seed: int, channels: int, state: int, dt_min: float, dt_max: float, dtype) -> S4DLayer:
+    torch.manual_seed(seed)
+    layer = S4DLayer(channels, state, dt_min, dt_max)
+    with torch.no_grad():  # away from the init: random B, spread Re A, perturbed Im A
+        layer.b.normal_()
+        layer.log_a_real.add_(torch.randn(channels, state))
+        layer.a_imag.add_(torch.randn(channels, state))
+    return layer.to(dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("seed, channels, state, dt_min, dt_max, length", [
+    (0, 4, 8, 0.001, 0.1, 256),
+    (1, 3, 16, 0.01, 0.5, 1024),
+    (2, 5, 3, 0.1, 1.0, 37),
+])
+def test_s4d_real_kernel_equals_the_complex_vandermonde_formula(dtype, tol, seed, channels, state, dt_min, dt_max,
+                                                                length):
+    layer = _random_s4d(seed, channels, state, dt_min, dt_max, dtype)
+    params = {n: p for n, p in layer.named_parameters() if n != "d"}  # the skip D is not in the kernel
+    k = layer.kernel(length)
+    ref = _complex_kernel(params, length)
+    assert k.dtype == dtype and k.shape == (channels, length)
+    assert float((k - ref).detach().abs().max()) <= tol * float(ref.detach().abs().max())
+    # the same gradients w.r.t. every parameter (a random linear functional of the kernel)
+    w = torch.randn(channels, length, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    grads = torch.autograd.grad((k * w).sum(), list(params.values()))
+    refs = torch.autograd.grad((ref * w).sum(), list(params.values()))
+    for name, g, r in zip(params, grads, refs):
+        assert float((g - r).abs().max()) <= 10 * tol * max(1.0, float(r.abs().max())), name
+
+
+def test_s4d_gradcheck_wrt_every_parameter_and_the_input():
+    """Finite differences through the real-arithmetic kernel and the FFT convolution (float64)."""
+    layer = _random_s4d(3, 2, 3, 0.05, 0.5, torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def layer_of(u, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (u,), strict=True)
+
+    u = torch.randn(2, 2, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    inputs = (u, *(p.detach().clone() for p in layer.parameters()))
+    assert torch.autograd.gradcheck(layer_of, tuple(x.requires_grad_() for x in inputs))
+
+
 def test_s4d_is_causal_and_the_bidirectional_layer_is_not():
     torch.manual_seed(0)
     layer = S4DLayer(channels=2, state_size=4)

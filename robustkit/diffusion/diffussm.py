@@ -19,7 +19,8 @@ The SSM is S4D (Gu et al. 2022): a diagonal complex ``A`` with the S4D-Lin initi
 with zero-order hold, ``Ā = exp(ΔA)``, ``B̄ = (exp(ΔA) − 1)/A · B``. Its length-``L`` kernel is in closed
 form, ``K_l = Re(Σ_n C_n Ā_n^l B̄_n)``, and it is applied as a causal convolution by FFT, plus the skip
 ``D u``: the same output as the recurrence ``x_k = Ā x_{k−1} + B̄ u_k``, ``y_k = Re(C x_k) + D u_k``.
-(S4D writes ``2·Re`` for conjugate pairs; the factor is absorbed in ``C``.)
+(S4D writes ``2·Re`` for conjugate pairs; the factor is absorbed in ``C``.) The ``[H, N, L]`` powers
+``Ā^l`` are evaluated in real arithmetic (see :meth:`S4DLayer.kernel`).
 
 The bidirectional layer follows BiGS (Wang et al. 2023, §3): ``U = GELU(W_u h)``, ``V = GELU(W_v h)``;
 one SSM runs over ``GELU(W_f U)``, another over the reversal of ``GELU(W_b U)`` (its output reversed
@@ -159,13 +160,27 @@ class S4DLayer(nn.Module):
         return a_bar, b_bar, torch.view_as_complex(self.c)
 
     def kernel(self, length: int) -> torch.Tensor:
-        """Closed-form convolution kernel ``K_l = Re(Σ_n C_n Ā_n^l B̄_n)``, ``[H, length]`` (Vandermonde)."""
+        """Closed-form convolution kernel ``K_l = Re(Σ_n C_n Ā_n^l B̄_n)``, ``[H, length]`` (Vandermonde).
+
+        With ``C'_n = C_n B̄_n`` and ``ΔA_n = α_n + iω_n`` (``α_n < 0``), ``Ā_n^l = exp(l ΔA_n)
+        = e^{l α_n} (cos(l ω_n) + i sin(l ω_n))`` gives each power exactly (no sequential product), and
+
+            ``K_l = Σ_n e^{l α_n} (Re C'_n · cos(l ω_n) − Im C'_n · sin(l ω_n))``.
+
+        Only the ``[H, N]`` coefficients ``C'`` and ``ΔA`` are complex; the ``[H, N, L]`` terms are built from
+        real ``exp``, ``cos`` and ``sin`` and contracted over ``n`` by real einsums (on CPU a complex ``exp``
+        of the powers costs several times as much, and dominated the forward). The values equal
+        ``Re(einsum(C', exp(ΔA ⊗ l)))`` to rounding. The kernel depends on the parameters only, not on the
+        input: it is recomputed (differentiably) on every call, once per call for the whole batch.
+        """
         _, dt_a = self._dt_a()
         _, b_bar, c = self.discretize()
-        # Ā^l = exp(l ΔA): exact powers without a sequential product
+        coef = c * b_bar
         steps = torch.arange(length, device=dt_a.device, dtype=self.log_dt.dtype)
-        powers = torch.exp(dt_a[:, :, None] * steps)
-        return torch.einsum("hn,hnl->hl", c * b_bar, powers).real
+        decay = torch.exp(dt_a.real[:, :, None] * steps)  # |Ā^l|, [H, N, L]
+        phase = dt_a.imag[:, :, None] * steps              # arg(Ā^l)
+        return (torch.einsum("hn,hnl->hl", coef.real, decay * torch.cos(phase))
+                - torch.einsum("hn,hnl->hl", coef.imag, decay * torch.sin(phase)))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         length = u.shape[-1]
