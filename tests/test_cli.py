@@ -88,6 +88,21 @@ def test_bench_writes_resumable_record(capsys, tmp_path):
     assert "different configuration" in capsys.readouterr().err
 
 
+def test_bench_attack_options_reach_the_record(capsys, tmp_path):
+    args = ["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--attacks", "pgd", "--n-examples", "8",
+            "--no-checks", "--json", "--attack-option", "pgd.steps=3", "--attack-option", "pgd.step_size=1/40"]
+    assert main(args) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["attacks"][0]["steps"] == 3 and rec["attacks"][0]["step_size"] == pytest.approx(0.025)
+    for bad, message in ((["--attack-option", "pgd.steps"], "ATTACK.KEY=VALUE"),
+                         (["--attack-option", "apgd-ce.steps=3"], "not run"),
+                         (["--attack-option", "pgd.stepz=3"], "stepz"),
+                         (["--attack-option", "pgd.steps=3", "--attack-option", "pgd.steps=4"], "twice")):
+        assert main([*args[:11], *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_console_entry_point_module():
     out = subprocess.run([sys.executable, "-m", "robustkit", "list", "--pattern", "resnet2*"],
                          capture_output=True, text=True, check=True).stdout

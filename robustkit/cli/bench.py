@@ -4,6 +4,8 @@
         --attacks autoattack-standard --n-examples 512 --run-dir runs/resnet20
     robustkit bench --defense diffpure.cifar10 --eps 8/255 --attacks autoattack-rand,pgd-eot \\
         --n-examples 512 --run-dir runs/diffpure
+    robustkit bench --defense tiny_diffpure.digits --eps 0.1 --attacks pgd-eot \\
+        --attack-option pgd-eot.steps=20 --attack-option pgd-eot.eot=4 --attack-option pgd-eot.step_size=1/40
 
 With ``--defense`` the registered defense is built (``robustkit list defenses``); ``--classifier`` then
 replaces the classifier behind it, and that classifier is the undefended base of the transfer check.
@@ -14,7 +16,10 @@ Re-running with the same ``--run-dir`` resumes a killed run; the record is ``RUN
 from __future__ import annotations
 
 import argparse
+import json
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..eval import benchmark
@@ -35,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
                    help="budget in [0,1] pixel units, e.g. 8/255 or 0.5")
     p.add_argument("--attacks", default="auto",
                    help="'auto' (from the defense's traits) or a comma-separated list, e.g. autoattack-rand,pgd-eot")
+    p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="override one preset parameter of an attack, e.g. pgd-eot.steps=50 or pgd-eot.step_size=2/255 "
+                        "(repeatable; recorded with the result)")
     p.add_argument("--n-examples", type=int, default=None, help="first N test examples (default: all)")
     p.add_argument("--batch-size", type=int, default=64, help="examples per shard")
     p.add_argument("--seed", type=int, default=0)
@@ -46,6 +54,53 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--executor", default="inline", choices=["inline", "processes", "submitit", "submitit-local"])
     p.add_argument("--workers", type=int, default=None, help="worker processes / Slurm tasks")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of the table")
+
+
+def _option_value(text: str) -> Any:
+    """JSON scalars (``20``, ``0.5``, ``true``, ``null``), fractions (``2/255``), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        return text
+
+
+def parse_attack_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["pgd-eot.steps=20", "pgd-eot.eot=4"]`` → ``{"pgd-eot": {"steps": 20, "eot": 4}}``.
+
+    Example::
+
+        >>> parse_attack_options(["pgd-eot.steps=20", "pgd-eot.step_size=2/255", "transfer.attack=pgd"])
+        {'pgd-eot': {'steps': 20, 'step_size': 0.00784313725490196}, 'transfer': {'attack': 'pgd'}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        attack, dot, name = key.rpartition(".")
+        if not sep or not dot or not attack or not name.isidentifier() or not value:
+            raise InputError(f"--attack-option must look like ATTACK.KEY=VALUE (e.g. pgd-eot.steps=50), got {item!r}")
+        if name in out.get(attack, {}):
+            raise InputError(f"--attack-option sets {attack}.{name} twice")
+        out.setdefault(attack, {})[name] = _option_value(value)
+    return out
+
+
+def _check_attack_options(options: dict[str, dict[str, Any]], eps: str, norm: str) -> None:
+    """Build each overridden attack once, so a misspelt parameter fails now, not inside the first shard."""
+    from ..attacks import make_attack
+    from ..eval.benchmark import parse_eps
+
+    for name, opts in options.items():
+        opts = dict(opts)
+        if name == "transfer":  # its own option 'attack' names the attack run on the base model
+            name = opts.pop("attack", "autoattack-standard")
+        try:
+            make_attack(name, eps=parse_eps(eps), norm=norm, **opts)
+        except TypeError as e:
+            raise InputError(f"--attack-option for {name}: {e}") from e
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,14 +130,21 @@ def _build(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    options = parse_attack_options(args.attack_option)
     model, base, dataset = _build(args)
+    from ..eval.benchmark import resolve_attacks
+
+    unused = sorted(set(options) - set(resolve_attacks(model, args.attacks)))
+    if unused:
+        raise InputError(f"--attack-option names attack(s) not run: {', '.join(unused)} (attacks: {args.attacks})")
+    _check_attack_options(options, args.eps, args.threat_model)
     if args.device:
         model = model.to(args.device)
     rec = benchmark(model, dataset=args.dataset or dataset, base_classifier=base, threat_model=args.threat_model,
                     eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,
-                    checks=not args.no_checks, cascade=not args.no_cascade, executor=args.executor,
-                    workers=args.workers)
+                    checks=not args.no_checks, cascade=not args.no_cascade, attack_options=options,
+                    executor=args.executor, workers=args.workers)
     if args.json:
         print(rec.to_json())
     else:
