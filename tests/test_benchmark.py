@@ -369,3 +369,21 @@ def test_two_torchrun_ranks_share_the_run_and_equal_inline(clf, tmp_path, inline
     assert sorted(line for line in out.stdout.splitlines() if line.startswith("rank")) == \
         ["rank 0 of 2 done", "rank 1 of 2 done"]
     _assert_same_as_inline(BenchmarkRecord.load(run_dir / "record.json"), run_dir, inline_run)
+
+
+def test_evaluators_restore_the_callers_training_flags(clf):
+    """benchmark(), predict() and the corruption sweep run in eval mode and hand the model back as it came:
+    a model left in eval mode would silently stop updating, one switched to train mode would use batch
+    statistics."""
+    from robustkit.eval import clean_accuracy
+
+    clf.train()
+    next(iter(clf.net.children())).eval()  # mixed flags: restored per submodule, not by one recursive train()/eval()
+    flags = [m.training for m in clf.modules()]
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    benchmark(clf, dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 2}}, n_examples=8,
+              checks=False)
+    assert [m.training for m in clf.modules()] == flags
+    clean_accuracy(clf, x, y)
+    assert [m.training for m in clf.modules()] == flags
+    clf.eval()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
 from ..utils import progress_bar
@@ -23,7 +24,8 @@ from .stats import Accuracy, accuracy_with_ci
 
 def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
             progress: bool | None = None, desc: str = "predict") -> torch.Tensor:
-    """Predicted labels ``[N]`` (on the CPU), computed in batches without gradients."""
+    """Predicted labels ``[N]`` (on the CPU), computed in batches without gradients, in eval mode (each
+    submodule's training flag is restored afterwards)."""
     if not isinstance(model, Classifier):
         raise InputError(f"model must be a robustkit Classifier, got {type(model).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -32,8 +34,7 @@ def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     preds = []
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i in progress_bar(range(0, x.shape[0], batch_size), enabled=progress, desc=desc, unit="batch"):
             preds.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -47,6 +47,7 @@ import torch
 
 from .. import __version__
 from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
+from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
 from ..utils import progress_bar, state_digest
@@ -197,7 +198,7 @@ def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: i
 
 def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
     """Attack one shard; returns per-example records, x_adv per attack, and the shard's cost."""
-    model = job.defense.to(device).eval()
+    model = job.defense.to(device)  # eval mode: set (and restored) by run_worker
     x = job.x[shard.start:shard.stop].to(device)
     y = job.y[shard.start:shard.stop].to(device)
     n = x.shape[0]
@@ -281,7 +282,8 @@ def run_worker(job: _Job, device: str | torch.device = "cpu", progress: bool | N
                     continue
                 claimed = True
                 try:
-                    records, tensors, meta = process_shard(job, shard, device)
+                    with eval_mode(job.defense):
+                        records, tensors, meta = process_shard(job, shard, device)
                     run.write_shard(shard, records, tensors, meta)
                 finally:
                     lease.release()

@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..attacks.base import eval_mode
 from ..classifier import Classifier
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..errors import InputError
@@ -234,16 +235,17 @@ def corruption_sweep(methods: Mapping[str, Classifier], *, corruptions: Sequence
             generated = _generated_info(data_dir, corruption)
         n_seen = len(y) if n_seen is None else n_seen
         for name, clf in methods.items():
-            clf.to(device).eval()
+            clf.to(device)
             torch.manual_seed(seed)
             clf.reset()
             correct = 0
             t0 = time.perf_counter()
-            for i in range(0, len(y), batch_size):
-                xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-                with torch.no_grad():  # adapters enable grad internally for their own update
-                    pred = clf(xb).argmax(dim=1)
-                correct += int((pred == yb).sum())
+            with eval_mode(clf):  # each submodule's training flag restored afterwards
+                for i in range(0, len(y), batch_size):
+                    xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+                    with torch.no_grad():  # adapters enable grad internally for their own update
+                        pred = clf(xb).argmax(dim=1)
+                    correct += int((pred == yb).sum())
             seconds = time.perf_counter() - t0
             lo, hi = wilson_interval(correct, len(y), CONFIDENCE)
             cell = SweepCell(name, corruption, severity, correct, len(y), lo, hi, seconds)
