@@ -102,25 +102,31 @@ def test_outputs_and_sample_grid(tmp_path):
     assert not any(p.requires_grad for p in result.model.parameters()) and not result.model.training
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
-    full = train(CFG, tmp_path / "full", checkpoint_every=4, **FAST)
-
-    # A run killed in the middle of step 10 (after the optimiser step, before the EMA update): the
-    # checkpoint on disk is the one of step 8, and resuming replays steps 8..11 exactly.
+def _train_killed_in_step(step: int, cfg, out, monkeypatch, *, checkpoint_every: int):
+    """Train into ``out`` and die (KeyboardInterrupt) in step ``step``, after its optimiser step and before
+    its EMA update; returns ``out``."""
     calls = {"n": 0}
     real_update = train_module._ema_update
 
     def dying_update(ema, model, decay):
         calls["n"] += 1
-        if calls["n"] == 10:
+        if calls["n"] == step:
             raise KeyboardInterrupt
         real_update(ema, model, decay)
 
     monkeypatch.setattr(train_module, "_ema_update", dying_update)
     with pytest.raises(KeyboardInterrupt):
-        train(CFG, tmp_path / "killed", checkpoint_every=4, **FAST)
+        train(cfg, out, checkpoint_every=checkpoint_every, **FAST)
     monkeypatch.setattr(train_module, "_ema_update", real_update)
-    killed = tmp_path / "killed"
+    return out
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
+    full = train(CFG, tmp_path / "full", checkpoint_every=4, **FAST)
+
+    # A run killed in the middle of step 10 (after the optimiser step, before the EMA update): the
+    # checkpoint on disk is the one of step 8, and resuming replays steps 8..11 exactly.
+    killed = _train_killed_in_step(10, CFG, tmp_path / "killed", monkeypatch, checkpoint_every=4)
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 8
     assert not (killed / "ema.safetensors").exists() and _no_temp_files(killed)
     resumed = train(CFG, killed, checkpoint_every=4, **FAST)
@@ -164,20 +170,7 @@ def test_backbone_trains_resumes_exactly_and_loads_into_registry(backbone, tmp_p
     assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), full.model.state_dict().values()))
 
     # killed in step 5 (after the optimiser step, before the EMA update): resumes from step 4's checkpoint
-    calls = {"n": 0}
-    real_update = train_module._ema_update
-
-    def dying_update(ema, model, decay):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        real_update(ema, model, decay)
-
-    monkeypatch.setattr(train_module, "_ema_update", dying_update)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", checkpoint_every=2, **FAST)
-    monkeypatch.setattr(train_module, "_ema_update", real_update)
-    killed = tmp_path / "killed"
+    killed = _train_killed_in_step(5, cfg, tmp_path / "killed", monkeypatch, checkpoint_every=2)
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 4
     resumed = train(cfg, killed, checkpoint_every=2, **FAST)
     assert resumed.finished and resumed.losses == full.losses
