@@ -13,6 +13,8 @@ import torch.nn as nn
 from robustkit.diffusion.adm import (ADM_CONFIGS, ADMConfig, ADMScoreModel, ADMUNet, adm_config,
                                      continuous_time_to_step, load_guided_diffusion)
 from robustkit.diffusion.adm_layers import AttentionBlock, GroupNorm32, ResBlock, timestep_embedding
+from robustkit.diffusion.schedule import DiscreteVPSchedule
+from robustkit.diffusion.solvers import ddim
 from robustkit.errors import CheckpointError, InputError
 from robustkit.hub import file_digest
 
@@ -310,7 +312,7 @@ def test_class_conditional_model_uses_labels():
 def test_score_model_input_validation():
     model = ADMScoreModel(ADMUNet(TINY))
     x = torch.zeros(2, 3, 8, 8)
-    with pytest.raises(InputError, match=r"\[0, 1\]"):
+    with pytest.raises(InputError, match=r"t must lie in \[0, 1.00338\]"):
         model(x, torch.tensor([0.5, 1.5]))
     with pytest.raises(InputError, match="unconditional"):
         model(x, 0.5, torch.tensor([0, 1]))
@@ -353,3 +355,18 @@ def test_loader_checks_digest_and_existence(tmp_path):
         load_guided_diffusion(tmp_path / "absent.pt", TINY)
     with pytest.raises(InputError, match="unknown ADM config"):
         load_guided_diffusion(path, "tiny")
+
+
+def test_discrete_solvers_from_pure_noise_run_on_the_adm(small_model):
+    """DDIM/DDPM from the last step pass t = time_of(999) ≈ 1.0034 (the discrete ᾱ ends below the
+    continuous one): accepted, labelled as the last trained step; anything beyond is refused."""
+    sched = DiscreteVPSchedule()
+    t_last = sched.time_of(999)
+    assert 1.0 < t_last == pytest.approx(small_model.max_time)
+    assert small_model.timestep_labels(torch.tensor([1.0, t_last])).tolist() == [999, 999]
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = ddim(small_model, sched, x, 999, steps=2)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(InputError, match="t must lie in"):
+        small_model(x, torch.tensor([t_last + 1e-3]))

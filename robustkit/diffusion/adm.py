@@ -34,6 +34,7 @@ from ..errors import CheckpointError, InputError
 from ..hub import load_state_dict_file, load_strict, verify_file
 from .adm_layers import (NUM_GROUPS, AttentionBlock, Downsample, GroupNorm32, ResBlock, TimestepSequential,
                          Upsample, timestep_embedding)
+from .schedule import DiscreteVPSchedule
 from .score_model import ScoreModel
 
 __all__ = ["ADMConfig", "ADMScoreModel", "ADMUNet", "ADM_CONFIGS", "adm_config", "continuous_time_to_step",
@@ -390,8 +391,11 @@ class ADMScoreModel(ScoreModel):
     ``eps = model(x_t, t, y=None)`` calls the UNet with the integer step
     :func:`continuous_time_to_step` ``(t)`` (DiffPure's mapping) and drops the learned-variance
     channels ``[C:2C]`` when ``learn_sigma``. ``x_t`` is cast to the dtype of the network's ``out``
-    head (float32) and ε̂ back to ``x_t``'s dtype. ``t`` must lie in ``[0, 1]``. Conditional ADM
-    models have no null class: they need ``y``.
+    head (float32) and ε̂ back to ``x_t``'s dtype. ``t`` must lie in ``[0, max_time]`` (1, or the last
+    discrete step's VP time if larger); steps past the last trained one are capped at it. Note for
+    :func:`ddpm_ancestral`/:func:`ddim` on this model: their times are the discrete steps' VP times, which
+    the floor mapping labels up to 4 steps late at high noise (exact for steps ≤ 313, i.e. t ≲ 0.31,
+    which covers DiffPure's t* ≤ 0.15). Conditional ADM models have no null class: they need ``y``.
 
     Shape:
         ``x_t [N, C, S, S]``, ``t [N]`` or scalar, ``y [N]`` → ``[N, C, S, S]``.
@@ -415,15 +419,21 @@ class ADMScoreModel(ScoreModel):
         super().__init__((cfg.in_channels, cfg.image_size, cfg.image_size), cfg.num_classes)
         self.unet = unet
         self.num_timesteps = cfg.num_timesteps
+        #: the largest accepted t: the VP time of the discrete schedule's last step (≈ 1.0034 for 1000
+        #: steps, just above 1 because the discrete ᾱ ends below the continuous one), which DDPM/DDIM
+        #: sampling from pure noise passes
+        self.max_time = max(1.0, DiscreteVPSchedule(num_steps=cfg.num_timesteps).time_of(cfg.num_timesteps - 1))
 
     def timestep_labels(self, t: torch.Tensor) -> torch.Tensor:
-        """The integer steps the UNet receives for continuous times ``t`` (see :func:`continuous_time_to_step`)."""
-        return continuous_time_to_step(t, self.num_timesteps)
+        """The integer steps the UNet receives for continuous times ``t``: :func:`continuous_time_to_step`
+        (DiffPure's mapping), capped at the last trained step ``num_timesteps − 1``."""
+        return continuous_time_to_step(t, self.num_timesteps).clamp_max(self.num_timesteps - 1)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         # A host sync, but out-of-range t would silently give steps outside the trained range.
-        if bool(((t < 0) | (t > 1)).any()):
-            raise InputError(f"t must lie in [0, 1], got values in [{t.min().tolist()}, {t.max().tolist()}]")
+        if bool(((t < 0) | (t > self.max_time)).any()):
+            raise InputError(f"t must lie in [0, {self.max_time:.6g}], got values in "
+                             f"[{t.min().tolist()}, {t.max().tolist()}]")
         if self.conditional and y is None:
             raise InputError("this ADM model is class-conditional and has no null class; pass y")
         if y is not None and bool(((y < 0) | (y >= self.num_classes)).any()):
