@@ -25,16 +25,24 @@ from pathlib import Path
 import torch
 
 import robustkit
-from robustkit.diffusion import create_score_model, denoising_loss, sample_images, save_image_grid
+from robustkit.diffusion import VPSDE, create_score_model, denoising_loss, sample_images, save_image_grid
 from robustkit.eval.stats import accuracy_with_ci
 
 TIMES = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
+def _sde_of(model) -> VPSDE:
+    """The SDE a model was trained under: its registry entry's, else the default ``VPSDE()``."""
+    return model.registry_config.sde if hasattr(model, "registry_config") else VPSDE()
+
+
 def loss_per_t(model, x0: torch.Tensor, y: torch.Tensor, *, draws: int, seed: int = 0,
-               times: tuple[float, ...] = TIMES) -> list[dict]:
-    """Mean denoising loss per t: conditional, unconditional, and the zero predictor (same noise)."""
-    sde = model.registry_config.sde if hasattr(model, "registry_config") else robustkit.diffusion.VPSDE()
+               times: tuple[float, ...] = TIMES, sde: VPSDE | None = None) -> list[dict]:
+    """Mean denoising loss per t: conditional, unconditional, and the zero predictor (same noise).
+
+    ``sde``: the SDE the model was trained under (default: see :func:`_sde_of`).
+    """
+    sde = sde if sde is not None else _sde_of(model)
     xs, ys = x0.repeat(draws, 1, 1, 1), y.repeat(draws)
     rows = []
     for t in times:
@@ -50,12 +58,16 @@ def loss_per_t(model, x0: torch.Tensor, y: torch.Tensor, *, draws: int, seed: in
 
 
 def class_conditional_accuracy(model, classifier, *, per_class: int, steps: int, guidance: float = 0.0,
-                               seed: int = 0):
-    labels = torch.arange(10).repeat_interleave(per_class)
+                               seed: int = 0, sde: VPSDE | None = None):
+    """``(accuracy with its Wilson interval, images)``: ``per_class`` DDIM samples (``steps`` steps, CFG weight
+    ``guidance``, seeded) of every class of ``model``, judged by ``classifier``: the fraction it assigns to
+    their conditioning class. ``sde``: the SDE the model was trained under (default: see :func:`_sde_of`)."""
+    sde = sde if sde is not None else _sde_of(model)
+    labels = torch.arange(model.num_classes).repeat_interleave(per_class)
     with torch.no_grad():
-        imgs = sample_images(model, labels, steps=steps, guidance_scale=guidance,
-                             generator=torch.Generator().manual_seed(seed))
-        pred = classifier(imgs).argmax(1)
+        imgs = sample_images(model, labels, steps=steps, guidance_scale=guidance, beta_min=sde.beta_min,
+                             beta_max=sde.beta_max, generator=torch.Generator().manual_seed(seed))
+        pred = classifier(imgs).argmax(1).cpu()
     return accuracy_with_ci(pred == labels), imgs
 
 
