@@ -6,12 +6,13 @@ forward scores — and the harness must attack the whole batch even when cascadi
 
 import json
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import robustkit
-from robustkit.attacks import PGD, project
+from robustkit.attacks import APGD, PGD, project
 from robustkit.defenses import TentClassifier, create_defense
 
 
@@ -30,6 +31,7 @@ def test_every_attack_query_starts_from_the_reset_state():
     assert len(seen) == 4 + 2  # clean + 4 gradient queries + verification
     assert seen == [0] * len(seen)  # without the per-query reset the k-th query would see adam_step == k
     assert res.info["test_time_state"].startswith("reset() before every query")
+    assert res.info["partial_batch_queries"] == 0
     assert int(tent.adam_step) == 1  # the verification forward adapted once
 
 
@@ -69,3 +71,16 @@ def test_harness_attacks_the_whole_batch_of_an_adapting_defense(tmp_path):
     threat = rec.attacks[0]["batch_threat_model"]
     assert threat["batch_size"] == batch_size and "reset() before every query" in threat["composition"]
     assert rec.per_attack["pgd"]["single_draw"].value < rec.clean["single_draw"].value
+
+
+def test_subset_queries_of_an_adapting_model_are_flagged():
+    """pyautoattack's APGD attacks only the points classified right at the start: for an adapting model
+    those queries see a different batch than the one scored, which the result must say."""
+    tent = _tent()
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        right = tent(x).argmax(1) == y
+    assert 0 < int(right.sum()) < 6  # some points start misclassified, so APGD drops them
+    with pytest.warns(RuntimeWarning, match="subset of the batch"):
+        res = APGD(eps=0.1, steps=3, seed=0)(tent, x, y)
+    assert res.info["partial_batch_queries"] > 0

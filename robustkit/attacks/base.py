@@ -8,8 +8,10 @@ Models that adapt at test time (``traits.adapts_at_test_time``) are attacked und
 model: the unit is the batch ``x`` as given, and every query the attack makes, like the verification,
 is ``reset()`` followed by a forward, so the attack differentiates exactly the function that is scored
 (a query never sees a model already adapted to the attack's earlier iterates). An attack that queries
-subsets of ``x`` changes the batch the defense adapts on; the harness runs full-batch attacks on such
-models (see :mod:`robustkit.eval.benchmark`).
+subsets of ``x`` (pyautoattack's APGD and AutoAttack attack only the points still classified right)
+changes the batch the defense adapts on: such queries are counted in ``info["partial_batch_queries"]``
+and warned about; the harness's default attacks for these models (transfer, ``pgd-eot``) query whole
+batches (see :mod:`robustkit.eval.benchmark`).
 
 Example::
 
@@ -27,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import abc
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
@@ -139,10 +142,12 @@ class _Counting(nn.Module):
     forward of the whole batch), instead of a model that has adapted to the attack's earlier iterates.
     """
 
-    def __init__(self, model: Classifier):
+    def __init__(self, model: Classifier, batch_size: int):
         super().__init__()
         self.model = model
         self.reset_per_query = bool(model.traits.adapts_at_test_time)
+        self.batch_size = batch_size
+        self.partial_batch_queries = 0  # queries of an adapting model on fewer/more points than the batch
         self.forwards = 0
         self.backwards = 0
 
@@ -154,6 +159,7 @@ class _Counting(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reset_per_query:
             self.model.reset()
+            self.partial_batch_queries += int(x.shape[0] != self.batch_size)
         out = self.model(x)
         self.forwards += x.shape[0]
         if out.requires_grad:
@@ -204,7 +210,7 @@ class Attack(abc.ABC):
         check_labels(y, x.shape[0], model.num_classes)
         with eval_mode(model):
             model.reset()
-            counted = _Counting(model)
+            counted = _Counting(model, x.shape[0])
             with torch.no_grad():
                 clean_correct = model(x).argmax(1) == y
             model.reset()
@@ -225,6 +231,13 @@ class Attack(abc.ABC):
         info["gradient"] = model.traits.gradient
         if counted.reset_per_query:
             info["test_time_state"] = "reset() before every query and before the verification forward"
+            info["partial_batch_queries"] = counted.partial_batch_queries
+            if counted.partial_batch_queries:
+                warnings.warn(f"{type(self).__name__} queried the test-time-adapting {type(model).__name__} "
+                              f"{counted.partial_batch_queries} time(s) on a subset of the batch (e.g. only the "
+                              "points not yet broken): the defense then adapts on a different batch than the "
+                              "one that is scored, so the attack optimises the wrong function; prefer "
+                              "full-batch attacks (pgd, pgd-eot) for such models", RuntimeWarning, stacklevel=2)
         info.update(details)
         return AttackResult(x_adv=x_adv, robust=robust, clean_correct=clean_correct,
                             forwards=counted.forwards, backwards=counted.backwards, info=info)
