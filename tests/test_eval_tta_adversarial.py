@@ -1,0 +1,43 @@
+"""scripts/eval_tta_adversarial.py: the adversarial evaluation of source/BN/TENT/TEA end to end, tiny."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from scripts.eval_tta_adversarial import evaluate, table
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("method", ["tent", "source"])
+def test_records_and_table(method, shared_dir, tmp_path):
+    args = argparse.Namespace(method=method, classifier="resnet20.cifar10",
+                              checkpoint=str(shared_dir / "models" / "resnet20-12fca82f.th"),
+                              data_dir=str(shared_dir / "data" / "cifar10"), eps="8/255", n_examples=6, batch_size=3,
+                              steps=2, step_size=2 / 255, eot=1, n_reeval=2, seed=0, no_checks=True,
+                              out_dir=str(tmp_path))
+    rec = evaluate(args)
+    saved = json.loads((tmp_path / f"{method}.json").read_text())
+    assert saved["n_examples"] == rec.n_examples == 6 and saved["batch_size"] == 3
+    protocols = {a["name"]: a for a in saved["attacks"]}
+    assert protocols["pgd-eot"]["steps"] == 2 and protocols["pgd-eot"]["gradient"] == "exact"
+    assert protocols["transfer"]["source"] == "resnet20.cifar10"
+    if method == "tent":  # the batch threat model is declared for the adapting method only
+        assert protocols["pgd-eot"]["batch_threat_model"]["batch_size"] == 3
+    else:
+        assert "batch_threat_model" not in protocols["pgd-eot"]
+    # the worst case over both attacks is never above either attack alone
+    robust = saved["robust"]["single_draw"]["value"]
+    assert robust <= min(saved["per_attack"][a]["single_draw"]["value"] for a in ("transfer", "pgd-eot"))
+    rows = table(tmp_path).splitlines()
+    assert len(rows) == 3 and rows[2].startswith(f"| {method} | single_draw |")
