@@ -70,7 +70,7 @@ def _cell(stat: dict) -> str:
 def table(out_dir: Path) -> str:
     """Markdown: one row per method and protocol; clean, transfer, adaptive PGD-EOT, worst case; cost."""
     rows = ["| method | protocol | clean | transfer (AA on static) | adaptive PGD-EOT (exact) | worst of both "
-            "| checks | attack CPU-s |", "|---|---|---:|---:|---:|---:|---|---:|"]
+            "| checks | attack wall s |", "|---|---|---:|---:|---:|---:|---|---:|"]
     for m in METHODS:
         path = out_dir / f"{m}.json"
         if not path.exists():
