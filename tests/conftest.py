@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,14 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"ROBUSTKIT_SHARED={env!r} is not a directory")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one intra-op thread (restored afterwards): on a shared 2-core machine threads only
+    add contention for tiny networks (torchsde's double backward slows ~10× with them on a loaded 2-core
+    machine). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-import torch.nn as nn
 
 import robustkit
 from robustkit import Classifier, DefenseTraits, InputError

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 import robustkit
 from robustkit import Classifier, DefenseTraits

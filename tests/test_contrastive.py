@@ -29,12 +29,7 @@ SHAPE = (1, 4, 4)
 CFG = DiffPureConfig(t_star=0.1, dt=0.02)  # 5 Euler steps; guided from step 2: 3 guided steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add contention
 
 
 class Wavy(GaussianScoreModel):

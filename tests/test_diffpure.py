@@ -27,14 +27,7 @@ S = 0.5  # data std (in the [-1, 1] diffusion scaling) of the Gaussian score mod
 SDE = VPSDE()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention (torchsde's double backward slows ~10× on a
-    loaded 2-core machine with them)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add contention
 
 
 def _marginal(t: float) -> tuple[float, float]:

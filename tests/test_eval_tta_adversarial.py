@@ -6,17 +6,11 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from scripts.eval_tta_adversarial import evaluate, table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add contention
 
 
 @pytest.mark.parametrize("method", ["tent", "source"])

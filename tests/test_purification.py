@@ -13,12 +13,7 @@ from robustkit.defenses import DiffPureConfig, DiffPurePurifier, GaussianScoreMo
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add contention
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from robustkit.diffusion.unet import UNet, UNetConfig
 from robustkit.errors import CheckpointError, InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A shared 2-core machine: intra-op threads only add contention for these tiny networks."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add contention
 
 
 @pytest.fixture(scope="module")

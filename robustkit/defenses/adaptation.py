@@ -50,7 +50,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..classifier import Classifier, DefenseTraits
