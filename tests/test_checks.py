@@ -126,3 +126,33 @@ def test_benchmark_marks_obfuscated_defense_unreliable(clf):
     assert not good.unreliable
     # the obfuscated model looks *more* robust to the white-box attack: exactly what the checks catch
     assert bad.robust["single_draw"].value > good.robust["single_draw"].value
+
+
+class _Saturated(robustkit.Classifier):
+    """The digits model with its logits scaled by 1000: the softmax saturates (like a diffusion classifier's
+    −L_y, whose class gaps run into the thousands), so cross-entropy gradients are exactly zero."""
+
+    def __init__(self, base):
+        super().__init__(10, (1, 8, 8))
+        self.base = base
+
+    def logits(self, x):
+        return 1000.0 * self.base(x)
+
+
+def test_saturated_softmax_is_diagnosed_and_the_margin_loss_still_attacks():
+    from robustkit.attacks import PGD
+    from robustkit.eval.checks import check_gradients
+
+    base = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    model = _Saturated(base)
+    x, y = robustkit.load_dataset("digits", n_examples=16)
+    res = check_gradients(model, x, y, 1)
+    assert res.status == "fail" and "saturate the softmax" in res.message and "margin" in res.message
+    assert res.details["fraction_zero_margin_gradient"] == 0
+    ce = PGD(eps=0.1, steps=10, seed=0)(model, x, y)
+    margin = PGD(eps=0.1, steps=10, seed=0, loss="margin")(model, x, y)
+    assert margin.info["loss"] == "margin"
+    # the same attack on the unscaled model, which has the same decisions: the margin loss recovers it
+    plain = PGD(eps=0.1, steps=10, seed=0)(base, x, y)
+    assert margin.robust_accuracy <= plain.robust_accuracy + 1 / 16 < ce.robust_accuracy

@@ -35,6 +35,16 @@ from ..errors import InputError
 from .base import Attack, Norm, project
 
 
+LOSSES = ("ce", "margin")
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example ``max_{j≠y} z_j − z_y`` (positive iff misclassified); ``[N, K]``, ``[N]`` → ``[N]``."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.amax(1) - true
+
+
 class PGD(Attack):
     """PGD with optional random start and EOT.
 
@@ -46,13 +56,19 @@ class PGD(Attack):
         random_start: start from a uniform point in the ball instead of ``x``.
         early_stop: keep, per example, the first iterate seen misclassified (True) or return the last
             iterate (False; for crafting examples on a source model to transfer).
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
+            The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
+            hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
     """
 
     name = "pgd"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
-                 eot: int = 1, random_start: bool = True, early_stop: bool = True, seed: int = 0):
+                 eot: int = 1, random_start: bool = True, early_stop: bool = True, loss: str = "ce", seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
+        if loss not in LOSSES:
+            raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.loss = loss
         if not isinstance(steps, int) or steps < 1:
             raise InputError(f"steps must be a positive int, got {steps!r}")
         if not isinstance(eot, int) or eot < 1:
@@ -67,7 +83,7 @@ class PGD(Attack):
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": "ce"}
+                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss}
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.norm == "Linf":
@@ -85,7 +101,7 @@ class PGD(Attack):
         for _ in range(self.eot):
             xa = x_adv.detach().requires_grad_(True)
             logits = model(xa)
-            loss = F.cross_entropy(logits, y, reduction="sum")
+            loss = F.cross_entropy(logits, y, reduction="sum") if self.loss == "ce" else margin_loss(logits, y).sum()
             grad += torch.autograd.grad(loss, xa)[0]
             correct = logits.detach().argmax(1) == y
         return grad / self.eot, correct

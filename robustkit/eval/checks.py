@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
+from ..attacks.pgd import margin_loss
 from ..utils import state_digest
 from .record import CheckResult
 
@@ -103,12 +104,14 @@ def check_logits(model: Classifier, x: torch.Tensor) -> CheckResult:
     return CheckResult("logits", "pass", "outputs are logits, not probabilities", True)
 
 
-def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int,
+                    loss_fn: str = "ce") -> torch.Tensor:
     grad = torch.zeros_like(x)
     for _ in range(draws):
         xa = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            loss = F.cross_entropy(model(xa), y, reduction="sum")
+            logits = model(xa)
+            loss = F.cross_entropy(logits, y, reduction="sum") if loss_fn == "ce" else margin_loss(logits, y).sum()
             g, = torch.autograd.grad(loss, xa, allow_unused=True)
         if g is None:
             return torch.zeros_like(x)
@@ -128,13 +131,28 @@ def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: 
     zero = (g.flatten(1).abs().sum(1) == 0)
     frac = float(zero.float().mean())
     details = {"fraction_zero_gradient": frac, "mean_abs_gradient": float(g.abs().mean())}
+    cause = "non-differentiable or saturated step"
+    if frac > 0:
+        # Saturated softmax: the cross-entropy's gradient is exactly 0 once the logit gap is large (float32
+        # softmax is exactly one-hot beyond a gap of ~100), while the margin's is not.
+        with torch.no_grad():
+            top2 = model(x[zero]).topk(2, dim=1).values
+        gap = float((top2[:, 0] - top2[:, 1]).median())
+        margin_zero = _input_gradient(model, x[zero], y[zero], draws, "margin").flatten(1).abs().sum(1) == 0
+        details.update(median_logit_gap_of_zero_gradient_points=gap,
+                       fraction_zero_margin_gradient=float(margin_zero.float().sum()) / x.shape[0])
+        if not bool(margin_zero.any()):
+            cause = (f"the logits saturate the softmax (median top-2 logit gap {gap:.3g}), so cross-entropy "
+                     "gradients are exactly 0 while margin gradients are not: CE-based attacks (pgd, pgd-eot, "
+                     "apgd-ce, bpda-eot) get no signal; attack with a margin loss (pgd/pgd-eot with "
+                     "loss='margin', apgd-dlr)")
     if frac > 0.5:
         return CheckResult("gradients", "fail", f"{100 * frac:.0f}% of probe points have an all-zero input "
-                           "gradient: gradients are obfuscated (non-differentiable or saturated step); "
-                           "white-box numbers from this model are not evidence of robustness", True, details)
+                           f"cross-entropy gradient ({cause}): white-box numbers from CE-based attacks on this "
+                           "model are not evidence of robustness", True, details)
     if frac > 0:
         return CheckResult("gradients", "warn", f"{100 * frac:.0f}% of probe points have an all-zero input "
-                           "gradient (saturated or shattered gradients on those points)", False, details)
+                           f"cross-entropy gradient ({cause})", False, details)
     return CheckResult("gradients", "pass", "input gradients are finite and non-zero on every probe point",
                        True, details)
 
