@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import perturbed
 from robustkit.diffusion.adm import (ADM_CONFIGS, ADMConfig, ADMScoreModel, ADMUNet, adm_config,
                                      continuous_time_to_step, load_guided_diffusion)
 from robustkit.diffusion.adm_layers import AttentionBlock, GroupNorm32, ResBlock, timestep_embedding
@@ -50,15 +51,6 @@ def _keys_tsv(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
         key, shape, dtype, _kind = line.split("\t")
         rows.append((key, tuple(int(s) for s in shape.split("x")) if shape else (), dtype))
     return rows
-
-
-def _perturbed(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Add N(0, 0.02) to every parameter so zero-initialised layers matter (as the spec does)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-    return net.eval()
 
 
 # --------------------------------------------------------------------------- published layout
@@ -200,7 +192,7 @@ def test_timestep_embedding_formula():
 
 def test_input_gradient_matches_finite_differences():
     # float64 end to end (GroupNorm and softmax keep float64), so central differences are accurate.
-    model = ADMScoreModel(_perturbed(ADMUNet(TINY))).double()
+    model = ADMScoreModel(perturbed(ADMUNet(TINY), scale=0.02)).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
     direction = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
@@ -263,7 +255,7 @@ def test_fp16_conversion_sets_guided_diffusion_dtypes(spec_dir, vectors):
 
 def test_new_attention_order_is_a_permutation_of_qkv_channels():
     torch.manual_seed(0)
-    legacy = _perturbed(ADMUNet(TINY))
+    legacy = perturbed(ADMUNet(TINY), scale=0.02)
     new = ADMUNet(replace(TINY, use_new_attention_order=True)).eval()
     sd = legacy.state_dict()
     permuted = {}
@@ -286,7 +278,7 @@ def test_conv_resampling_and_plain_conditioning_variant():
     cfg = ADMConfig(image_size=8, model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(),
                     resblock_updown=False, use_scale_shift_norm=False, learn_sigma=False, num_heads=2,
                     num_head_channels=-1)
-    net = _perturbed(ADMUNet(cfg))
+    net = perturbed(ADMUNet(cfg), scale=0.02)
     keys = list(net.state_dict())
     assert "input_blocks.2.0.op.weight" in keys and "output_blocks.1.1.conv.weight" in keys
     assert tuple(net.state_dict()["input_blocks.1.0.emb_layers.1.weight"].shape) == (32, 128)
@@ -297,7 +289,7 @@ def test_conv_resampling_and_plain_conditioning_variant():
 
 
 def test_class_conditional_model_uses_labels():
-    net = _perturbed(ADMUNet(replace(TINY, num_classes=5)))
+    net = perturbed(ADMUNet(replace(TINY, num_classes=5)), scale=0.02)
     model = ADMScoreModel(net)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     a = model(x, 0.4, torch.tensor([0, 0]))
@@ -326,7 +318,7 @@ def test_score_model_input_validation():
 
 
 def test_loader_reports_missing_unexpected_and_misshaped_keys(tmp_path):
-    sd = _perturbed(ADMUNet(TINY)).state_dict()
+    sd = perturbed(ADMUNet(TINY), scale=0.02).state_dict()
     good = tmp_path / "tiny.pt"
     torch.save(sd, good)
     model = load_guided_diffusion(good, TINY, sha256=file_digest(good))

@@ -1,35 +1,21 @@
-"""DiffuSSM: the S4D FFT convolution against its recurrence, adaLN-Zero identity at init, shapes,
-gradients, training, save/load, config errors."""
+"""DiffuSSM: the S4D FFT convolution against its recurrence, adaLN-Zero identity at init, shapes, config
+errors (gradients, training, save/load and registry entries: tests/test_diffusion_backbones.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from robustkit.diffusion import (DiffuSSM, DiffuSSMConfig, S4DLayer, ScoreModel, create_score_model, denoising_loss,
-                                 score_model_config)
+from helpers import perturbed
+from robustkit.diffusion import DiffuSSM, DiffuSSMConfig, S4DLayer, ScoreModel
 from robustkit.diffusion.diffussm import DiffuSSMBlock, GatedBiSSM
-from robustkit.errors import CheckpointError, InputError
+from robustkit.errors import InputError
 
 TINY = DiffuSSMConfig(in_channels=1, image_size=8, hidden_size=16, depth=2, downsample=2, state_size=8,
                       num_classes=10, frequency_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models: one thread is fastest and does not oversubscribe a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
-    """Noise on every parameter: the zero-initialised layers would otherwise hide wrong wiring."""
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.data.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -118,14 +104,14 @@ def test_s4d_is_causal_and_the_bidirectional_layer_is_not():
 
 def test_shapes_conditional_and_unconditional():
     torch.manual_seed(0)
-    model = _perturbed(DiffuSSM(TINY))
+    model = perturbed(DiffuSSM(TINY))
     assert isinstance(model, ScoreModel) and model.null_label == 10
     x = torch.randn(3, 1, 8, 8)
     out = model(x, torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0, 4, 9]))
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert torch.allclose(model(x, 0.5), model(x, 0.5, torch.full((3,), 10)))
     assert not torch.allclose(model(x, 0.5), model(x, 0.5, torch.tensor([0, 4, 9])))
-    uncond = _perturbed(DiffuSSM(DiffuSSMConfig(in_channels=3, image_size=4, hidden_size=8, depth=1, downsample=4,
+    uncond = perturbed(DiffuSSM(DiffuSSMConfig(in_channels=3, image_size=4, hidden_size=8, depth=1, downsample=4,
                                                 state_size=4, num_classes=None, frequency_size=16)))
     assert uncond.cond.label_emb is None and uncond.null_label is None
     assert uncond(torch.randn(2, 3, 4, 4), 0.3).shape == (2, 3, 4, 4)
@@ -143,70 +129,6 @@ def test_every_block_is_the_identity_at_init_and_the_output_is_zero():
         assert torch.equal(block(x, c), x)
     out = model(torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([1, 2, 10]))
     assert torch.equal(out, torch.zeros_like(out))
-
-
-def test_gradients_reach_the_input_and_every_parameter_after_training_leaves_zero_init():
-    torch.manual_seed(0)
-    model = DiffuSSM(TINY)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x0, y = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 10])
-    # two zero-initialised layers in series: step 1 moves only the decoder (every other gradient passes
-    # through its zero weight), step 2 the adaLN layers; after that every parameter gets a gradient
-    for step in range(2):
-        opt.zero_grad()
-        denoising_loss(model, x0, 0.5, y=y, generator=torch.Generator().manual_seed(step)).mean().backward()
-        opt.step()
-    opt.zero_grad()
-    x = torch.randn(4, 1, 8, 8, requires_grad=True)
-    model(x, 0.5, y).pow(2).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert dead == []
-
-
-def test_trains_a_few_steps_with_decreasing_loss():
-    torch.manual_seed(0)
-    model = DiffuSSM(TINY)
-    x0, y = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8)
-    t = torch.linspace(0.2, 0.8, 8)
-
-    def loss() -> float:
-        with torch.no_grad():
-            return float(denoising_loss(model, x0, t, y=y, generator=torch.Generator().manual_seed(1)).mean())
-
-    before = loss()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(30):
-        opt.zero_grad()
-        denoising_loss(model, x0, t, y=y, generator=torch.Generator().manual_seed(1)).mean().backward()
-        opt.step()
-    after = loss()
-    assert after < 0.8 * before, (before, after)
-
-
-def test_safetensors_round_trip_through_the_registry(tmp_path):
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = _perturbed(create_score_model("diffussm_tiny.digits"))
-    path = tmp_path / "diffussm.safetensors"
-    save_file(model.state_dict(), str(path))
-    loaded = create_score_model("diffussm_tiny.digits", checkpoint=path)
-    x, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 10])
-    assert torch.equal(loaded(x, 0.4, y), model(x, 0.4, y))
-
-
-@pytest.mark.parametrize("name", ["diffussm_tiny.digits", "diffussm_s.cifar10"])
-def test_registry_entries_without_weights(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
-    cfg = score_model_config(name)
-    model = create_score_model(name)
-    assert isinstance(model, DiffuSSM) and model.image_shape == cfg.image_shape
-    with pytest.raises(CheckpointError) as e:
-        create_score_model(name, pretrained=True)
-    msg = str(e.value)
-    assert cfg.weights.filename in msg and str(tmp_path / "checkpoints") in msg
-    assert f"robustkit train-diffusion {name} " in msg  # the recipe's command, which trains it
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -28,13 +28,7 @@ CFG = DiffusionTrainConfig(model=TINY, dataset="digits", n_examples=96, steps=12
 FAST = dict(samples_per_class=1, sample_steps=2, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These models are tiny: one thread is fastest, and avoids oversubscribing a busy machine's cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 
 def _tensors(state) -> dict:

@@ -7,6 +7,7 @@ import inspect
 import pytest
 import torch
 
+from helpers import perturbed
 from robustkit.diffusion import ClassifierFreeGuidance, ScoreModel, UNet, UNetConfig, ddim, DiscreteVPSchedule
 from robustkit.diffusion import unet as unet_module
 from robustkit.errors import InputError
@@ -15,28 +16,13 @@ TINY = UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1,
                   attention_resolutions=(4,), num_groups=4, num_classes=10, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These models are tiny: one thread is fastest, and avoids oversubscribing a busy machine's cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
-    """Add noise to every parameter: the zero-initialised output and residual convolutions would
-    otherwise make ε̂ ≡ 0 and hide wrong wiring."""
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.data.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 
 @pytest.fixture(scope="module")
 def model() -> UNet:
     torch.manual_seed(0)
-    return _perturbed(UNet(TINY))
+    return perturbed(UNet(TINY))
 
 
 def test_is_a_score_model_with_shapes(model):
@@ -74,7 +60,7 @@ def test_conditional_and_unconditional(model):
 def test_unconditional_model():
     cfg = UNetConfig(in_channels=3, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=2,
                      attention_resolutions=(8, 4), num_heads=2, num_groups=4, num_classes=None)
-    m = _perturbed(UNet(cfg))
+    m = perturbed(UNet(cfg))
     assert m.label_emb is None and not m.conditional and m.null_label is None
     assert m(torch.randn(2, 3, 8, 8), 0.5).shape == (2, 3, 8, 8)
     with pytest.raises(InputError, match="unconditional"):
@@ -93,7 +79,7 @@ def test_gradcheck_through_a_solver():
     cfg = UNetConfig(in_channels=1, image_size=4, base_channels=4, channel_mult=(1, 2), num_res_blocks=1,
                      attention_resolutions=(2,), num_groups=2, num_classes=3, dropout=0.0)
     torch.manual_seed(1)
-    m = _perturbed(UNet(cfg)).double().requires_grad_(False)
+    m = perturbed(UNet(cfg)).double().requires_grad_(False)
     sched = DiscreteVPSchedule()
     x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([2])
