@@ -47,9 +47,9 @@ from ..errors import CheckpointError, InputError, RegistryError
 from ..registry import Registry, WeightSource, resolve_source
 from .schedule import VPSDE
 from .score_model import ScoreModel
-from .train import CHECKPOINT_FORMAT, DiffusionTrainConfig
-from .diffussm import DiffuSSM, DiffuSSMConfig
-from .dit import DiT, DiTConfig
+from .train import BACKBONES, CHECKPOINT_FORMAT, DiffusionTrainConfig, backbone_tag
+from .diffussm import DiffuSSMConfig
+from .dit import DiTConfig
 from .unet import UNet, UNetConfig
 
 
@@ -261,88 +261,55 @@ def unet_cifar10() -> UNet:
 # and the CIFAR-10 recipes UNET_CIFAR10_RECIPE's, with the architecture swapped.
 
 
-def _train_command(name: str, filename: str, *, cuda: bool = False) -> str:
-    """The CLI command that trains a registry entry, and where to put its weights afterwards."""
+def _register_untrained(name: str, config: DiTConfig | DiffuSSMConfig, base_recipe: DiffusionTrainConfig, *,
+                        architecture: str, paper: str, cuda: bool = False) -> None:
+    """Register a backbone whose weights are not published. Everything else follows from ``name`` and
+    ``config``: the dataset (the name's suffix), image shape and classes, the weights file
+    ``<name with '_' for '.'>.safetensors``, the recipe (``base_recipe`` with ``config``) and the command
+    that trains it and says where to put the weights."""
+    filename = f"{name.replace('.', '_')}.safetensors"
     run = f"runs/{name.replace('.', '_')}"
-    return (f"robustkit train-diffusion {name} --out {run}{' --device cuda' if cuda else ''} (repeat to resume; "
-            f"then copy {run}/ema.safetensors to $ROBUSTKIT_HOME/checkpoints/{filename})")
+    network_cls = BACKBONES[backbone_tag(config)][1]
+
+    def factory() -> ScoreModel:
+        return network_cls(config)
+
+    factory.__name__ = name.replace(".", "_")
+    register_score_model(name, ScoreModelConfig(
+        architecture=architecture, dataset=name.rsplit(".", 1)[1], image_shape=config.image_shape,
+        num_classes=config.num_classes, weights=WeightSource(filename=filename, url=None, sha256=None),
+        recipe=replace(base_recipe, model=config),
+        train_command=(f"robustkit train-diffusion {name} --out {run}{' --device cuda' if cuda else ''} (repeat to "
+                       f"resume; then copy {run}/ema.safetensors to $ROBUSTKIT_HOME/checkpoints/{filename})"),
+        license="MIT (robustkit)", paper=paper, source=f"{network_cls.__module__.replace('.', '/')}.py",
+        notes="no weights are published: train them with the train command and put the file in "
+              "$ROBUSTKIT_HOME/checkpoints/"))(factory)
 
 
-_UNTRAINED_NOTE = ("no weights are published: train them with the train command and put the file in "
-                   "$ROBUSTKIT_HOME/checkpoints/")
-
+_DIT_PAPER = "Peebles & Xie, ICCV 2023; Ho & Salimans 2021 (null label)"
+_DIFFUSSM_PAPER = "Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)"
 
 #: 8×8 digits: 16 tokens of 2×2 patches, width 64, 4 blocks.
 DIT_TINY_DIGITS = DiTConfig(in_channels=1, image_size=8, patch_size=2, hidden_size=64, depth=4, num_heads=4,
                             num_classes=10, frequency_size=64)
-
-DIT_TINY_DIGITS_RECIPE = replace(TINY_UNET_DIGITS_RECIPE, model=DIT_TINY_DIGITS)
-
-
-@register_score_model("dit_tiny.digits", ScoreModelConfig(
-    architecture="class-conditional DiT (patch 2, width 64, 4 adaLN-Zero blocks, 4 heads)", dataset="digits",
-    image_shape=(1, 8, 8), num_classes=10,
-    weights=WeightSource(filename="dit_tiny_digits.safetensors", url=None, sha256=None),
-    recipe=DIT_TINY_DIGITS_RECIPE,
-    train_command=_train_command("dit_tiny.digits", "dit_tiny_digits.safetensors"),
-    license="MIT (robustkit)", paper="Peebles & Xie, ICCV 2023; Ho & Salimans 2021 (null label)",
-    source="robustkit/diffusion/dit.py", notes=_UNTRAINED_NOTE))
-def dit_tiny_digits() -> DiT:
-    return DiT(DIT_TINY_DIGITS)
-
+_register_untrained("dit_tiny.digits", DIT_TINY_DIGITS, TINY_UNET_DIGITS_RECIPE, paper=_DIT_PAPER,
+                    architecture="class-conditional DiT (patch 2, width 64, 4 adaLN-Zero blocks, 4 heads)")
 
 #: CIFAR-10: DiT-S/2 (width 384, 12 blocks, 6 heads) on 16×16 tokens of 2×2 pixel patches.
 DIT_S2_CIFAR10 = DiTConfig(in_channels=3, image_size=32, patch_size=2, hidden_size=384, depth=12, num_heads=6,
                            num_classes=10)
-
-DIT_S2_CIFAR10_RECIPE = replace(UNET_CIFAR10_RECIPE, model=DIT_S2_CIFAR10)
-
-
-@register_score_model("dit_s2.cifar10", ScoreModelConfig(
-    architecture="class-conditional DiT-S/2 (width 384, 12 adaLN-Zero blocks, 6 heads, patch 2)", dataset="cifar10",
-    image_shape=(3, 32, 32), num_classes=10,
-    weights=WeightSource(filename="dit_s2_cifar10.safetensors", url=None, sha256=None),
-    recipe=DIT_S2_CIFAR10_RECIPE,
-    train_command=_train_command("dit_s2.cifar10", "dit_s2_cifar10.safetensors", cuda=True),
-    license="MIT (robustkit)", paper="Peebles & Xie, ICCV 2023 (DiT-S/2, Table 1); Ho & Salimans 2021",
-    source="robustkit/diffusion/dit.py", notes=_UNTRAINED_NOTE))
-def dit_s2_cifar10() -> DiT:
-    return DiT(DIT_S2_CIFAR10)
-
+_register_untrained("dit_s2.cifar10", DIT_S2_CIFAR10, UNET_CIFAR10_RECIPE, cuda=True,
+                    paper="Peebles & Xie, ICCV 2023 (DiT-S/2, Table 1); Ho & Salimans 2021",
+                    architecture="class-conditional DiT-S/2 (width 384, 12 adaLN-Zero blocks, 6 heads, patch 2)")
 
 #: 8×8 digits: 64 pixel tokens, width 32, 2 blocks, hourglass 2 (SSM over 32 tokens).
 DIFFUSSM_TINY_DIGITS = DiffuSSMConfig(in_channels=1, image_size=8, hidden_size=32, depth=2, downsample=2,
                                       state_size=16, num_classes=10, frequency_size=64)
-
-DIFFUSSM_TINY_DIGITS_RECIPE = replace(TINY_UNET_DIGITS_RECIPE, model=DIFFUSSM_TINY_DIGITS)
-
-
-@register_score_model("diffussm_tiny.digits", ScoreModelConfig(
-    architecture="class-conditional DiffuSSM (width 32, 2 blocks, hourglass 2, S4D with 16 modes)", dataset="digits",
-    image_shape=(1, 8, 8), num_classes=10,
-    weights=WeightSource(filename="diffussm_tiny_digits.safetensors", url=None, sha256=None),
-    recipe=DIFFUSSM_TINY_DIGITS_RECIPE,
-    train_command=_train_command("diffussm_tiny.digits", "diffussm_tiny_digits.safetensors"),
-    license="MIT (robustkit)", paper="Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)",
-    source="robustkit/diffusion/diffussm.py", notes=_UNTRAINED_NOTE))
-def diffussm_tiny_digits() -> DiffuSSM:
-    return DiffuSSM(DIFFUSSM_TINY_DIGITS)
-
+_register_untrained("diffussm_tiny.digits", DIFFUSSM_TINY_DIGITS, TINY_UNET_DIGITS_RECIPE, paper=_DIFFUSSM_PAPER,
+                    architecture="class-conditional DiffuSSM (width 32, 2 blocks, hourglass 2, S4D with 16 modes)")
 
 #: CIFAR-10: 1024 pixel tokens, width 256, 12 blocks, hourglass 4 (SSM over 256 tokens).
 DIFFUSSM_S_CIFAR10 = DiffuSSMConfig(in_channels=3, image_size=32, hidden_size=256, depth=12, downsample=4,
                                     state_size=32, num_classes=10)
-
-DIFFUSSM_S_CIFAR10_RECIPE = replace(UNET_CIFAR10_RECIPE, model=DIFFUSSM_S_CIFAR10)
-
-
-@register_score_model("diffussm_s.cifar10", ScoreModelConfig(
-    architecture="class-conditional DiffuSSM (width 256, 12 blocks, hourglass 4, S4D with 32 modes)",
-    dataset="cifar10", image_shape=(3, 32, 32), num_classes=10,
-    weights=WeightSource(filename="diffussm_s_cifar10.safetensors", url=None, sha256=None),
-    recipe=DIFFUSSM_S_CIFAR10_RECIPE,
-    train_command=_train_command("diffussm_s.cifar10", "diffussm_s_cifar10.safetensors", cuda=True),
-    license="MIT (robustkit)", paper="Yan, Gu, Rush, CVPR 2024; Gu et al. 2022 (S4D); Wang et al. 2023 (BiGS)",
-    source="robustkit/diffusion/diffussm.py", notes=_UNTRAINED_NOTE))
-def diffussm_s_cifar10() -> DiffuSSM:
-    return DiffuSSM(DIFFUSSM_S_CIFAR10)
+_register_untrained("diffussm_s.cifar10", DIFFUSSM_S_CIFAR10, UNET_CIFAR10_RECIPE, cuda=True, paper=_DIFFUSSM_PAPER,
+                    architecture="class-conditional DiffuSSM (width 256, 12 blocks, hourglass 4, S4D with 32 modes)")
