@@ -34,6 +34,19 @@ def test_options_are_checked_by_the_family_builder():
         create_diffpure("tiny_rdc.digits", pretrained=True)
     with pytest.raises(RegistryError):
         robustkit.create_defense("no_such.defense")
+    # the two purification builders check the classifier argument alike, before loading anything
+    digits_clf = robustkit.create_classifier("tiny_cnn.digits")
+    for name in ("diffpure.cifar10", "contrastive_purification.cifar10"):
+        with pytest.raises(InputError, match=r"defends \[N, 3, 32, 32\] images; the classifier takes \[N, 1, 8, 8\]"):
+            robustkit.create_defense(name, pretrained=True, classifier=digits_clf)
+        with pytest.raises(InputError, match="a robustkit Classifier or a registered name"):
+            robustkit.create_defense(name, pretrained=True, classifier=3)
+    for name in ("tiny_rdc.digits", "tent.tiny_cnn.digits", "tiny_diffpure.digits",
+                 "tiny_contrastive_purification.digits"):
+        with pytest.raises(InputError, match="pretrained must be a bool"):
+            robustkit.create_defense(name, pretrained="yes")
+    with pytest.raises(InputError, match="not an RDC defense"):
+        robustkit.defenses.create_rdc("tiny_diffpure.digits")
 
 
 def test_builders_are_named_and_registered_once():

@@ -402,22 +402,12 @@ def create_adapted_defense(name: str, *, pretrained: bool = False, classifier: C
         >>> type(tea).__name__, tea.traits.stochastic, tea.config.sgld_step_size
         ('EnergyAdaptedClassifier', True, 0.1)
     """
-    from .registry import DEFENSES, _ensure_registered
+    from .registry import builder_entry, stamp
 
-    _ensure_registered()
-    entry = DEFENSES.get(name)
     adapters = _adapters()
-    if entry.config.method not in adapters:
-        raise InputError(f"{name} is not a test-time adaptation defense (method {entry.config.method!r}); "
-                         "use create_defense")
-    if not isinstance(pretrained, bool):
-        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
+    entry = builder_entry(name, tuple(adapters), "a test-time adaptation", pretrained)
     if classifier is not None and not isinstance(classifier, Classifier):
         raise InputError(f"classifier must be a robustkit Classifier, got {type(classifier).__name__}")
     cls = adapters[entry.config.method]
     base = classifier if classifier is not None else entry.factory(pretrained)
-    defense = cls(base, **config_overrides)
-    defense.name = name
-    defense.defense_config = entry.config
-    defense.pretrained = pretrained
-    return defense.eval()
+    return stamp(cls(base, **config_overrides), name, entry.config, pretrained)

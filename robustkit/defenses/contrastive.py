@@ -472,17 +472,10 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
         **overrides: fields of :class:`~robustkit.defenses.DiffPureConfig` or
             :class:`ContrastiveGuidanceConfig`, e.g. ``dt=1e-2`` or ``online_head=True``.
     """
-    from ..registry import create_classifier
-    from .registry import DEFENSES, _ensure_registered
+    from .registry import builder_entry, check_classifier_argument, resolve_classifier, stamp
 
-    _ensure_registered()
-    entry = DEFENSES.get(name)
+    entry = builder_entry(name, ("ContrastiveGuidedPurification",), "a contrastive-purification", pretrained)
     cfg = entry.config
-    if cfg.method != "ContrastiveGuidedPurification":
-        raise InputError(f"{name} is not a contrastive-purification defense (method {cfg.method!r}); "
-                         "use create_defense")
-    if not isinstance(pretrained, bool):
-        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
     pure_fields = {f.name for f in dataclasses.fields(DiffPureConfig)}
     guide_fields = {f.name for f in dataclasses.fields(ContrastiveGuidanceConfig)}
     unknown = sorted(set(overrides) - pure_fields - guide_fields)
@@ -493,22 +486,14 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     pure = {k: v for k, v in overrides.items() if k in pure_fields}
     guide = {k: v for k, v in overrides.items() if k in guide_fields}
     purifier_cfg = dataclasses.replace(cfg.purifier, **pure) if pure else cfg.purifier
-    if classifier is None and cfg.classifier is None:
-        raise InputError(f"{name} has no registered classifier: pass classifier=<a robustkit Classifier>")
-    if classifier is not None and not isinstance(classifier, (Classifier, str)):
-        raise InputError(f"classifier must be a robustkit Classifier or a registered name, got "
-                         f"{type(classifier).__name__}")
+    check_classifier_argument(name, cfg, classifier)
     models = entry.factory(pretrained)
     if not isinstance(models, ContrastiveScoreModel):
         raise InputError(f"{name}'s factory must return a ContrastiveScoreModel, got {type(models).__name__}")
     guidance = dataclasses.replace(models.guidance, **guide) if guide else models.guidance
-    clf = classifier if isinstance(classifier, Classifier) else create_classifier(
-        classifier if isinstance(classifier, str) else cfg.classifier, pretrained=pretrained)
+    clf = resolve_classifier(cfg, classifier, pretrained)
     purifier = ContrastiveGuidedPurifier(models.score_model, clf, purifier_cfg, guidance)
     defense = ContrastivePurifiedClassifier(purifier, clf, gradient=gradient or cfg.gradient,
                                             n_samples=cfg.n_samples if n_samples is None else n_samples,
                                             vote=vote or cfg.vote, seed=seed)
-    defense.name = name
-    defense.defense_config = cfg
-    defense.pretrained = pretrained
-    return defense.eval()
+    return stamp(defense, name, cfg, pretrained)

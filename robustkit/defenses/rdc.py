@@ -554,18 +554,13 @@ def create_rdc(name: str, *, pretrained: bool = False, gradient: str | None = No
         seed, fixed_noise: see :class:`RobustDiffusionClassifier`.
         **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``.
     """
-    from .registry import DEFENSES, _ensure_registered
+    from .registry import builder_entry, stamp
 
-    _ensure_registered()
-    entry = DEFENSES.get(name)
-    if entry.config.method != "RDC":
-        raise InputError(f"{name} is not an RDC defense (method {entry.config.method!r}); use create_defense")
+    entry = builder_entry(name, ("RDC",), "an RDC", pretrained)
     unknown = sorted(set(classifier_overrides) - {f.name for f in dataclasses.fields(DiffusionClassifierConfig)})
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, gradient, seed, "
                          "fixed_noise and DiffusionClassifierConfig fields")
-    if not isinstance(pretrained, bool):
-        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
     models = entry.factory(pretrained)
     cfg = models.classifier_config
     if classifier_overrides:
@@ -573,7 +568,4 @@ def create_rdc(name: str, *, pretrained: bool = False, gradient: str | None = No
     rdc = RobustDiffusionClassifier(models.conditional, models.unconditional, classifier_config=cfg,
                                     purifier_config=models.purifier_config,
                                     gradient=gradient or entry.config.gradient, seed=seed, fixed_noise=fixed_noise)
-    rdc.name = name
-    rdc.defense_config = entry.config
-    rdc.pretrained = pretrained
-    return rdc.eval()
+    return stamp(rdc, name, entry.config, pretrained)

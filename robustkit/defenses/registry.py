@@ -145,6 +145,48 @@ def register_builder(method: str, builder: Callable[..., Classifier]) -> None:
     _BUILDERS[method] = builder
 
 
+def builder_entry(name: str, methods: tuple[str, ...], kind: str, pretrained: object) -> _DefenseEntry:
+    """For a builder: the registry entry of ``name``, which must be of one of ``methods`` (else an
+    InputError calling it "not a ``kind`` defense"), with ``pretrained`` checked to be a bool."""
+    _ensure_registered()
+    entry = DEFENSES.get(name)
+    if entry.config.method not in methods:
+        raise InputError(f"{name} is not {kind} defense (method {entry.config.method!r}); use create_defense")
+    if not isinstance(pretrained, bool):
+        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
+    return entry
+
+
+def check_classifier_argument(name: str, cfg: DefenseConfig, classifier: object) -> None:
+    """For a purification builder, before anything is loaded: ``classifier`` is None (then the entry must
+    name one), a registered name, or a Classifier taking the entry's input shape."""
+    if classifier is None and cfg.classifier is None:
+        raise InputError(f"{name} has no registered classifier: pass classifier=<a robustkit Classifier taking "
+                         f"[N, {', '.join(map(str, cfg.input_shape))}] images in [0, 1]> "
+                         f"(e.g. robustkit.wrap_classifier(torchvision_resnet50, mean=..., std=...))")
+    if classifier is not None and not isinstance(classifier, (Classifier, str)):
+        raise InputError(f"classifier must be a robustkit Classifier or a registered name, got "
+                         f"{type(classifier).__name__}")
+    if isinstance(classifier, Classifier) and tuple(classifier.input_shape) != tuple(cfg.input_shape):
+        raise InputError(f"{name} defends [N, {', '.join(map(str, cfg.input_shape))}] images; the classifier takes "
+                         f"[N, {', '.join(map(str, classifier.input_shape))}]")
+
+
+def resolve_classifier(cfg: DefenseConfig, classifier: Classifier | str | None, pretrained: bool) -> Classifier:
+    """The classifier a purification builder wraps: the one given, else the named or registered one."""
+    if isinstance(classifier, Classifier):
+        return classifier
+    return create_classifier(classifier if isinstance(classifier, str) else cfg.classifier, pretrained=pretrained)
+
+
+def stamp(defense: Classifier, name: str, cfg: DefenseConfig, pretrained: bool) -> Classifier:
+    """What every builder's result carries (its registry name, config and weights flag), in eval mode."""
+    defense.name = name
+    defense.defense_config = cfg
+    defense.pretrained = pretrained
+    return defense.eval()
+
+
 def create_defense(name: str, *, pretrained: bool = False, **options: Any) -> Classifier:
     """Build any registered defense (eval mode), with the builder of its method.
 
@@ -187,40 +229,18 @@ def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifi
         **purifier_overrides: :class:`~robustkit.defenses.DiffPureConfig` fields to replace, e.g.
             ``t_star=0.05`` or ``sampler="ode"`` (the record stores the resulting config).
     """
-    _ensure_registered()
-    entry = DEFENSES.get(name)
+    entry = builder_entry(name, ("DiffPure",), "a DiffPure", pretrained)
     cfg = entry.config
-    if cfg.method != "DiffPure":
-        raise InputError(f"{name} is not a DiffPure defense (method {cfg.method!r}); use create_defense")
-    if not isinstance(pretrained, bool):
-        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
     unknown = sorted(set(purifier_overrides) - {f.name for f in dataclasses.fields(DiffPureConfig)})
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: {name} (DiffPure) takes pretrained, classifier, "
                          f"gradient, n_samples, vote, seed and DiffPureConfig fields")
     purifier_cfg = dataclasses.replace(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
     # Cheap checks first: nothing is loaded before the arguments are known to be usable.
-    if classifier is None and cfg.classifier is None:
-        raise InputError(f"{name} has no registered classifier: pass classifier=<a robustkit Classifier taking "
-                         f"[N, {', '.join(map(str, cfg.input_shape))}] images in [0, 1]> "
-                         f"(e.g. robustkit.wrap_classifier(torchvision_resnet50, mean=..., std=...))")
-    if classifier is not None and not isinstance(classifier, (Classifier, str)):
-        raise InputError(f"classifier must be a robustkit Classifier or a registered name, got "
-                         f"{type(classifier).__name__}")
-    if isinstance(classifier, Classifier) and tuple(classifier.input_shape) != tuple(cfg.input_shape):
-        raise InputError(f"{name} defends [N, {', '.join(map(str, cfg.input_shape))}] images; the classifier takes "
-                         f"[N, {', '.join(map(str, classifier.input_shape))}]")
-
+    check_classifier_argument(name, cfg, classifier)
     score_model = entry.factory(pretrained)
-    if isinstance(classifier, Classifier):
-        clf = classifier
-    else:
-        clf = create_classifier(classifier if isinstance(classifier, str) else cfg.classifier, pretrained=pretrained)
-    purifier = DiffPurePurifier(score_model, purifier_cfg)
-    defense = PurifiedClassifier(purifier, clf, gradient=gradient or cfg.gradient,
+    clf = resolve_classifier(cfg, classifier, pretrained)
+    defense = PurifiedClassifier(DiffPurePurifier(score_model, purifier_cfg), clf, gradient=gradient or cfg.gradient,
                                  n_samples=cfg.n_samples if n_samples is None else n_samples,
                                  vote=vote or cfg.vote, seed=seed)
-    defense.name = name
-    defense.defense_config = cfg
-    defense.pretrained = pretrained
-    return defense.eval()
+    return stamp(defense, name, cfg, pretrained)
