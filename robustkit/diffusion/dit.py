@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .score_model import ScoreModel
-from .unet import T_MAX, _positive_int, sinusoidal_embedding
+from .unet import _positive_int, check_time_and_labels, sinusoidal_embedding
 
 __all__ = ["ConditionEmbedding", "DiT", "DiTBlock", "DiTConfig", "check_time_and_labels", "modulate",
            "sincos_positions_2d"]
@@ -117,18 +117,6 @@ class DiTConfig:
     def to_dict(self) -> dict:
         """JSON-ready dict; ``DiTConfig(**d)`` rebuilds it."""
         return asdict(self)
-
-
-def check_time_and_labels(t: torch.Tensor, y: torch.Tensor | None, num_classes: int | None) -> None:
-    """Raise :class:`InputError` for ``t`` outside ``[0, T_MAX]`` or labels outside ``[0, K]`` (one host sync)."""
-    bad_t = ((t < 0) | (t > T_MAX) | torch.isnan(t)).any()
-    bad = bad_t if y is None else bad_t | ((y < 0) | (y > num_classes)).any()
-    if bool(bad):
-        if bool(bad_t):
-            raise InputError(f"t must lie in [0, 1] (continuous VP time), got values in "
-                             f"[{t.min().item()}, {t.max().item()}]")
-        raise InputError(f"class labels must lie in [0, {num_classes}] ({num_classes} is the null label), "
-                         f"got {y.tolist()}")
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

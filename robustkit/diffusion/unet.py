@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .score_model import ScoreModel
 
-__all__ = ["ClassifierFreeGuidance", "UNet", "UNetConfig", "sinusoidal_embedding"]
+__all__ = ["ClassifierFreeGuidance", "UNet", "UNetConfig", "check_time_and_labels", "sinusoidal_embedding"]
 
 #: Largest accepted time: 1 plus slack for the discrete schedule's last step (time_of(999) = 1.0034).
 T_MAX = 1.05
@@ -260,6 +260,23 @@ class _Up(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def check_time_and_labels(t: torch.Tensor, y: torch.Tensor | None, num_classes: int | None) -> None:
+    """Raise :class:`InputError` for ``t`` outside ``[0, T_MAX]`` or labels outside ``[0, K]`` (``K`` = the null label).
+
+    One host sync for both range checks: out-of-range labels would index garbage, and ``t`` of the order of a
+    step index (e.g. 999) is a common mistake. :data:`T_MAX` leaves room above 1 because
+    ``DiscreteVPSchedule.time_of(999)`` = 1.0034 (DDIM/DDPM from the last discrete step).
+    """
+    bad_t = ((t < 0) | (t > T_MAX) | torch.isnan(t)).any()
+    bad = bad_t if y is None else bad_t | ((y < 0) | (y > num_classes)).any()
+    if bool(bad):
+        if bool(bad_t):
+            raise InputError(f"t must lie in [0, 1] (continuous VP time), got values in "
+                             f"[{t.min().item()}, {t.max().item()}]")
+        raise InputError(f"class labels must lie in [0, {num_classes}] ({num_classes} is the null label), "
+                         f"got {y.tolist()}")
+
+
 class UNet(ScoreModel):
     """Class-conditional (or unconditional) U-Net predicting the noise ε of a VP diffusion.
 
@@ -347,17 +364,7 @@ class UNet(ScoreModel):
         return emb
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        # One host sync for both range checks: out-of-range labels would index garbage, and t of the
-        # order of a step index (e.g. 999) is a common mistake. T_MAX leaves room above 1 because
-        # DiscreteVPSchedule.time_of(999) = 1.0034 (DDIM/DDPM from the last discrete step).
-        bad_t = ((t < 0) | (t > T_MAX) | torch.isnan(t)).any()
-        bad = bad_t if y is None else bad_t | ((y < 0) | (y > self.num_classes)).any()
-        if bool(bad):
-            if bool(bad_t):
-                raise InputError(f"t must lie in [0, 1] (continuous VP time), got values in "
-                                 f"[{t.min().item()}, {t.max().item()}]")
-            raise InputError(f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null "
-                             f"label), got {y.tolist()}")
+        check_time_and_labels(t, y, self.num_classes)
         emb = self.embed(t, y)
         h = self.conv_in(x_t.to(self.conv_in.weight.dtype))
         skips = [h]
