@@ -23,7 +23,7 @@ from robustkit.defenses import (ContrastiveGuidanceConfig, ContrastiveGuidedPuri
                                 create_contrastive_purification, create_defense, debiased_contrastive_loss,
                                 defense_config, info_nce_loss, list_defenses)
 from robustkit.diffusion.schedule import VPSDE
-from robustkit.errors import CheckpointError, InputError
+from robustkit.errors import InputError
 
 SHAPE = (1, 4, 4)
 CFG = DiffPureConfig(t_star=0.1, dt=0.02)  # 5 Euler steps; guided from step 2: 3 guided steps
@@ -352,17 +352,7 @@ def test_registry_entries():
         create_contrastive_purification("tiny_contrastive_purification.digits", lamda=1)
 
 
-def _skip_unless_tiny_unet_digits() -> None:
-    from robustkit.diffusion.zoo import resolve_score_model_weights
-
-    try:
-        resolve_score_model_weights("tiny_unet.digits", download=False)
-    except CheckpointError as e:
-        pytest.skip(f"tiny_unet.digits weights are not bundled: {e}")
-
-
 def test_create_defense_builds_the_contrastive_entry():
-    _skip_unless_tiny_unet_digits()
     d = create_defense("tiny_contrastive_purification.digits", pretrained=True, seed=0, dt=1e-2)
     assert isinstance(d, ContrastivePurifiedClassifier) and isinstance(d.purifier, ContrastiveGuidedPurifier)
     assert d.purifier.guidance == ContrastiveGuidanceConfig()
@@ -372,7 +362,6 @@ def test_create_defense_builds_the_contrastive_entry():
 
 
 def test_tiny_digits_entry_runs_and_classifies():
-    _skip_unless_tiny_unet_digits()
     d = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, seed=0, dt=1e-2)
     assert isinstance(d.purifier, ContrastiveGuidedPurifier) and d.traits.gradient == "exact"
     assert d.purifier.guidance == ContrastiveGuidanceConfig()

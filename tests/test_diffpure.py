@@ -343,21 +343,7 @@ def test_create_defense_errors_say_what_to_do(tmp_path, monkeypatch):
         create_defense("diffpure.cifar10", t_star=1e-5)
 
 
-def _skip_unless_tiny_unet_digits() -> None:
-    """Skip only while the diffusion-model registry or its bundled tiny_unet.digits weights are missing
-    (both are being built alongside this defense); any other failure is a failure."""
-    try:
-        from robustkit.diffusion.zoo import resolve_score_model_weights
-    except ImportError:
-        pytest.skip("robustkit.diffusion.create_score_model (the diffusion-model registry) is not there yet")
-    try:
-        resolve_score_model_weights("tiny_unet.digits", download=False)
-    except CheckpointError as e:
-        pytest.skip(f"tiny_unet.digits weights are not bundled yet: {e}")
-
-
 def test_tiny_diffpure_digits_end_to_end():
-    _skip_unless_tiny_unet_digits()
     defense = create_defense("tiny_diffpure.digits", pretrained=True, seed=0)
     x, y = robustkit.load_dataset("digits", n_examples=32)
     assert defense.traits.stochastic and defense.traits.forward_passes == 101
@@ -366,8 +352,6 @@ def test_tiny_diffpure_digits_end_to_end():
 
 
 def test_diffpure_unet_cifar10_builds_from_the_diffusion_registry(tmp_path, monkeypatch):
-    if not hasattr(robustkit.diffusion, "create_score_model"):
-        pytest.skip("robustkit.diffusion.create_score_model (the diffusion-model registry) is not there yet")
     monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
     monkeypatch.setenv("ROBUSTKIT_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="unet_cifar10"):   # no published weights: says what to do
