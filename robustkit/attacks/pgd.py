@@ -45,6 +45,11 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return others.amax(1) - true
 
 
+def summed_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """The batch's summed attack loss, ``"ce"`` (cross-entropy) or ``"margin"`` (:func:`margin_loss`)."""
+    return F.cross_entropy(logits, y, reduction="sum") if loss == "ce" else margin_loss(logits, y).sum()
+
+
 class PGD(Attack):
     """PGD with optional random start and EOT.
 
@@ -101,8 +106,7 @@ class PGD(Attack):
         for _ in range(self.eot):
             xa = x_adv.detach().requires_grad_(True)
             logits = model(xa)
-            loss = F.cross_entropy(logits, y, reduction="sum") if self.loss == "ce" else margin_loss(logits, y).sum()
-            grad += torch.autograd.grad(loss, xa)[0]
+            grad += torch.autograd.grad(summed_loss(logits, y, self.loss), xa)[0]
             correct = logits.detach().argmax(1) == y
         return grad / self.eot, correct
 

@@ -36,11 +36,10 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
-from ..attacks.pgd import margin_loss
+from ..attacks.pgd import summed_loss
 from ..utils import state_digest
 from .record import CheckResult
 
@@ -105,14 +104,12 @@ def check_logits(model: Classifier, x: torch.Tensor) -> CheckResult:
 
 
 def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int,
-                    loss_fn: str = "ce") -> torch.Tensor:
+                    loss: str = "ce") -> torch.Tensor:
     grad = torch.zeros_like(x)
     for _ in range(draws):
         xa = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(xa)
-            loss = F.cross_entropy(logits, y, reduction="sum") if loss_fn == "ce" else margin_loss(logits, y).sum()
-            g, = torch.autograd.grad(loss, xa, allow_unused=True)
+            g, = torch.autograd.grad(summed_loss(model(xa), y, loss), xa, allow_unused=True)
         if g is None:
             return torch.zeros_like(x)
         grad += g
