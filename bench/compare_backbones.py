@@ -77,9 +77,10 @@ from robustkit.diffusion import train as train_diffusion  # noqa: E402
 from robustkit.diffusion.train import atomic_write  # noqa: E402
 from robustkit.diffusion.zoo import TINY_UNET_DIGITS, TINY_UNET_DIGITS_RECIPE  # noqa: E402
 from robustkit.eval.stats import Accuracy, accuracy_with_ci  # noqa: E402
+from robustkit.diffusion.train import BACKBONES as TRAINABLE  # noqa: E402
 from scripts.eval_tiny_unet_digits import TIMES, class_conditional_accuracy, loss_per_t  # noqa: E402
 
-BACKBONES = ("unet", "dit", "diffussm")
+BACKBONES = tuple(TRAINABLE)  # ("unet", "dit", "diffussm"): every backbone the trainer builds
 
 #: Three 8×8 grey-scale backbones of about 190 k parameters (equal within ±5 %).
 MATCHED_DIGITS: dict[str, BackboneConfig] = {
