@@ -5,7 +5,7 @@ Each backbone of a matched set is trained by :func:`robustkit.diffusion.train` w
 schedule, EMA, label dropout, seed), each in ``--out/<backbone>/``, then its EMA model is measured:
 
 * the denoising loss ``mean (ε̂(x_t, t, y) − ε)²`` per t on the **test** split, with the true label
-  (cond) and the null label (uncond), by ``loss_per_t`` of ``scripts/eval_tiny_unet_digits.py``: the noise
+  (cond) and the null label (uncond), by :func:`robustkit.diffusion.loss_per_t`: the noise
   of each t is drawn from a generator seeded by ``(--seed, t)``, so all backbones see the same noise draws
   (the loss of the zero predictor ε̂ = 0 on that noise, ≈ 1, is the table's last row);
 * the class-conditional sample accuracy: ``--per-class`` DDIM samples per class (``--sample-steps`` steps
@@ -73,12 +73,12 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `scripts` imp
 import robustkit  # noqa: E402
 from bench.bench_backbone_scaling import MATCHED, BackboneConfig, count_flops, count_params  # noqa: E402
 from robustkit.diffusion import DiffusionTrainConfig, DiffuSSMConfig, DiTConfig, VPSDE, save_image_grid  # noqa: E402
+from robustkit.diffusion import TIMES, class_conditional_accuracy, loss_per_t  # noqa: E402
 from robustkit.diffusion import train as train_diffusion  # noqa: E402
 from robustkit.diffusion.train import atomic_write  # noqa: E402
 from robustkit.diffusion.zoo import TINY_UNET_DIGITS, TINY_UNET_DIGITS_RECIPE  # noqa: E402
 from robustkit.eval.stats import Accuracy, accuracy_with_ci  # noqa: E402
 from robustkit.diffusion.train import BACKBONES as TRAINABLE  # noqa: E402
-from scripts.eval_tiny_unet_digits import TIMES, class_conditional_accuracy, loss_per_t  # noqa: E402
 
 BACKBONES = tuple(TRAINABLE)  # ("unet", "dit", "diffussm"): every backbone the trainer builds
 
@@ -177,9 +177,10 @@ def evaluate(name: str, model: torch.nn.Module, timing: dict, judge: torch.nn.Mo
              y: torch.Tensor, *, draws: int, per_class: int, sample_steps: int, guidance: float, seed: int,
              grid_path: Path, sde: VPSDE) -> Row:
     """Measure one trained EMA model (``x0`` test images in [-1, 1]); saves its samples to ``grid_path``."""
-    losses = loss_per_t(model, x0, y, draws=draws, seed=seed, sde=sde)
-    acc, imgs = class_conditional_accuracy(model, judge, per_class=per_class, steps=sample_steps, guidance=guidance,
-                                           seed=seed, sde=sde)
+    with torch.no_grad():
+        losses = loss_per_t(model, x0, y, draws=draws, seed=seed, sde=sde)
+        acc, imgs = class_conditional_accuracy(model, judge, per_class=per_class, steps=sample_steps,
+                                               guidance=guidance, seed=seed, sde=sde)
     save_image_grid(imgs, grid_path, nrow=per_class, scale=max(1, 32 // model.image_shape[-1]))
     return Row(backbone=name, params=count_params(model), steps=timing["steps"], train_s=timing["train_s"],
                losses=losses, sample_accuracy=acc, gflops_per_image=forward_gflops(model))

@@ -7,7 +7,7 @@ train split, class-conditional with label dropout 0.1, EMA, 4000 steps of 128) w
 ``robustkit.diffusion.train`` in ``--run-dir`` (default: a temporary folder; an existing run there is
 resumed; it keeps the checkpoint and a grid of samples, ``samples.png``), then writes the EMA weights,
 in float16, to ``--out`` and prints the training time, the final loss and the sha256 to put in
-``robustkit/diffusion/zoo.py``. Measure the result with ``scripts/eval_tiny_unet_digits.py``.
+``robustkit/diffusion/zoo.py``. Measure the result with ``scripts/eval_score_model.py``.
 Bit-reproducible on a given machine with a given ``--threads``.
 """
 
@@ -21,10 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
 
 from robustkit.diffusion import score_model_config, train
-from robustkit.diffusion.train import atomic_write
+from robustkit.diffusion.train import write_float16_weights
 from robustkit.hub import file_digest
 
 DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "robustkit" / "diffusion" / "weights"
@@ -49,11 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run_dir or Path(tmp)
         result = train(cfg, run_dir, checkpoint_every=500, samples_per_class=10, sample_steps=100)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        # float16 halves the bundled file (~380 KB); the loader casts back to float32.
-        weights = {k: v.to(torch.float16) if v.is_floating_point() else v
-                   for k, v in load_file(str(result.weights_path)).items()}
-        atomic_write(args.out, lambda f: f.write(save(weights)))
+        write_float16_weights(result.weights_path, args.out)  # ~380 KB; loaded back as float32
     last = result.losses[-200:]
     print(f"trained {result.step} steps in {time.perf_counter() - t0:.1f}s "
           f"({torch.get_num_threads()} threads); mean loss of the last {len(last)} steps {sum(last) / len(last):.4f}")

@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import robustkit
 from robustkit.cli import main
 
 
@@ -124,3 +126,18 @@ def test_bench_builds_a_registered_defense_with_its_base_classifier(capsys):
     assert "--defense" in capsys.readouterr().err
     assert main(["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--gradient", "bpda"]) == 2
     assert "applies to a defense" in capsys.readouterr().err
+
+
+def test_bench_checkpoint_with_a_defense_loads_the_defense_s_own_classifier(tmp_path, capsys):
+    from robustkit.cli import bench, build_parser
+
+    # Weights that differ from the bundled ones: --checkpoint must reach the classifier inside the defense.
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in clf.net.state_dict().items()}
+    torch.save(state, tmp_path / "cnn.pt")
+    args = ["bench", "--defense", "tiny_diffpure.digits", "--eps", "0.1", "--checkpoint", str(tmp_path / "cnn.pt")]
+    model, base, _ = bench._build(build_parser().parse_args(args))
+    assert base is model.classifier
+    assert all(torch.equal(a, state[k]) for k, a in base.net.state_dict().items())
+    assert main(["bench", "--defense", "tiny_rdc.digits", "--eps", "0.1", "--checkpoint", str(tmp_path / "cnn.pt")]) == 2
+    assert "no separate classifier" in capsys.readouterr().err

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from bench.bench_backbone_scaling import build, count_params  # noqa: E402
 from bench.compare_backbones import BACKBONES, MATCHED_DIGITS, TIMING_NAME, main  # noqa: E402
-from scripts.eval_tiny_unet_digits import TIMES  # noqa: E402
+from robustkit.diffusion import TIMES  # noqa: E402
 
 TINY = ["--steps", "3", "--loss-examples", "12", "--draws", "1", "--per-class", "2", "--sample-steps", "2"]
 

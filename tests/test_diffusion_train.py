@@ -139,6 +139,26 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     _assert_same_state(tmp_path / "full" / "checkpoint.pt", chunked / "checkpoint.pt")
 
 
+def test_a_finished_run_returns_its_files_without_data_training_or_sampling(tmp_path, monkeypatch):
+    done = train(CFG, tmp_path, checkpoint_every=4, **FAST)
+    files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished run must not load data or sample again")
+
+    monkeypatch.setattr(train_module, "_load_data", forbidden)
+    monkeypatch.setattr(train_module, "sample_images", forbidden)
+    again = train(CFG, tmp_path, checkpoint_every=4, **FAST)
+    assert again.finished and again.step == done.step and again.losses == done.losses
+    assert (again.weights_path, again.samples_path) == (done.weights_path, done.samples_path)
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()} == files  # untouched
+    assert torch.equal(next(again.model.parameters()), next(done.model.parameters()))
+
+    # Without its weights file (deleted by hand), the run exports it again from the checkpoint's EMA.
+    (tmp_path / "ema.safetensors").unlink()
+    assert train(CFG, tmp_path, checkpoint_every=4, **FAST).weights_path.read_bytes() == files["ema.safetensors"][1]
+
+
 # ------------------------------------------------------------------------------------ the three backbones
 
 BACKBONE_ENTRIES = {"unet": ("tiny_unet.digits", UNet), "dit": ("dit_tiny.digits", DiT),

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
                    help="registered classifier (robustkit list); with --defense, the classifier behind it")
     p.add_argument("--gradient", default=None, choices=["exact", "adjoint", "bpda", "surrogate"],
                    help="with --defense: the gradient mode attacks get (default: the entry's)")
-    p.add_argument("--checkpoint", default=None, help="weights file for the classifier instead of the published ones")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights file for the classifier instead of the published ones (with --defense alone: "
+                        "for the defense's own classifier)")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
     p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
@@ -115,12 +117,18 @@ def _build(args: argparse.Namespace):
         raise InputError("give --classifier NAME or --defense NAME (see `robustkit list`)")
     if args.gradient is not None and args.defense is None:
         raise InputError("--gradient applies to a defense: give --defense NAME")
+    from ..defenses import create_defense, defense_config
+
+    name = args.classifier
+    if name is None and args.checkpoint is not None:  # --defense D --checkpoint F: D's own classifier, from F
+        name = defense_config(args.defense).classifier
+        if name is None:
+            raise InputError(f"--checkpoint loads a classifier, but {args.defense} has no separate classifier")
     clf = None
-    if args.classifier is not None:
-        clf = create_classifier(args.classifier, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    if name is not None:
+        clf = create_classifier(name, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
     if args.defense is None:
         return clf, None, clf.config.dataset
-    from ..defenses import create_defense, defense_config
 
     options = {k: v for k, v in (("classifier", clf), ("gradient", args.gradient)) if v is not None}
     defense = create_defense(args.defense, pretrained=True, **options)

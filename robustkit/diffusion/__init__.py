@@ -17,6 +17,7 @@ from .solvers import ddim, ddim_indices, ddpm_ancestral, euler_maruyama, probabi
 from .unet import ClassifierFreeGuidance, UNet, UNetConfig
 from .train import DiffusionTrainConfig, TrainResult, denoising_loss, sample_images, save_image_grid, train
 from .zoo import ScoreModelConfig, create_score_model, list_score_models, score_model_config
+from .quality import TIMES, class_conditional_accuracy, loss_per_t
 
 __all__ = [
     "ScoreModel", "VPSDE", "DiscreteVPSchedule", "Marginal",
@@ -29,4 +30,5 @@ __all__ = [
     "DiT", "DiTConfig", "DiffuSSM", "DiffuSSMConfig", "S4DLayer",
     "DiffusionTrainConfig", "TrainResult", "train", "denoising_loss", "sample_images", "save_image_grid",
     "ScoreModelConfig", "create_score_model", "list_score_models", "score_model_config",
+    "TIMES", "loss_per_t", "class_conditional_accuracy",
 ]

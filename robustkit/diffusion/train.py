@@ -332,6 +332,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     return path
 
 
+def write_float16_weights(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy the safetensors weights ``src`` to ``dest`` (atomically) with every floating tensor in float16.
+
+    How the bundled weights are stored: half the bytes, and the score-model registry loads them back as
+    float32. Returns ``dest``.
+    """
+    from safetensors.torch import load_file, save as st_save
+
+    weights = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(dest, lambda f: f.write(st_save(weights)))
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -549,7 +563,8 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         config: the :class:`DiffusionTrainConfig` (everything that determines the weights).
         out_dir: run folder (created). If it holds a checkpoint, training resumes from it when
             ``resume`` (the saved config must equal ``config``; checkpoints of older, U-Net-only versions
-            are read too), else :class:`InputError` is raised.
+            are read too), else :class:`InputError` is raised. A call on a finished run neither loads
+            the data nor samples again: it returns the run's files (re-exporting a deleted weights file).
         device: where to train. On CUDA with ``amp``, the forward pass runs under bfloat16 autocast.
         stop_after: run at most this many steps in this call, then checkpoint and return (training in
             chunks); ``max_time_s``: likewise after this much wall time.
@@ -602,8 +617,6 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         log.info("removing %s, a partial checkpoint of an interrupted run", stale)
         stale.unlink()
 
-    x_all, y_all = _load_data(cfg, data_dir)
-    x_all, y_all = x_all.to(device), y_all.to(device)
     model = _build_model(cfg).to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -624,7 +637,11 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         step = int(state["step"])
         losses = state["losses"].tolist()
         log.info("resuming %s from step %d", out, step)
-    else:
+    start_step = step
+    if step < cfg.steps:  # a finished run needs no data: it only (re)exports its weights
+        x_all, y_all = _load_data(cfg, data_dir)
+        x_all, y_all = x_all.to(device), y_all.to(device)
+    if not ckpt_path.exists():  # written once the data fit the network
         atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(config_dict, indent=2).encode()))
 
     def checkpoint() -> None:
@@ -637,7 +654,6 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
     sde = cfg.sde
     conditional = cfg.model.num_classes is not None
     use_amp = amp and device.type == "cuda"
-    n_data = x_all.shape[0]
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     pending: list[torch.Tensor] = []  # per-step losses still on the device (one sync per flush)
 
@@ -659,7 +675,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             # All randomness of this step from (seed, step): resuming replays it exactly.
             g = _generator(cfg.seed, "step", step)
             torch.manual_seed(_derive_seed(cfg.seed, "dropout", step))  # dropout masks (global RNG)
-            idx = _batch_indices(cfg, step, n_data).to(device)
+            idx = _batch_indices(cfg, step, x_all.shape[0]).to(device)
             bs = idx.shape[0]
             t = (cfg.t_eps + (1 - cfg.t_eps) * torch.rand(bs, generator=g, dtype=torch.float64)).float()
             noise = torch.randn((bs, *cfg.model.image_shape), generator=g)
@@ -701,11 +717,18 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
 
     finished = step >= cfg.steps
     weights_path = samples_path = None
-    if finished:
+    # A call on a run that was already finished keeps the files that run wrote (they are the same).
+    unchanged = step == start_step
+    if finished and unchanged and (out / WEIGHTS_NAME).is_file():
+        weights_path = out / WEIGHTS_NAME
+    elif finished:
         from safetensors.torch import save as st_save
 
         weights = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
         weights_path = atomic_write(out / WEIGHTS_NAME, lambda f: f.write(st_save(weights)))
+    if finished and unchanged and (out / SAMPLES_NAME).is_file():
+        samples_path = out / SAMPLES_NAME
+    elif finished:
         if samples_per_class:
             gen = _generator(cfg.seed, "samples")
             if conditional:
