@@ -93,10 +93,8 @@ BackboneConfig = Union[UNetConfig, DiTConfig, DiffuSSMConfig]
 #: Three backbones of about 2.8 M parameters (equal within ±5 %), defined at 32×32; at 64×64 the forward
 #: at batch 8 takes well under 2 s on one CPU core.
 MATCHED: dict[str, BackboneConfig] = {
-    # DDPM layout at 32 channels, levels 32-16-8-4 (at 32×32): attention at the 8×8 level and in the middle.
-    "unet": UNetConfig(in_channels=3, image_size=32, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
-                       attention_resolutions=(8,), mid_attention=True, num_heads=1, num_classes=10, dropout=0.0,
-                       num_groups=8, emb_channels=256),
+    # unet.cifar10: DDPM layout at 32 channels, levels 32-16-8-4 (at 32×32), attention at 8×8 and in the middle.
+    "unet": UNET_CIFAR10,
     # DiT with patch 2: 256 tokens at 32×32, width 192 (3 heads of 64), 4 blocks.
     "dit": DiTConfig(in_channels=3, image_size=32, patch_size=2, hidden_size=192, depth=4, num_heads=3,
                      num_classes=10),

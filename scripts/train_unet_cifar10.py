@@ -1,18 +1,18 @@
-"""Train the ``unet.cifar10`` score model, resumably in chunks, on a GPU (bf16 autocast) or a CPU.
+"""Train the ``unet.cifar10`` score model, resumably in chunks, on a CPU or a GPU (bf16 autocast).
 
-    python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --device cuda [--chunk-steps 20000]
-    python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --device cuda --max-minutes 55   # e.g. per job
-    python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --install   # after the last chunk
+    python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --max-minutes 55   # repeat until finished
+    python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --device cuda       # same recipe on a GPU
 
 Trains the registry entry's recipe (``robustkit.diffusion.zoo.UNET_CIFAR10_RECIPE``: the compact
-class-conditional U-Net, DDPM's CIFAR-10 recipe with label dropout 0.1, 400k steps) with
+class-conditional U-Net, 5,000 steps of 64 with label dropout 0.1; about 2 hours on one CPU core) with
 ``robustkit.diffusion.train``. Every invocation resumes from ``--out/checkpoint.pt`` (written
 atomically every ``--checkpoint-every`` steps and when a chunk ends), so the same command can be
 repeated — by hand, from a job array, after a pre-emption — until it reports the run finished. Then
-``--out/ema.safetensors`` holds the EMA weights; ``--install`` copies them to
-``$ROBUSTKIT_HOME/checkpoints/unet_cifar10.safetensors``, where
-``robustkit.diffusion.create_score_model("unet.cifar10", pretrained=True)`` finds them, and prints
-their sha256 (put it in ``robustkit/diffusion/zoo.py`` when publishing them).
+``--out/ema.safetensors`` holds the EMA weights, and the script writes them in float16 to ``--weights``
+(default: the package's ``robustkit/diffusion/weights/unet_cifar10.safetensors``, where
+``create_score_model("unet.cifar10", pretrained=True)`` finds them) and prints their sha256 (the
+registry's ``UNET_CIFAR10_SHA256``). ``bench/compare_backbones.py --dataset cifar10`` trains the same
+recipe: its ``unet`` run folder can be passed as ``--out``.
 
 The data come from ``--data-dir`` (default: ``$ROBUSTKIT_DATA``; see ``robustkit.data.cifar10``).
 Overrides (``--steps``, ``--batch-size``, ``--n-examples``, ``--seed``) change the config, and a run
@@ -29,8 +29,11 @@ from pathlib import Path
 import torch
 
 from robustkit.diffusion import score_model_config, train
-from robustkit.diffusion.train import atomic_write
-from robustkit.hub import file_digest, home
+from robustkit.diffusion.train import write_float16_weights
+from robustkit.hub import file_digest
+
+DEFAULT_WEIGHTS = (Path(__file__).resolve().parents[1] / "robustkit" / "diffusion" / "weights"
+                   / "unet_cifar10.safetensors")
 
 
 def main() -> None:
@@ -49,8 +52,8 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
-    ap.add_argument("--install", action="store_true",
-                    help="copy the finished weights to $ROBUSTKIT_HOME/checkpoints/unet_cifar10.safetensors")
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
+                    help="where the finished EMA weights go, in float16 (default: the package's bundled file)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -69,13 +72,9 @@ def main() -> None:
     if not result.finished:
         print(f"checkpoint {result.checkpoint_path}; run the same command again to continue")
         return
-    print(f"finished: weights {result.weights_path}, samples {result.samples_path}")
-    print(f"sha256 {file_digest(result.weights_path)}")
-    if args.install:
-        dest = home() / "checkpoints" / entry.weights.filename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(dest, lambda f: f.write(result.weights_path.read_bytes()))
-        print(f"installed {dest}")
+    write_float16_weights(result.weights_path, args.weights)  # ~5.6 MB; loaded back as float32
+    print(f"finished: samples {result.samples_path}")
+    print(f"wrote {args.weights} ({args.weights.stat().st_size / 2**20:.1f} MiB)\nsha256 {file_digest(args.weights)}")
 
 
 if __name__ == "__main__":

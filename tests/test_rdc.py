@@ -332,8 +332,9 @@ def test_registered_rdc_defenses(tmp_path, monkeypatch, digits):
     monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
     with pytest.raises(CheckpointError, match="edm_cifar_cond.pt"):
         create_rdc("rdc.cifar10", pretrained=True)
-    with pytest.raises(CheckpointError, match="unet_cifar10"):
-        create_rdc("rdc_unet.cifar10", pretrained=True)
+    bundled = create_rdc("rdc_unet.cifar10", pretrained=True, seed=0, stride=250)  # robustkit's U-Net ships
+    assert bundled.classifier.score_model.weights_path.endswith("unet_cifar10.safetensors")
+    assert bundled(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     rdc = create_rdc("tiny_rdc.digits", pretrained=True, seed=0, mode="adaptive")
     x, y = digits
     with torch.no_grad():

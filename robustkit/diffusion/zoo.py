@@ -9,9 +9,8 @@ Entries:
 
 * ``tiny_unet.digits`` — a class-conditional :class:`~robustkit.diffusion.UNet` for the 8×8 digits,
   weights bundled in the package (``scripts/train_tiny_unet_digits.py``, a few minutes on a CPU).
-* ``unet.cifar10`` — a compact class-conditional U-Net for CIFAR-10. Its weights are not shipped:
-  train them with ``scripts/train_unet_cifar10.py`` (resumable in chunks) and put
-  ``unet_cifar10.safetensors`` in ``$ROBUSTKIT_HOME/checkpoints/``.
+* ``unet.cifar10`` — a compact class-conditional U-Net for CIFAR-10 (2.8M parameters), trained on a
+  CPU by ``scripts/train_unet_cifar10.py`` (resumable in chunks); weights bundled in the package.
 * ``dit_tiny.digits``, ``dit_s2.cifar10`` (:class:`~robustkit.diffusion.DiT`) and ``diffussm_tiny.digits``,
   ``diffussm_s.cifar10`` (:class:`~robustkit.diffusion.DiffuSSM`) — recipes for the same trainer, no
   weights published: train them with ``robustkit train-diffusion NAME --out DIR`` and put
@@ -234,31 +233,47 @@ def tiny_unet_digits() -> UNet:
     return UNet(TINY_UNET_DIGITS)
 
 
-#: CIFAR-10: DDPM's layout at half width (64 channels, ~9M parameters), class-conditional.
-UNET_CIFAR10 = UNetConfig(in_channels=3, image_size=32, base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
-                          attention_resolutions=(16,), mid_attention=True, num_heads=1, num_classes=10,
-                          dropout=0.1, num_groups=32)
+#: CIFAR-10: DDPM's layout at a quarter width (32 channels, 2.78M parameters), attention at 8×8 and in the
+#: middle, class-conditional. Sized so that its recipe trains on a CPU (about 2 hours on one core).
+UNET_CIFAR10 = UNetConfig(in_channels=3, image_size=32, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                          attention_resolutions=(8,), mid_attention=True, num_heads=1, num_classes=10, dropout=0.0,
+                          num_groups=8, emb_channels=256)
 
-UNET_CIFAR10_RECIPE = replace(DiffusionTrainConfig(), model=UNET_CIFAR10, dataset="cifar10", steps=400_000)
+#: 5,000 steps of 64 (6.4 epochs), cosine decay, EMA 0.999. A CPU budget, far below DDPM's 800k steps of
+#: 128: the model denoises well at small t (what purification uses) and its samples are rough. It is
+#: also the U-Net of ``bench/compare_backbones.py --dataset cifar10``, whose DiT and DiffuSSM get the
+#: same recipe.
+UNET_CIFAR10_RECIPE = DiffusionTrainConfig(
+    model=UNET_CIFAR10, dataset="cifar10", steps=5000, batch_size=64, lr=2e-4, warmup_steps=500,
+    lr_schedule="cosine", grad_clip=1.0, ema_decay=0.999, p_uncond=0.1, hflip=True, seed=0)
+
+UNET_CIFAR10_SHA256 = "baba82107c1e07fea0b7e25f8a0b96425c209d6e13c28ea4abcfdc743f0a8b07"
 
 
 @register_score_model("unet.cifar10", ScoreModelConfig(
-    architecture="class-conditional U-Net (DDPM layout, 64 base channels, attention at 16×16)", dataset="cifar10",
+    architecture="class-conditional U-Net (DDPM layout, 32 base channels, attention at 8×8)", dataset="cifar10",
     image_shape=(3, 32, 32), num_classes=10,
-    weights=WeightSource(filename="unet_cifar10.safetensors", url=None, sha256=None),
+    weights=WeightSource(filename="unet_cifar10.safetensors",
+                         package_file=("robustkit", "diffusion/weights/unet_cifar10.safetensors"),
+                         sha256=UNET_CIFAR10_SHA256),
     recipe=UNET_CIFAR10_RECIPE,
-    train_command="python scripts/train_unet_cifar10.py --out runs/unet_cifar10 --device cuda "
-                  "(repeat to resume; then copy runs/unet_cifar10/ema.safetensors)",
-    license="MIT (robustkit)", paper="Ho et al., NeurIPS 2020 (architecture, recipe); Ho & Salimans 2021",
-    source="scripts/train_unet_cifar10.py",
-    notes="no weights are published: train them and put the file in $ROBUSTKIT_HOME/checkpoints/"))
+    train_command="python scripts/train_unet_cifar10.py --out runs/unet_cifar10 (repeat to resume)",
+    license="MIT (robustkit)", paper="Ho et al., NeurIPS 2020 (architecture); Ho & Salimans 2021 (null label)",
+    source="scripts/train_unet_cifar10.py (seed 0)",
+    notes="trained on a CPU for 5,000 steps of 64 (see docs/results/unet_cifar10.md for its loss and samples); "
+          "EMA weights stored in float16 (loaded as float32)"))
 def unet_cifar10() -> UNet:
     return UNet(UNET_CIFAR10)
 
 
+#: DDPM's CIFAR-10 hyperparameters (batch 128, lr 2e-4 constant after a 5k warm-up, EMA 0.9999) for 400k
+#: steps: the GPU-sized recipe of the paper-sized ``dit_s2.cifar10`` and ``diffussm_s.cifar10``.
+DDPM_CIFAR10_RECIPE = replace(DiffusionTrainConfig(), dataset="cifar10", steps=400_000)
+
+
 # ------------------------------------------------------------------ transformer and attention-free backbones
 # Trained by the same loop as the U-Nets: the digits recipes are TINY_UNET_DIGITS_RECIPE's hyperparameters
-# and the CIFAR-10 recipes UNET_CIFAR10_RECIPE's, with the architecture swapped.
+# and the CIFAR-10 recipes DDPM_CIFAR10_RECIPE's, with the architecture swapped.
 
 
 def _register_untrained(name: str, config: DiTConfig | DiffuSSMConfig, base_recipe: DiffusionTrainConfig, *,
@@ -298,7 +313,7 @@ _register_untrained("dit_tiny.digits", DIT_TINY_DIGITS, TINY_UNET_DIGITS_RECIPE,
 #: CIFAR-10: DiT-S/2 (width 384, 12 blocks, 6 heads) on 16×16 tokens of 2×2 pixel patches.
 DIT_S2_CIFAR10 = DiTConfig(in_channels=3, image_size=32, patch_size=2, hidden_size=384, depth=12, num_heads=6,
                            num_classes=10)
-_register_untrained("dit_s2.cifar10", DIT_S2_CIFAR10, UNET_CIFAR10_RECIPE, cuda=True,
+_register_untrained("dit_s2.cifar10", DIT_S2_CIFAR10, DDPM_CIFAR10_RECIPE, cuda=True,
                     paper="Peebles & Xie, ICCV 2023 (DiT-S/2, Table 1); Ho & Salimans 2021",
                     architecture="class-conditional DiT-S/2 (width 384, 12 adaLN-Zero blocks, 6 heads, patch 2)")
 
@@ -311,5 +326,5 @@ _register_untrained("diffussm_tiny.digits", DIFFUSSM_TINY_DIGITS, TINY_UNET_DIGI
 #: CIFAR-10: 1024 pixel tokens, width 256, 12 blocks, hourglass 4 (SSM over 256 tokens).
 DIFFUSSM_S_CIFAR10 = DiffuSSMConfig(in_channels=3, image_size=32, hidden_size=256, depth=12, downsample=4,
                                     state_size=32, num_classes=10)
-_register_untrained("diffussm_s.cifar10", DIFFUSSM_S_CIFAR10, UNET_CIFAR10_RECIPE, cuda=True, paper=_DIFFUSSM_PAPER,
+_register_untrained("diffussm_s.cifar10", DIFFUSSM_S_CIFAR10, DDPM_CIFAR10_RECIPE, cuda=True, paper=_DIFFUSSM_PAPER,
                     architecture="class-conditional DiffuSSM (width 256, 12 blocks, hourglass 4, S4D with 32 modes)")
