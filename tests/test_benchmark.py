@@ -137,6 +137,18 @@ def test_cascade_gives_same_final_numbers_cheaper(clf):
     assert seq == sorted(seq, reverse=True)
 
 
+def test_eot_on_a_deterministic_model_is_warned_about(clf, caplog):
+    kw = dict(dataset="digits", eps=0.1, attacks=["pgd-eot"], n_examples=4, batch_size=4, checks=False)
+    with caplog.at_level("WARNING", logger="robustkit.eval.benchmark"):
+        benchmark(clf, attack_options={"pgd-eot": {"steps": 1, "eot": 3}}, **kw)
+    assert any("pgd-eot runs EOT 3 on a deterministic model" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robustkit.eval.benchmark"):
+        benchmark(clf, attack_options={"pgd-eot": {"steps": 1, "eot": 1}}, **kw)     # as advised: quiet
+        benchmark(Noisy(clf), attack_options={"pgd-eot": {"steps": 1, "eot": 3}}, **kw)  # randomness to average
+    assert not [r for r in caplog.records if "deterministic" in r.message]
+
+
 def test_resume_skips_finished_shards_and_refuses_other_config(clf, tmp_path):
     run = tmp_path / "run"
     kw = dict(dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 5}}, n_examples=32,

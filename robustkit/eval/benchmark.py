@@ -185,6 +185,18 @@ def _build_attack(job: _Job, name: str, seed: int) -> Attack:
     return make_attack(name, eps=job.eps, norm=job.norm, seed=seed, **opts)
 
 
+def _warn_eot_on_deterministic(names: list[str], attack_options: dict, eps: float, norm: str) -> None:
+    """EOT averages gradients over the model's randomness; a deterministic model has none, so EOT > 1
+    repeats the same gradient at EOT times the cost. Say so (the run proceeds as asked)."""
+    for name in names:
+        if name == "transfer" or name.startswith("torchattacks:"):
+            continue
+        eot = make_attack(name, eps=eps, norm=norm, seed=0, **attack_options.get(name, {})).protocol().get("eot")
+        if isinstance(eot, int) and eot > 1:
+            log.warning("%s runs EOT %d on a deterministic model: every EOT sample gives the same gradient, so "
+                        "it costs %dx for nothing; pass %s.eot=1", name, eot, eot, name)
+
+
 def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> list[list[bool]]:
     """``draws`` independent classifications per example (reset() before each), as [N][draws] bools."""
     cols = []
@@ -447,6 +459,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         if a != "transfer" and not a.startswith("torchattacks:") and a not in list_attacks():
             raise InputError(f"unknown attack {a!r}; available: {', '.join(list_attacks())}, transfer, "
                              "torchattacks:<Name>")
+    if not defense.traits.stochastic:
+        _warn_eot_on_deterministic(names, attack_options or {}, eps_value, threat_model)
     if base_classifier is None:
         base_classifier = getattr(defense, "base_classifier", None)
     if data is not None:
