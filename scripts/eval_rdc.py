@@ -23,10 +23,14 @@ Each prints the record's summary and writes ``--out/record.json`` (the run direc
 from __future__ import annotations
 
 import argparse
+import time
+
+import torch
 
 import robustkit
 from robustkit.defenses import create_rdc, defense_config
 from robustkit.eval.benchmark import parse_eps
+from robustkit.eval.stats import accuracy_with_ci
 
 DEFAULT_EPS = {"digits": "0.1", "cifar10": "8/255"}
 DEFAULT_STEP = {"digits": "0.0125", "cifar10": "2/255"}
@@ -50,11 +54,20 @@ def main() -> None:
     ap.add_argument("--n-reeval", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checks", action="store_true", help="run the sanity checks too (slow)")
-    ap.add_argument("--out", required=True, help="resumable run directory; the record goes to OUT/record.json")
+    ap.add_argument("--clean-only", action="store_true",
+                    help="only clean accuracy over --n-reeval draws (no attack, no run directory)")
+    ap.add_argument("--out", help="resumable run directory; the record goes to OUT/record.json")
     args = ap.parse_args()
+    if args.out is None and not args.clean_only:
+        ap.error("--out is required unless --clean-only")
     dataset = defense_config(args.defense).dataset
-    rdc = create_rdc(args.defense, pretrained=True, gradient=args.gradient, stride=args.stride)
+    # The harness seeds attack runs itself; the clean-only path owns its randomness through the defense's seed.
+    rdc = create_rdc(args.defense, pretrained=True, gradient=args.gradient, stride=args.stride,
+                     seed=args.seed if args.clean_only else None)
     model = rdc.classifier if args.alone else rdc
+    if args.clean_only:
+        print_clean_accuracy(model, dataset, args)
+        return
     rec = robustkit.benchmark(model, dataset=dataset, eps=args.eps or DEFAULT_EPS[dataset], attacks=["pgd-eot"],
                               attack_options={"pgd-eot": {"steps": args.steps,
                                                           "step_size": parse_eps(args.step_size or DEFAULT_STEP[dataset]),
@@ -63,6 +76,22 @@ def main() -> None:
                               n_reeval=args.n_reeval, checks=args.checks, cascade=False, run_dir=args.out,
                               data_dir=args.data_dir)
     print(rec.summary())
+
+
+def print_clean_accuracy(model, dataset: str, args: argparse.Namespace) -> None:
+    """Clean accuracy of the first ``--n-examples`` test images: single draw (the first), majority and worst
+    of ``--n-reeval`` draws (seeded by ``--seed``), with 95 % Wilson intervals."""
+    x, y = robustkit.load_dataset(dataset, split="test", n_examples=args.n_examples, data_dir=args.data_dir)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        right = torch.stack([torch.cat([model(x[i:i + args.batch_size]).argmax(1) for i in range(0, len(x), args.batch_size)])
+                             == y for _ in range(args.n_reeval)], 1)
+    name = f"{args.defense}{' classifier alone' if args.alone else ''} (stride {args.stride})"
+    print(f"{name} on the first {len(y)} {dataset} test images, {args.n_reeval} draws, seed {args.seed}, "
+          f"{time.perf_counter() - t0:.0f} s")
+    for label, flags in (("single draw", right[:, 0]), ("majority", right.float().mean(1) > 0.5),
+                         ("worst of M", right.all(1))):
+        print(f"  {label:<12} {accuracy_with_ci(flags)}")
 
 
 if __name__ == "__main__":
