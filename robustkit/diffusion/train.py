@@ -718,30 +718,29 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
     finished = step >= cfg.steps
     weights_path = samples_path = None
     # A call on a run that was already finished keeps the files that run wrote (they are the same).
-    unchanged = step == start_step
-    if finished and unchanged and (out / WEIGHTS_NAME).is_file():
+    keep = finished and step == start_step
+    if keep and (out / WEIGHTS_NAME).is_file():
         weights_path = out / WEIGHTS_NAME
     elif finished:
         from safetensors.torch import save as st_save
 
         weights = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
         weights_path = atomic_write(out / WEIGHTS_NAME, lambda f: f.write(st_save(weights)))
-    if finished and unchanged and (out / SAMPLES_NAME).is_file():
+    if keep and (out / SAMPLES_NAME).is_file():
         samples_path = out / SAMPLES_NAME
-    elif finished:
-        if samples_per_class:
-            gen = _generator(cfg.seed, "samples")
-            if conditional:
-                labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
-                imgs = sample_images(ema, labels, steps=sample_steps, beta_min=cfg.beta_min,
-                                     beta_max=cfg.beta_max, generator=gen)
-                nrow = samples_per_class
-            else:
-                imgs = sample_images(ema, 10 * samples_per_class, steps=sample_steps, beta_min=cfg.beta_min,
-                                     beta_max=cfg.beta_max, generator=gen)
-                nrow = 10
-            scale = max(1, 32 // cfg.model.image_size)
-            samples_path = save_image_grid(imgs, out / SAMPLES_NAME, nrow=nrow, scale=scale)
+    elif finished and samples_per_class:
+        gen = _generator(cfg.seed, "samples")
+        if conditional:
+            labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
+            imgs = sample_images(ema, labels, steps=sample_steps, beta_min=cfg.beta_min,
+                                 beta_max=cfg.beta_max, generator=gen)
+            nrow = samples_per_class
+        else:
+            imgs = sample_images(ema, 10 * samples_per_class, steps=sample_steps, beta_min=cfg.beta_min,
+                                 beta_max=cfg.beta_max, generator=gen)
+            nrow = 10
+        scale = max(1, 32 // cfg.model.image_size)
+        samples_path = save_image_grid(imgs, out / SAMPLES_NAME, nrow=nrow, scale=scale)
     elapsed = time.perf_counter() - t_start
     log.info("%s: step %d/%d, last loss %.4f, %.1fs", out, step, cfg.steps, losses[-1] if losses else float("nan"),
              elapsed)
