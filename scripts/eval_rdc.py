@@ -29,7 +29,8 @@ import torch
 
 import robustkit
 from robustkit.defenses import create_rdc, defense_config
-from robustkit.eval.benchmark import parse_eps
+from robustkit.eval.benchmark import parse_eps, protocol_correct
+from robustkit.eval.record import PROTOCOLS
 from robustkit.eval.stats import accuracy_with_ci
 
 DEFAULT_EPS = {"digits": "0.1", "cifar10": "8/255"}
@@ -39,7 +40,8 @@ DEFAULT_STEP = {"digits": "0.0125", "cifar10": "2/255"}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--defense", default="tiny_rdc.digits", help="a registered RDC (robustkit list defenses '*rdc*')")
-    ap.add_argument("--alone", action="store_true", help="attack the diffusion classifier without likelihood maximisation")
+    ap.add_argument("--alone", action="store_true",
+                    help="attack the diffusion classifier without likelihood maximisation")
     ap.add_argument("--gradient", choices=["bpda", "exact"], default="bpda")
     ap.add_argument("--stride", type=int, default=10, help="evaluate every STRIDE-th timestep (1: all 1000)")
     ap.add_argument("--eps", default=None, help="Linf budget (default: digits 0.1, cifar10 8/255)")
@@ -68,9 +70,9 @@ def main() -> None:
     if args.clean_only:
         print_clean_accuracy(model, dataset, args)
         return
+    step_size = parse_eps(args.step_size or DEFAULT_STEP[dataset])
     rec = robustkit.benchmark(model, dataset=dataset, eps=args.eps or DEFAULT_EPS[dataset], attacks=["pgd-eot"],
-                              attack_options={"pgd-eot": {"steps": args.steps,
-                                                          "step_size": parse_eps(args.step_size or DEFAULT_STEP[dataset]),
+                              attack_options={"pgd-eot": {"steps": args.steps, "step_size": step_size,
                                                           "eot": args.eot, "loss": args.loss}},
                               n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
                               n_reeval=args.n_reeval, checks=args.checks, cascade=False, run_dir=args.out,
@@ -79,19 +81,20 @@ def main() -> None:
 
 
 def print_clean_accuracy(model, dataset: str, args: argparse.Namespace) -> None:
-    """Clean accuracy of the first ``--n-examples`` test images: single draw (the first), majority and worst
-    of ``--n-reeval`` draws (seeded by ``--seed``), with 95 % Wilson intervals."""
+    """Clean accuracy of the first ``--n-examples`` test images under the harness's protocols (single draw,
+    majority, worst of ``--n-reeval`` draws seeded by ``--seed``), with 95 % Wilson intervals."""
     x, y = robustkit.load_dataset(dataset, split="test", n_examples=args.n_examples, data_dir=args.data_dir)
     t0 = time.perf_counter()
     with torch.no_grad():
-        right = torch.stack([torch.cat([model(x[i:i + args.batch_size]).argmax(1) for i in range(0, len(x), args.batch_size)])
-                             == y for _ in range(args.n_reeval)], 1)
+        batches = range(0, len(x), args.batch_size)
+        right = torch.stack([torch.cat([model(x[i:i + args.batch_size]).argmax(1) for i in batches]) == y
+                             for _ in range(args.n_reeval)], 1)
     name = f"{args.defense}{' classifier alone' if args.alone else ''} (stride {args.stride})"
     print(f"{name} on the first {len(y)} {dataset} test images, {args.n_reeval} draws, seed {args.seed}, "
           f"{time.perf_counter() - t0:.0f} s")
-    for label, flags in (("single draw", right[:, 0]), ("majority", right.float().mean(1) > 0.5),
-                         ("worst of M", right.all(1))):
-        print(f"  {label:<12} {accuracy_with_ci(flags)}")
+    for protocol in PROTOCOLS:
+        flags = torch.tensor([protocol_correct(draws, protocol) for draws in right.tolist()])
+        print(f"  {protocol:<12} {accuracy_with_ci(flags)}")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,9 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _flags(draws: list[bool], protocol: str) -> bool:
+def protocol_correct(draws: list[bool], protocol: str) -> bool:
+    """Whether an example counts as correct under ``protocol``, from its re-classifications ``draws``:
+    ``"single_draw"`` (the first), ``"majority"`` (more than half) or ``"worst_of_m"`` (all of them)."""
     if protocol == "single_draw":
         return bool(draws[0])
     if protocol == "majority":
@@ -220,7 +222,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     forwards, backwards = n * job.draws, 0
     records = [{"index": job.indices[shard.start + i], "label": int(y[i]), "clean": clean[i], "attacks": {}}
                for i in range(n)]
-    alive = torch.tensor([any(_flags(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
+    alive = torch.tensor([any(protocol_correct(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
     tensors: dict[str, torch.Tensor] = {}
     infos: dict[str, Any] = {}
     # An adapting defense's prediction depends on the whole batch: attack every example of the shard
@@ -259,7 +261,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             for j, i in enumerate(todo.tolist()):
                 records[i]["attacks"][name] = {"correct": adv[j], "distance": float(dist[j]), "valid": bool(valid[j])}
                 if job.cascade:
-                    still = [_flags(clean[i], p) and _flags(adv[j], p) for p in PROTOCOLS]
+                    still = [protocol_correct(clean[i], p) and protocol_correct(adv[j], p) for p in PROTOCOLS]
                     alive[i] = alive[i] and any(still)
         for i in range(n):
             records[i]["attacks"].setdefault(name, None)  # None: skipped (already broken under every protocol)
@@ -374,15 +376,15 @@ def _execute(job: _Job, executor: str, workers: int | None, device: torch.device
 
 def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, dict, dict, CheckResult, dict]:
     recs = sorted(run.all_records(), key=lambda r: r["index"])
-    clean = {p: torch.tensor([_flags(r["clean"], p) for r in recs]) for p in PROTOCOLS}
+    clean = {p: torch.tensor([protocol_correct(r["clean"], p) for r in recs]) for p in PROTOCOLS}
     per_attack: dict[str, dict[str, AccuracyStat]] = {}
     cumulative = {p: clean[p].clone() for p in PROTOCOLS}
     invalid = 0
     for name in attacks:
         standalone = {}
         for p in PROTOCOLS:
-            adv = torch.tensor([True if r["attacks"][name] is None else _flags(r["attacks"][name]["correct"], p)
-                                for r in recs])
+            adv = torch.tensor([True if r["attacks"][name] is None
+                                else protocol_correct(r["attacks"][name]["correct"], p) for r in recs])
             cumulative[p] &= adv
             standalone[p] = clean[p] & adv
         invalid += sum(1 for r in recs if r["attacks"][name] is not None and not r["attacks"][name]["valid"])
