@@ -102,3 +102,43 @@ def test_flags_equal_direct_pyautoattack_when_points_survive_the_cascade():
     assert torch.equal(ours.robust, flags)
     assert torch.equal(ours.x_adv, x_adv)
     assert ours.info["cascade"]["square"] == pytest.approx(ours.robust_accuracy, abs=1e-4)
+
+
+def test_reduced_steps_match_a_freshly_built_apgd_and_are_recorded():
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from robustkit.attacks.autoattack import _set_apgd_steps
+
+    for steps in (1, 7, 10, 37, 250):
+        built = APGDAttack(torch.nn.Identity(), n_iter=100, eps=0.1)
+        _set_apgd_steps(built, steps)
+        fresh = APGDAttack(torch.nn.Identity(), n_iter=steps, eps=0.1)
+        for attr in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
+            assert getattr(built, attr) == getattr(fresh, attr), (steps, attr)
+    p = AutoAttack(eps=0.1, version="rand", steps=10, eot=2).protocol()
+    assert (p["steps"], p["eot"]) == (10, 2)
+    with pytest.raises(InputError, match="steps"):
+        AutoAttack(eps=0.1, version="rand", steps=0)
+
+
+class _CountingForwards(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_reduced_steps_run_that_many_iterations():
+    # eps so small that no point breaks: both sub-attacks of 'rand' (1 restart, EOT 1) run every
+    # iteration on the whole batch, so 5 fewer steps mean exactly 2 x 5 fewer forwards
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    calls = {}
+    for steps in (5, 10):
+        model = _CountingForwards(clf)
+        AutoAttack(eps=1e-6, version="rand", steps=steps, eot=1, seed=0).perturb(model, x, y, torch.Generator())
+        calls[steps] = model.calls
+    assert calls[10] - calls[5] == 2 * 5

@@ -373,3 +373,32 @@ def test_tiny_digits_entry_runs_and_classifies():
     online = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, seed=0,
                                              dt=1e-2, online_head=True)
     assert online.traits.gradient == "surrogate" and online.purifier.guidance.online_head
+
+
+def _saved_bytes_of_exact_forward(p: ContrastiveGuidedPurifier, checkpoint: bool) -> int:
+    """Bytes autograd keeps for the backward pass of one purification (tensors a checkpointed region
+    saves are its own business and are not seen here: they are rebuilt in the backward pass)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = _images(4, seed=3).requires_grad_(True)
+    noise = p.draw_noise(x, torch.Generator().manual_seed(4))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        p.purify_with_noise(x, noise, checkpoint=checkpoint)
+    return total
+
+
+def test_checkpointed_guidance_keeps_memory_flat_in_the_number_of_guided_steps():
+    few = _purifier(config=DiffPureConfig(t_star=0.1, dt=0.02))    # 5 steps, 3 guided
+    many = _purifier(config=DiffPureConfig(t_star=0.1, dt=0.005))  # 20 steps, 18 guided
+    flat = [_saved_bytes_of_exact_forward(p, checkpoint=True) for p in (few, many)]
+    grows = [_saved_bytes_of_exact_forward(p, checkpoint=False) for p in (few, many)]
+    assert grows[1] > 4 * grows[0]  # without checkpoints every guided step's graph is kept
+    # with them each step keeps only a few batch-sized tensors (its inputs; 4 today), not its graph
+    batch_bytes = 4 * 16 * 8  # 4 images x 16 pixels x float64
+    assert flat[1] - flat[0] <= 15 * 6 * batch_bytes
+    assert flat[1] < grows[1] / 4

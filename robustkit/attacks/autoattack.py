@@ -62,6 +62,9 @@ class AutoAttack(Attack):
         version: ``"standard"``, ``"rand"`` or ``"custom"``.
         attacks: sub-attacks for ``version="custom"``.
         eot: EOT iterations of APGD in ``rand`` (pyautoattack's default 20) and ``custom``.
+        steps: iterations of APGD-CE / APGD-DLR / APGD-T (pyautoattack's default 100). A reduced budget
+            for defenses too expensive for the real one; it is recorded in the protocol, and APGD's
+            step-size checkpoints are rescaled to it exactly as pyautoattack does for ``n_iter``.
         square_queries: Square Attack's query budget (pyautoattack's default 5000 when None).
         batch_size: pyautoattack's internal batch size.
     """
@@ -69,7 +72,8 @@ class AutoAttack(Attack):
     name = "autoattack"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
-                 attacks: Sequence[str] | None = None, eot: int | None = None, square_queries: int | None = None,
+                 attacks: Sequence[str] | None = None, eot: int | None = None, steps: int | None = None,
+                 square_queries: int | None = None,
                  batch_size: int = 250, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if version not in VERSIONS:
@@ -84,11 +88,14 @@ class AutoAttack(Attack):
             raise InputError(f"attacks=... is only for version='custom' (version {version!r} fixes them)")
         if eot is not None and (not isinstance(eot, int) or eot < 1):
             raise InputError(f"eot must be a positive int, got {eot!r}")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise InputError(f"steps must be a positive int, got {steps!r}")
         self.version = version
         self.attacks = tuple(attacks) if attacks else None
         if square_queries is not None and (not isinstance(square_queries, int) or square_queries < 1):
             raise InputError(f"square_queries must be a positive int, got {square_queries!r}")
         self.eot = eot
+        self.steps = steps
         self.square_queries = square_queries
         self.batch_size = int(batch_size)
 
@@ -99,6 +106,9 @@ class AutoAttack(Attack):
                  attacks=list(self.attacks) if self.attacks else None)
         if self.eot is not None:
             aa.apgd.eot_iter = self.eot
+        if self.steps is not None:
+            for apgd in (aa.apgd, aa.apgd_targeted):
+                _set_apgd_steps(apgd, self.steps)
         if self.square_queries is not None:
             aa.square.n_queries = self.square_queries
         return aa
@@ -134,6 +144,16 @@ class AutoAttack(Attack):
             log.propagate = old_propagate
         # fraction of the batch still robust after each sub-attack, in cascade order
         return Perturbation(x_adv, {"cascade": dict(cascade.after)})
+
+
+def _set_apgd_steps(apgd: Any, steps: int) -> None:
+    """Give an already built pyautoattack APGD ``steps`` iterations. Its constructor derives the
+    step-size schedule's checkpoint lengths from ``n_iter`` (22 %, 6 % and 3 % of it, at least 1), so they
+    are derived again here; ``tests/test_autoattack.py`` compares the result with a freshly built APGD."""
+    apgd.n_iter = apgd.n_iter_orig = steps
+    apgd.n_iter_2 = max(int(0.22 * steps), 1)
+    apgd.n_iter_min = max(int(0.06 * steps), 1)
+    apgd.size_decr = max(int(0.03 * steps), 1)
 
 
 def _pyautoattack_version() -> str:

@@ -27,8 +27,10 @@ training), so the guidance is a pure function of ``(x_k, x_{k−1})`` and :meth:
 autograd graph. When a graph is being recorded, ``∇ℓ`` is taken with ``create_graph=True`` so the
 attack's backward pass differentiates the guidance itself (second-order terms: Hessian-vector products
 of the classifier and head). Cost per guided step: two classifier forwards, one backward, and in the
-attack's backward a double backward through them; the classifier's activations of every guided step
-stay in memory (the guidance is not checkpointed; only DiffPure's score-network step is).
+attack's backward a double backward through them. With ``checkpoint`` (DiffPure's config, on by default)
+the guidance is checkpointed like the score-network step: its graph is rebuilt in the backward pass
+instead of being kept for all ~100 steps (same gradient; on 4 CIFAR-10 images the peak RSS of one exact
+forward+backward fell from 6.2 GB to 3.2 GB for 22 % more time, so an attack batch of 32 fits in 24 GB).
 ``online_head=True`` is the paper's own code: the head is re-initialised (same seed) at the start of
 every purification and trained online with Adam (lr 0.01), one step per guided solver step. The
 guidance then depends on the head's training trajectory, which we do not differentiate: it enters the
@@ -77,6 +79,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ..classifier import Classifier
 from ..diffusion.solvers import euler_maruyama
@@ -398,8 +401,12 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
             nxt = euler_maruyama(self.score_model, self._sampler.sde, x_t, grid[k], grid[k + 1], steps=1,
                                  noise=[noise.steps[k]], checkpoint=checkpoint)
             if k >= start:
-                g = (self._online_guidance(x_t, prev, optimizer) if optimizer is not None
-                     else self.guidance_term(x_t, prev))
+                if optimizer is not None:
+                    g = self._online_guidance(x_t, prev, optimizer)
+                elif checkpoint and torch.is_grad_enabled() and x_t.requires_grad:
+                    g = _torch_checkpoint(self.guidance_term, x_t, prev, use_reentrant=False)
+                else:
+                    g = self.guidance_term(x_t, prev)
                 # ε̃ = ε̂ + g in the drift's −β h ε̃/σ term: the guided step is the plain one plus −β h g/σ.
                 h = grid[k] - grid[k + 1]
                 nxt = nxt - (self._betas[k] * h / self._stds[k]) * g
