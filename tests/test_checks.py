@@ -156,3 +156,25 @@ def test_saturated_softmax_is_diagnosed_and_the_margin_loss_still_attacks():
     # the same attack on the unscaled model, which has the same decisions: the margin loss recovers it
     plain = PGD(eps=0.1, steps=10, seed=0)(base, x, y)
     assert margin.robust_accuracy <= plain.robust_accuracy + 1 / 16 < ce.robust_accuracy
+
+
+def test_check_budgets_are_used_recorded_and_keyed_in_the_run_dir(clf, tmp_path):
+    kw = dict(dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 5}}, n_examples=12,
+              batch_size=12, probe_size=6, run_dir=tmp_path / "run")
+    rec = benchmark(clf, check_options={"steps": 3, "eot": 2, "square_queries": 40}, **kw)
+    checks = by_name(rec.checks)
+    assert checks["more_steps"].details["steps"] == [3, 6]
+    assert checks["black_box"].details["queries"] == 40
+    for name in ("stochasticity", "monotone_eps", "transfer"):
+        assert checks[name].details["protocol"] == {"probe_size": 6, "steps": 3, "eot": 2, "square_queries": 40,
+                                                    "seed": checks[name].details["protocol"]["seed"]}
+    # resuming with the same budgets reuses the stored checks; other budgets run them again
+    again = benchmark(clf, check_options={"steps": 3, "eot": 2, "square_queries": 40}, **kw)
+    assert again.cost["checks_seconds"] == rec.cost["checks_seconds"]
+    other = benchmark(clf, check_options={"steps": 4}, **kw)
+    assert by_name(other.checks)["more_steps"].details["steps"] == [4, 8]
+    assert by_name(other.checks)["more_steps"].details["protocol"]["eot"] == 1  # deterministic model's default
+    with pytest.raises(robustkit.InputError, match="unknown check option"):
+        benchmark(clf, check_options={"restarts": 2}, **kw)
+    with pytest.raises(robustkit.InputError, match="positive int"):
+        benchmark(clf, check_options={"steps": 0}, **kw)

@@ -51,7 +51,7 @@ from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
 from ..utils import progress_bar, state_digest
-from .checks import run_checks
+from .checks import CHECK_OPTIONS, run_checks
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import RunDir, Shard, atomic_write_text, make_shards
 
@@ -414,7 +414,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
               data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
               data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
-              checks: bool = True, probe_size: int = 16, base_classifier: Classifier | None = None,
+              checks: bool = True, probe_size: int = 16, check_options: dict[str, int] | None = None,
+              base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = 600.0,
               slurm: dict[str, Any] | None = None, progress: bool | None = None) -> BenchmarkRecord:
@@ -433,6 +434,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         run_dir: kill-safe run directory; re-running with it resumes. None: a temporary directory.
         data: ``(x, y)`` tensors to use instead of loading ``dataset``.
         checks: run the sanity checks on the first ``probe_size`` examples.
+        check_options: budget of the checks' attacks, keys ``steps`` (20), ``eot`` (8 for a stochastic
+            defense, else 1) and ``square_queries`` (1000) (:func:`~robustkit.eval.checks.run_checks`);
+            reduce them only for defenses too expensive for the defaults. Recorded with every check.
         base_classifier: the undefended model, for the transfer check and the ``transfer`` attack
             (default: ``defense.base_classifier`` when present).
         cascade: later attacks skip examples already broken under every protocol (cheaper; per-attack
@@ -454,6 +458,13 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
     for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InputError(f"{label} must be a positive int, got {v!r}")
+    check_options = dict(check_options or {})
+    unknown = sorted(set(check_options) - set(CHECK_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
+    for label, v in check_options.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"check option {label} must be a positive int, got {v!r}")
     names = resolve_attacks(defense, attacks)
     from ..attacks import list_attacks
 
@@ -503,21 +514,24 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         checks_seconds = 0.0
         if checks:
             checks_file = Path(run_dir) / "checks.json"
-            if checks_file.exists():
-                stored = json.loads(checks_file.read_text())
+            asked = {"probe_size": min(probe_size, x.shape[0]), **check_options}
+            stored = json.loads(checks_file.read_text()) if checks_file.exists() else None
+            if stored is not None and stored.get("asked") == asked:  # other budgets: checked again
                 check_results = [CheckResult(**c) for c in stored["checks"]]
                 checks_seconds = stored["seconds"]
             else:
                 t0 = time.perf_counter()
-                probe = slice(0, min(probe_size, x.shape[0]))
+                probe = slice(0, asked["probe_size"])
                 defense.to(dev)
                 with _seeded(derive_seed(seed, 0, "checks"), dev):
                     check_results = run_checks(defense, x[probe].to(dev), y[probe].to(dev), eps=eps_value,
                                                norm=threat_model, seed=derive_seed(seed, 0, "checks-attacks"),
-                                               base_classifier=base_classifier.to(dev) if base_classifier else None)
+                                               base_classifier=base_classifier.to(dev) if base_classifier else None,
+                                               **check_options)
                 checks_seconds = time.perf_counter() - t0
                 atomic_write_text(checks_file, json.dumps({"checks": [dataclasses.asdict(c) for c in check_results],
-                                                           "seconds": checks_seconds}, sort_keys=True) + "\n")
+                                                           "seconds": checks_seconds, "asked": asked},
+                                                          sort_keys=True) + "\n")
 
         _execute(job, executor, workers, dev, progress, slurm)
         clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)

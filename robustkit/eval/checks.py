@@ -32,6 +32,7 @@ each submodule's own training flag afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -40,6 +41,7 @@ import torch
 from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
 from ..attacks.pgd import summed_loss
+from ..errors import InputError
 from ..utils import state_digest
 from .record import CheckResult
 
@@ -183,24 +185,37 @@ def _pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, nor
     return PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, eot=eot, seed=seed)(model, x, y)
 
 
+CHECK_OPTIONS = ("steps", "eot", "square_queries")  # the budget knobs of run_checks (benchmark's check_options)
+
+
 def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int = 0,
-               steps: int = 20, base_classifier: Classifier | None = None, square_queries: int = 1000,
-               progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+               steps: int = 20, eot: int | None = None, base_classifier: Classifier | None = None,
+               square_queries: int = 1000, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
     """Run every check on the probe ``(x, y)``; returns the results in the table's order.
 
-    The model and ``base_classifier`` are evaluated in eval mode; their training flags are restored.
+    ``steps`` are the PGD steps of the attack checks (the unbounded one runs at least 50), ``eot`` their
+    EOT samples (default 8 for a stochastic model, else 1), ``square_queries`` the black-box budget.
+    Every result's ``details["protocol"]`` records these and the probe size. The model and
+    ``base_classifier`` are evaluated in eval mode; their training flags are restored.
     """
+    for label, v in (("steps", steps), ("square_queries", square_queries), ("eot", 1 if eot is None else eot)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"check {label} must be a positive int, got {v!r}")
+    if eot is None:
+        eot = 8 if model.traits.stochastic else 1
     with eval_mode(model, base_classifier):
-        return _run_checks(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps,
-                           base_classifier=base_classifier, square_queries=square_queries, progress=progress)
+        results = _run_checks(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps, eot=eot,
+                              base_classifier=base_classifier, square_queries=square_queries, progress=progress)
+    protocol = {"probe_size": int(x.shape[0]), "steps": steps, "eot": eot, "square_queries": square_queries,
+                "seed": seed}
+    return [dataclasses.replace(r, details={**r.details, "protocol": protocol}) for r in results]
 
 
 def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int,
-                steps: int, base_classifier: Classifier | None, square_queries: int,
+                steps: int, eot: int, base_classifier: Classifier | None, square_queries: int,
                 progress: Callable[[str], None] | None) -> list[CheckResult]:
     n = x.shape[0]
     tol = _tolerance(n)
-    eot = 8 if model.traits.stochastic else 1
     note = progress or (lambda name: None)
     results: list[CheckResult] = []
 
