@@ -24,7 +24,9 @@ Memory. Each (steps, mode) point runs in a fresh subprocess that resets the kern
 reports ``VmHWM − VmRSS(before)`` (on CUDA: ``max_memory_allocated`` growth). ``checkpoint`` is the library's
 exact mode; ``naive`` is plain autograd through every step (``checkpoint=False``). The slope per step is the
 number that matters: naive backprop stores every layer's activations of every step; the checkpointed graph
-stores one state (and its noise) per step.
+stores one state (and its noise) per step. ``--method contrastive --skip-time`` measures the same for
+contrastive-guided purification, whose guidance (a classifier forward and backward per step, differentiated
+twice by the attack) is checkpointed alongside the score step.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from robustkit.defenses import DiffPureConfig, DiffPurePurifier
+import robustkit
+from robustkit.defenses import ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, DiffPureConfig, DiffPurePurifier
 from robustkit.diffusion.ncsnpp import NCSNpp
 from robustkit.diffusion.score_sde import ScoreSDEScoreModel, get_score_sde_config, load_score_sde
 
@@ -161,11 +164,14 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory(steps: int, checkpoint: bool, batch: int, device: str) -> dict:
+def measure_memory(steps: int, checkpoint: bool, batch: int, device: str, method: str = "diffpure") -> dict:
     model, _ = build_model(device)
     cfg = DiffPureConfig(t_star=T_STAR, t_end=T_END, dt=(T_STAR - T_END) / steps, checkpoint=checkpoint)
     purifier = DiffPurePurifier(model, cfg)
     assert purifier.nfe == steps, (purifier.nfe, steps)
+    if method == "contrastive":  # guided from step 1 by a (randomly initialised) ResNet-20's logits
+        clf = robustkit.create_classifier("resnet20.cifar10").to(device)
+        purifier = ContrastiveGuidedPurifier(model, clf, cfg, ContrastiveGuidanceConfig(start_step=1))
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()
     noise = purifier.draw_noise(x.detach(), torch.Generator().manual_seed(1))
     if device.startswith("cuda"):
@@ -187,19 +193,20 @@ def measure_memory(steps: int, checkpoint: bool, batch: int, device: str) -> dic
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = _status_kib("VmHWM") * 1024
-    return {"steps": steps, "mode": "checkpoint" if checkpoint else "naive", "batch": batch,
+    return {"method": method, "steps": steps, "mode": "checkpoint" if checkpoint else "naive", "batch": batch,
             "graph_mib": (graph - before) / 2 ** 20, "peak_mib": (peak - before) / 2 ** 20,
             "grad_norm": float(x.grad.norm())}
 
 
-def bench_memory(step_counts: list[int], naive_max: int, batch: int, device: str, threads: int) -> list[dict]:
+def bench_memory(step_counts: list[int], naive_max: int, batch: int, device: str, threads: int,
+                 method: str = "diffpure") -> list[dict]:
     rows = []
     for steps in step_counts:
         for ckpt in (True, False):
             if not ckpt and steps > naive_max:
                 continue
             cmd = [sys.executable, __file__, "--_measure", str(steps), "--_checkpoint", str(int(ckpt)),
-                   "--batch", str(batch), "--device", device, "--threads", str(threads)]
+                   "--batch", str(batch), "--device", device, "--threads", str(threads), "--method", method]
             # Large blocks straight from mmap, returned on free: RSS then follows live tensors, not what
             # glibc keeps cached after the recomputed activations of each checkpointed step are freed.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-adjoint", action="store_true", help="skip timing the torchsde adjoint")
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--method", default="diffpure", choices=["diffpure", "contrastive"],
+                    help="the memory part's purifier: DiffPure, or DiffPure with contrastive guidance (λ = 500, "
+                         "every step guided through a ResNet-20 classifier)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--_measure", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_checkpoint", type=int, default=1, help=argparse.SUPPRESS)
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args._measure is not None:
-        print(json.dumps(measure_memory(args._measure, bool(args._checkpoint), args.batch, args.device)))
+        print(json.dumps(measure_memory(args._measure, bool(args._checkpoint), args.batch, args.device, args.method)))
         return
 
     model, source = build_model(args.device)
@@ -266,10 +276,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"({r['adjoint_over_exact']:.2f}x exact)")
     if not args.skip_memory:
         steps = [int(s) for s in args.memory_steps.split(",")]
-        rows = bench_memory(steps, args.naive_max_steps, args.batch, args.device, args.threads)
+        rows = bench_memory(steps, args.naive_max_steps, args.batch, args.device, args.threads, args.method)
         results["memory"] = rows
         state_mib = args.batch * 3 * 32 * 32 * 4 / 2 ** 20
-        print(f"\n-- exact-gradient peak memory (batch {args.batch}; one state = {state_mib:.3f} MiB) --")
+        print(f"\n-- {args.method}: exact-gradient peak memory (batch {args.batch}; one state = {state_mib:.3f} MiB) --")
         print(f"{'steps':>6} {'checkpoint graph':>17} {'checkpoint peak':>16} {'naive graph':>12} "
               f"{'naive peak':>11}  (MiB)")
         for s in steps:
