@@ -176,3 +176,34 @@ def test_pgd_without_early_stop_returns_the_last_iterate():
     assert l_last > l_first
     assert not torch.equal(first.x_adv, last.x_adv)
     assert bool((perturbation_norm(last.x_adv, x, "Linf") <= 0.2 + 1e-6).all())
+
+
+def test_pgd_stops_once_every_example_is_broken_with_the_same_answer():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=16)
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, z):
+            self.calls += 1
+            return clf(z)
+
+    pgd = PGD(eps=0.5, steps=50, step_size=0.1, random_start=False, seed=0)
+    counted = Counting()
+    x_adv = pgd.perturb(counted, x, y, torch.Generator().manual_seed(0))
+    assert bool((clf(x_adv).argmax(1) != y).all())  # eps 0.5 breaks every digit...
+    assert counted.calls < 50  # ...long before the 50th step, and the attack stopped there
+    # the answer is the one the full loop gives: each example's first misclassified iterate
+    full = PGD(eps=0.5, steps=50, step_size=0.1, random_start=False, seed=0)
+    x_ref, found = x.clone(), torch.zeros(16, dtype=torch.bool)
+    xa = x.clone()
+    for _ in range(50):
+        grad, correct = full._gradient(clf, xa, y)
+        newly = ~correct & ~found
+        x_ref[newly] = xa[newly]
+        found |= newly
+        xa = project(xa + full._step(grad), x, 0.5, "Linf").detach()
+    assert torch.equal(x_adv, x_ref)

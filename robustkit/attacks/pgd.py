@@ -135,6 +135,8 @@ class PGD(Attack):
                 newly = ~correct & ~found
                 best = torch.where(newly.view(expand), x_adv, best)
                 found |= newly
+                if found.all():  # every example already has its answer: further steps cannot change it
+                    return best
                 x_adv = project(x_adv + self._step(grad), x, self.eps, self.norm).detach()
         with torch.no_grad():
             last_wrong = model(x_adv).argmax(1) != y
