@@ -398,3 +398,23 @@ def test_evaluators_restore_the_callers_training_flags(clf):
     clean_accuracy(clf, x, y)
     assert [m.training for m in clf.modules()] == flags
     clf.eval()
+
+
+def test_a_config_holding_functions_or_objects_is_the_same_in_every_process():
+    # wrap_classifier(adapt_state_dict=<function>) put "<function f at 0x7f…>" in the run config, so a
+    # run of such a classifier could never be resumed by another process: names only, no addresses
+    import subprocess
+    import sys
+
+    code = ("import json, robustkit\n"
+            "from robustkit.eval.benchmark import describe_defense\n"
+            "clf = robustkit.create_classifier('resnet20.cifar10')\n"
+            "print(json.dumps(describe_defense(clf)['config'], sort_keys=True))\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    cfg = json.loads(runs[0])
+    assert cfg["adapt_state_dict"] == "robustkit.models.zoo.adapt_akamaster"
+    from robustkit.eval.benchmark import _jsonable
+
+    assert _jsonable({"obj": object()}) == {"obj": "<object object>"}

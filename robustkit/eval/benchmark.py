@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -101,6 +102,9 @@ def resolve_attacks(defense: Classifier, attacks: str | Sequence[str]) -> list[s
     return names
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _jsonable(v: Any) -> Any:
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {k: _jsonable(x) for k, x in dataclasses.asdict(v).items()}
@@ -110,7 +114,11 @@ def _jsonable(v: Any) -> Any:
         return [_jsonable(x) for x in v]
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
-    return repr(v)
+    if callable(v) and hasattr(v, "__qualname__"):  # a function or class: its name, not its address
+        return f"{getattr(v, '__module__', None) or '?'}.{v.__qualname__}"
+    # default reprs carry the object's memory address, which differs in every process: a run's config
+    # (and hash) must not, or the run could never be resumed
+    return _ADDRESS.sub("", repr(v))
 
 
 def describe_defense(defense: Classifier) -> dict[str, Any]:
