@@ -52,7 +52,7 @@ from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
 from ..utils import progress_bar, state_digest
-from .checks import CHECK_OPTIONS, run_checks
+from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import RunDir, Shard, atomic_write_text, make_shards
 
@@ -467,12 +467,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InputError(f"{label} must be a positive int, got {v!r}")
     check_options = dict(check_options or {})
-    unknown = sorted(set(check_options) - set(CHECK_OPTIONS))
-    if unknown:
-        raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
-    for label, v in check_options.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"check option {label} must be a positive int, got {v!r}")
+    validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)
     from ..attacks import list_attacks
 

@@ -188,6 +188,16 @@ def _pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, nor
 CHECK_OPTIONS = ("steps", "eot", "square_queries")  # the budget knobs of run_checks (benchmark's check_options)
 
 
+def validate_check_options(options: dict[str, object]) -> None:
+    """Raise :class:`~robustkit.InputError` unless every key is in ``CHECK_OPTIONS`` with a positive int."""
+    unknown = sorted(set(options) - set(CHECK_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
+    for label, v in options.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"check option {label} must be a positive int, got {v!r}")
+
+
 def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int = 0,
                steps: int = 20, eot: int | None = None, base_classifier: Classifier | None = None,
                square_queries: int = 1000, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
@@ -198,9 +208,7 @@ def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     Every result's ``details["protocol"]`` records these and the probe size. The model and
     ``base_classifier`` are evaluated in eval mode; their training flags are restored.
     """
-    for label, v in (("steps", steps), ("square_queries", square_queries), ("eot", 1 if eot is None else eot)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"check {label} must be a positive int, got {v!r}")
+    validate_check_options({"steps": steps, "square_queries": square_queries, **({} if eot is None else {"eot": eot})})
     if eot is None:
         eot = 8 if model.traits.stochastic else 1
     with eval_mode(model, base_classifier):
