@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError
+from .utils import check_positive_int
 
 __all__ = [
     "Classifier",
@@ -70,8 +71,7 @@ class DefenseTraits:
     def __post_init__(self) -> None:
         if self.gradient not in _GRADIENT_MODES:
             raise InputError(f"gradient must be one of {_GRADIENT_MODES}, got {self.gradient!r}")
-        if not isinstance(self.forward_passes, int) or self.forward_passes < 1:
-            raise InputError(f"forward_passes must be a positive int, got {self.forward_passes!r}")
+        check_positive_int("forward_passes", self.forward_passes)
         for name in ("stochastic", "adapts_at_test_time"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be a bool, got {getattr(self, name)!r}")

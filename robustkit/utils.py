@@ -1,10 +1,32 @@
-"""Small shared helpers: progress bars and seeded generators."""
+"""Small shared helpers: argument checks, progress bars, seeded generators and weight digests."""
 
 from __future__ import annotations
 
 import sys
 
 import torch
+
+from .errors import InputError
+
+
+def check_positive_int(name: str, value: object, *, none_ok: bool = False) -> int | None:
+    """Return ``value`` if it is an int >= 1, else raise :class:`~robustkit.InputError` naming ``name``.
+
+    ``bool`` is refused although Python counts it as an int (``steps=True`` is a mistake, not one step).
+    With ``none_ok=True``, ``None`` passes through (for "no limit" options).
+
+    >>> check_positive_int("steps", 10)
+    10
+    >>> check_positive_int("steps", True)
+    Traceback (most recent call last):
+    ...
+    robustkit.errors.InputError: steps must be a positive int, got True
+    """
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive int{' or None' if none_ok else ''}, got {value!r}")
+    return value
 
 
 def progress_bar(iterable=None, *, enabled: bool | None = None, **kwargs):

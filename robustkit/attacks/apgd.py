@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from .base import Attack, Norm
+from ..utils import check_positive_int
 
 LOSSES = ("ce", "dlr")
 
@@ -48,8 +49,7 @@ class APGD(Attack):
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         for label, v in (("steps", steps), ("eot", eot), ("restarts", restarts)):
-            if not isinstance(v, int) or v < 1:
-                raise InputError(f"{label} must be a positive int, got {v!r}")
+            check_positive_int(label, v)
         self.steps, self.loss, self.eot, self.restarts, self.rho = steps, loss, eot, restarts, float(rho)
 
     def protocol(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from .base import Attack, Norm, Perturbation
+from ..utils import check_positive_int
 
 VERSIONS = ("standard", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -86,14 +87,11 @@ class AutoAttack(Attack):
                 raise InputError(f"unknown AutoAttack sub-attack(s) {bad}; choose from {SUB_ATTACKS}")
         elif attacks is not None:
             raise InputError(f"attacks=... is only for version='custom' (version {version!r} fixes them)")
-        if eot is not None and (not isinstance(eot, int) or eot < 1):
-            raise InputError(f"eot must be a positive int, got {eot!r}")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise InputError(f"steps must be a positive int, got {steps!r}")
+        check_positive_int("eot", eot, none_ok=True)
+        check_positive_int("steps", steps, none_ok=True)
         self.version = version
         self.attacks = tuple(attacks) if attacks else None
-        if square_queries is not None and (not isinstance(square_queries, int) or square_queries < 1):
-            raise InputError(f"square_queries must be a positive int, got {square_queries!r}")
+        check_positive_int("square_queries", square_queries, none_ok=True)
         self.eot = eot
         self.steps = steps
         self.square_queries = square_queries

@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import InputError
 from .base import Attack, Norm, Perturbation, project
+from ..utils import check_positive_int
 
 
 class BPDAEOT(Attack):
@@ -43,8 +43,7 @@ class BPDAEOT(Attack):
                  eot: int = 15, recheck: int = 150, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         for label, v in (("steps", steps), ("eot", eot), ("recheck", recheck)):
-            if not isinstance(v, int) or v < 1:
-                raise InputError(f"{label} must be a positive int, got {v!r}")
+            check_positive_int(label, v)
         self.steps, self.step_size, self.eot, self.recheck = steps, float(step_size), eot, recheck
 
     def protocol(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .base import Attack, Norm, project
+from ..utils import check_positive_int
 
 
 LOSSES = ("ce", "margin")
@@ -74,10 +75,8 @@ class PGD(Attack):
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
-        if not isinstance(steps, int) or steps < 1:
-            raise InputError(f"steps must be a positive int, got {steps!r}")
-        if not isinstance(eot, int) or eot < 1:
-            raise InputError(f"eot must be a positive int, got {eot!r}")
+        check_positive_int("steps", steps)
+        check_positive_int("eot", eot)
         self.steps = steps
         self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / steps
         if self.step_size <= 0 and self.eps > 0:

@@ -88,6 +88,7 @@ from ..diffusion.solvers import euler_maruyama
 from ..errors import InputError
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier
 from .purification import PurifiedClassifier
+from ..utils import check_positive_int
 
 __all__ = ["CONTRASTIVE_LOSSES", "ContrastiveGuidanceConfig", "ContrastiveGuidedPurifier",
            "ContrastivePurifiedClassifier", "ContrastiveScoreModel", "ProjectionHead",
@@ -150,9 +151,7 @@ class ContrastiveGuidanceConfig:
                 raise InputError(f"{name} must be an int, got {v!r}")
         if self.start_step < 1:
             raise InputError(f"start_step must be >= 1 (step k contrasts x_k with x_(k-1)), got {self.start_step}")
-        if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int)
-                                             or self.head_hidden < 1):
-            raise InputError(f"head_hidden must be None or a positive int, got {self.head_hidden!r}")
+        check_positive_int("head_hidden", self.head_hidden, none_ok=True)
         if not isinstance(self.online_head, bool):
             raise InputError(f"online_head must be a bool, got {self.online_head!r}")
 

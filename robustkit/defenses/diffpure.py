@@ -64,6 +64,7 @@ from ..diffusion.score_model import ScoreModel
 from ..diffusion.solvers import ddim, ddim_indices, ddpm_ancestral, euler_maruyama, probability_flow_euler, time_grid
 from ..errors import InputError
 from .purification import Purifier, SurrogatePurification
+from ..utils import check_positive_int
 
 __all__ = ["DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GaussianScoreModel", "SAMPLERS", "coarsen_noise"]
 
@@ -135,12 +136,8 @@ class DiffPureConfig:
         if self.ddim_steps is not None and (isinstance(self.ddim_steps, bool) or not isinstance(self.ddim_steps, int)
                                             or not 1 <= self.ddim_steps <= k + 1):
             raise InputError(f"ddim_steps must be None or an int in [1, {k + 1}], got {self.ddim_steps!r}")
-        steps = self.surrogate_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise InputError(f"surrogate_steps must be a positive int, got {self.surrogate_steps!r}")
-        if self.resize is not None and (isinstance(self.resize, bool) or not isinstance(self.resize, int)
-                                        or self.resize < 1):
-            raise InputError(f"resize must be None or a positive int, got {self.resize!r}")
+        check_positive_int("surrogate_steps", self.surrogate_steps)
+        check_positive_int("resize", self.resize, none_ok=True)
         if self.ddpm_variance not in ("posterior", "beta"):
             raise InputError(f"ddpm_variance must be 'posterior' or 'beta', got {self.ddpm_variance!r}")
         for name in ("clamp", "clip_denoised", "checkpoint"):

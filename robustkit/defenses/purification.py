@@ -64,6 +64,7 @@ import torch.nn as nn
 
 from ..classifier import Classifier, DefenseTraits, check_images
 from ..errors import InputError
+from ..utils import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,7 @@ class PurifiedClassifier(Classifier):
                              f"got {type(classifier).__name__}")
         if gradient not in GRADIENT_MODES:
             raise InputError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise InputError(f"n_samples must be a positive int, got {n_samples!r}")
+        check_positive_int("n_samples", n_samples)
         if vote not in VOTES:
             raise InputError(f"vote must be one of {VOTES}, got {vote!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

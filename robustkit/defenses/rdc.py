@@ -87,6 +87,7 @@ from ..errors import InputError
 from .likelihood import (WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier, edm_lambda,
                          edm_sigma_density)
 from .purification import PurifiedClassifier
+from ..utils import check_positive_int
 
 __all__ = ["DiffusionClassifier", "DiffusionClassifierConfig", "RDCScoreModels", "RobustDiffusionClassifier",
            "create_rdc", "timestep_grid", "MODES"]
@@ -141,9 +142,7 @@ class DiffusionClassifierConfig:
         if self.reduction not in REDUCTIONS:
             raise InputError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         for name in ("num_timesteps", "stride", "coarse_steps", "fine_steps", "keep", "block_steps", "chunk_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive int, got {v!r}")
+            check_positive_int(name, getattr(self, name))
         if self.num_timesteps < 2:
             raise InputError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
         if not (0 < self.sigma_min < self.sigma_max and self.p_std > 0 and self.sigma_data > 0):

@@ -52,6 +52,7 @@ import torch
 from ..classifier import Classifier, DefenseTraits
 from ..errors import InputError
 from .adaptation import AdaptationConfig, TestTimeAdaptedClassifier
+from ..utils import check_positive_int
 
 __all__ = ["EnergyAdaptedClassifier", "SGLDChains", "TEAConfig", "energy"]
 
@@ -88,8 +89,7 @@ class TEAConfig(AdaptationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.buffer_size, int) or self.buffer_size < 1:
-            raise InputError(f"buffer_size must be a positive int, got {self.buffer_size!r}")
+        check_positive_int("buffer_size", self.buffer_size)
         if not 0 <= self.reinit_prob <= 1:
             raise InputError(f"reinit_prob must lie in [0, 1], got {self.reinit_prob!r}")
         if not isinstance(self.sgld_steps, int) or self.sgld_steps < 0:

@@ -57,8 +57,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .dit import ConditionEmbedding, FinalLayer, _positive_int, _positive_real, check_time_and_labels, modulate
+from .dit import ConditionEmbedding, FinalLayer, _positive_real, check_time_and_labels, modulate
 from .score_model import ScoreModel
+from ..utils import check_positive_int
 
 __all__ = ["DiffuSSM", "DiffuSSMBlock", "DiffuSSMConfig", "GatedBiSSM", "S4DLayer"]
 
@@ -98,13 +99,13 @@ class DiffuSSMConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_size", "hidden_size", "depth", "downsample", "state_size",
                      "frequency_size"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("expand", "dt_min", "dt_max", "time_scale"):
             _positive_real(name, getattr(self, name))
         if self.dt_min > self.dt_max:
             raise InputError(f"dt_min {self.dt_min} exceeds dt_max {self.dt_max}")
         if self.num_classes is not None:
-            _positive_int("num_classes", self.num_classes)
+            check_positive_int("num_classes", self.num_classes)
         if self.sequence_length % self.downsample:
             raise InputError(f"the pixel sequence length {self.sequence_length} (image_size²) is not divisible by "
                              f"downsample {self.downsample}")

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .score_model import ScoreModel
-from .unet import _positive_int, check_time_and_labels, sinusoidal_embedding
+from .unet import check_time_and_labels, sinusoidal_embedding
+from ..utils import check_positive_int
 
 __all__ = ["ConditionEmbedding", "DiT", "DiTBlock", "DiTConfig", "check_time_and_labels", "modulate",
            "sincos_positions_2d"]
@@ -92,11 +93,11 @@ class DiTConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_size", "patch_size", "hidden_size", "depth", "num_heads",
                      "frequency_size"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         _positive_real("mlp_ratio", self.mlp_ratio)
         _positive_real("time_scale", self.time_scale)
         if self.num_classes is not None:
-            _positive_int("num_classes", self.num_classes)
+            check_positive_int("num_classes", self.num_classes)
         if self.image_size % self.patch_size:
             raise InputError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:

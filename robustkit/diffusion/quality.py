@@ -43,6 +43,7 @@ from ..eval.stats import Accuracy, accuracy_with_ci
 from ..errors import InputError
 from .schedule import VPSDE
 from .train import denoising_loss, sample_images
+from ..utils import check_positive_int
 
 __all__ = ["TIMES", "class_conditional_accuracy", "loss_per_t", "sde_of"]
 
@@ -73,8 +74,7 @@ def loss_per_t(model: Callable, x0: torch.Tensor, y: torch.Tensor, *, draws: int
     """
     if x0.ndim != 4 or y.shape != (x0.shape[0],):
         raise InputError(f"x0 must be [N, C, H, W] with y [N]; got {tuple(x0.shape)} and {tuple(y.shape)}")
-    if not (isinstance(draws, int) and draws >= 1):
-        raise InputError(f"draws must be a positive int, got {draws!r}")
+    check_positive_int("draws", draws)
     sde = sde if sde is not None else sde_of(model)
     xs, ys = x0.repeat(draws, 1, 1, 1), y.repeat(draws)
 
@@ -106,8 +106,7 @@ def class_conditional_accuracy(model: torch.nn.Module, classifier: Callable, *, 
     Returns:
         ``(accuracy with its 95 % Wilson interval, the samples in [0, 1], class-major)``.
     """
-    if not (isinstance(per_class, int) and per_class >= 1):
-        raise InputError(f"per_class must be a positive int, got {per_class!r}")
+    check_positive_int("per_class", per_class)
     sde = sde if sde is not None else sde_of(model)
     labels = torch.arange(model.num_classes).repeat_interleave(per_class)
     images = sample_images(model, labels, steps=steps, guidance_scale=guidance, beta_min=sde.beta_min,

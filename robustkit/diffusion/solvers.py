@@ -53,6 +53,7 @@ from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ..errors import InputError
 from .schedule import DiscreteVPSchedule, VPSDE
+from ..utils import check_positive_int
 
 __all__ = [
     "EpsModel",
@@ -93,8 +94,7 @@ def time_grid(t_start: float, t_end: float, *, dt: float | None = None, steps: i
         raise InputError(f"pass exactly one of dt and steps, got dt={dt!r}, steps={steps!r}")
     span = t_end - t_start
     if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise InputError(f"steps must be a positive int, got {steps!r}")
+        check_positive_int("steps", steps)
         return [t_start + span * k / steps for k in range(steps)] + [t_end]
     dt = float(dt)
     if not (dt > 0 and math.isfinite(dt)):

@@ -77,6 +77,7 @@ from .schedule import DiscreteVPSchedule, VPSDE
 from .score_model import ScoreModel
 from .solvers import ddim
 from .unet import ClassifierFreeGuidance, UNet, UNetConfig
+from ..utils import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +185,9 @@ class DiffusionTrainConfig:
         backbone_tag(self.model)  # validates the type
         if self.dataset not in DATASETS:
             raise InputError(f"unknown dataset {self.dataset!r}; available: {', '.join(sorted(DATASETS))}")
-        if self.n_examples is not None and not (_is_int(self.n_examples) and self.n_examples >= 1):
-            raise InputError(f"n_examples must be a positive int or None, got {self.n_examples!r}")
+        check_positive_int("n_examples", self.n_examples, none_ok=True)
         for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if not (_is_int(v) and v >= 1):
-                raise InputError(f"{name} must be a positive int, got {v!r}")
+            check_positive_int(name, getattr(self, name))
         if not (_is_int(self.warmup_steps) and self.warmup_steps >= 0):
             raise InputError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not (_is_real(self.lr) and self.lr > 0):
@@ -593,16 +591,13 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
     t_start = time.perf_counter()
     if not isinstance(config, DiffusionTrainConfig):
         raise InputError(f"config must be a DiffusionTrainConfig, got {type(config).__name__}")
-    if stop_after is not None and not (_is_int(stop_after) and stop_after >= 1):
-        raise InputError(f"stop_after must be a positive int or None, got {stop_after!r}")
+    check_positive_int("stop_after", stop_after, none_ok=True)
     if max_time_s is not None and not (_is_real(max_time_s) and max_time_s > 0):
         raise InputError(f"max_time_s must be a positive number or None, got {max_time_s!r}")
-    if not (_is_int(checkpoint_every) and checkpoint_every >= 1):
-        raise InputError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    check_positive_int("checkpoint_every", checkpoint_every)
     if not (_is_int(samples_per_class) and samples_per_class >= 0):
         raise InputError(f"samples_per_class must be an int >= 0, got {samples_per_class!r}")
-    if not (_is_int(sample_steps) and sample_steps >= 1):
-        raise InputError(f"sample_steps must be a positive int, got {sample_steps!r}")
+    check_positive_int("sample_steps", sample_steps)
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:

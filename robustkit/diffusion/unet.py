@@ -51,17 +51,12 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .score_model import ScoreModel
+from ..utils import check_positive_int
 
 __all__ = ["ClassifierFreeGuidance", "UNet", "UNetConfig", "check_time_and_labels", "sinusoidal_embedding"]
 
 #: Largest accepted time: 1 plus slack for the discrete schedule's last step (time_of(999) = 1.0034).
 T_MAX = 1.05
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -106,17 +101,17 @@ class UNetConfig:
         set_(self, "channel_mult", tuple(self.channel_mult))
         set_(self, "attention_resolutions", tuple(self.attention_resolutions))
         for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads", "num_groups"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if not self.channel_mult:
             raise InputError("channel_mult must name at least one level")
         for m in self.channel_mult:
-            _positive_int("every entry of channel_mult", m)
+            check_positive_int("every entry of channel_mult", m)
         for r in self.attention_resolutions:
-            _positive_int("every entry of attention_resolutions", r)
+            check_positive_int("every entry of attention_resolutions", r)
         if self.num_classes is not None:
-            _positive_int("num_classes", self.num_classes)
+            check_positive_int("num_classes", self.num_classes)
         if self.emb_channels is not None:
-            _positive_int("emb_channels", self.emb_channels)
+            check_positive_int("emb_channels", self.emb_channels)
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise InputError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not (isinstance(self.time_scale, (int, float)) and math.isfinite(self.time_scale)

@@ -18,7 +18,7 @@ import torch
 from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
-from ..utils import progress_bar
+from ..utils import check_positive_int, progress_bar
 from .stats import Accuracy, accuracy_with_ci
 
 
@@ -28,8 +28,7 @@ def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device
     submodule's training flag is restored afterwards)."""
     if not isinstance(model, Classifier):
         raise InputError(f"model must be a robustkit Classifier, got {type(model).__name__}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     check_images(x, model.input_shape)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -51,7 +51,7 @@ from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
 from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
-from ..utils import progress_bar, state_digest
+from ..utils import check_positive_int, progress_bar, state_digest
 from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import RunDir, Shard, atomic_write_text, make_shards
@@ -464,8 +464,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
     if executor not in EXECUTORS:
         raise InputError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"{label} must be a positive int, got {v!r}")
+        check_positive_int(label, v)
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)

@@ -42,7 +42,7 @@ from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
 from ..attacks.pgd import summed_loss
 from ..errors import InputError
-from ..utils import state_digest
+from ..utils import check_positive_int, state_digest
 from .record import CheckResult
 
 UNBOUNDED_EPS = {"Linf": 0.5, "L2": 10.0}
@@ -194,8 +194,7 @@ def validate_check_options(options: dict[str, object]) -> None:
     if unknown:
         raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
     for label, v in options.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"check option {label} must be a positive int, got {v!r}")
+        check_positive_int(f"check option {label}", v)
 
 
 def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int = 0,

@@ -49,6 +49,7 @@ from ..classifier import Classifier
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..errors import InputError
 from .stats import wilson_interval
+from ..utils import check_positive_int
 
 __all__ = ["ALL_15", "SCHEMA_VERSION", "RESET_POLICY", "SweepCell", "SweepResult", "corruption_sweep"]
 
@@ -213,10 +214,8 @@ def corruption_sweep(methods: Mapping[str, Classifier], *, corruptions: Sequence
                          f"choose from {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise InputError(f"severity must be one of {list(SEVERITIES)}, got {severity!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    if n_examples is not None and (not isinstance(n_examples, int) or n_examples < 1):
-        raise InputError(f"n_examples must be a positive int or None, got {n_examples!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("n_examples", n_examples, none_ok=True)
 
     from ..data import load_dataset
 
