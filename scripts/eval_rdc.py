@@ -17,7 +17,13 @@ exactly zero (the harness's ``gradients`` check says so).
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --defense rdc_unet.cifar10 --alone \\
         --data-dir ../shared/data/cifar10 --out runs/rdc_cifar10_alone
 
-Each prints the record's summary and writes ``--out/record.json`` (the run directory is resumable).
+    # AutoAttack rand and standard at a reduced budget (APGD 10 steps, EOT 2; Square 100 queries)
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --attacks autoattack-rand \
+        --attack-option autoattack-rand.steps=10 --attack-option autoattack-rand.eot=2 --out runs/rdc_aa_rand
+
+``--steps/--step-size/--eot/--loss`` set PGD-EOT's budget; every other attack takes its preset, changed
+with ``--attack-option ATTACK.KEY=VALUE`` as in ``robustkit bench``. Each prints the record's summary and
+writes ``--out/record.json`` (the run directory is resumable).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 import torch
 
 import robustkit
+from robustkit.cli.bench import parse_attack_options
 from robustkit.defenses import create_rdc, defense_config
 from robustkit.eval.benchmark import parse_eps, protocol_correct
 from robustkit.eval.record import PROTOCOLS
@@ -48,6 +55,10 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="dataset folder (default: $ROBUSTKIT_DATA)")
     ap.add_argument("--n-examples", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--attacks", default="pgd-eot",
+                    help="comma-separated harness attacks, e.g. autoattack-rand,autoattack-standard")
+    ap.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                    help="override one preset parameter, e.g. autoattack-rand.steps=10 (repeatable)")
     ap.add_argument("--steps", type=int, default=20, help="PGD-EOT steps")
     ap.add_argument("--step-size", default=None, help="PGD step (default: digits 0.0125, cifar10 2/255)")
     ap.add_argument("--eot", type=int, default=4)
@@ -71,9 +82,13 @@ def main() -> None:
         print_clean_accuracy(model, dataset, args)
         return
     step_size = parse_eps(args.step_size or DEFAULT_STEP[dataset])
-    rec = robustkit.benchmark(model, dataset=dataset, eps=args.eps or DEFAULT_EPS[dataset], attacks=["pgd-eot"],
-                              attack_options={"pgd-eot": {"steps": args.steps, "step_size": step_size,
-                                                          "eot": args.eot, "loss": args.loss}},
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    options = parse_attack_options(args.attack_option)
+    if "pgd-eot" in attacks:
+        options["pgd-eot"] = {"steps": args.steps, "step_size": step_size, "eot": args.eot, "loss": args.loss,
+                              **options.get("pgd-eot", {})}
+    rec = robustkit.benchmark(model, dataset=dataset, eps=args.eps or DEFAULT_EPS[dataset], attacks=attacks,
+                              attack_options=options,
                               n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
                               n_reeval=args.n_reeval, checks=args.checks, cascade=False, run_dir=args.out,
                               data_dir=args.data_dir)
