@@ -142,3 +142,22 @@ def test_reduced_steps_run_that_many_iterations():
         AutoAttack(eps=1e-6, version="rand", steps=steps, eot=1, seed=0).perturb(model, x, y, torch.Generator())
         calls[steps] = model.calls
     assert calls[10] - calls[5] == 2 * 5
+
+
+def test_fab_steps_run_that_many_fab_iterations_per_target():
+    # FAB-T of 'standard' attacks 9 target classes; each iteration costs two forwards (the logit-difference
+    # gradients, then the step's check), and at eps 1e-6 no point breaks, so every iteration runs
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    calls = {}
+    for steps in (3, 6, 9):
+        model = _CountingForwards(clf)
+        attack = AutoAttack(eps=1e-6, version="custom", attacks=("fab-t",), fab_steps=steps, seed=0)
+        attack.perturb(model, x, y, torch.Generator())
+        calls[steps] = model.calls
+        assert attack.protocol()["fab_steps"] == steps
+    assert calls[6] - calls[3] == calls[9] - calls[6] == 3 * 2 * 9
+    assert AutoAttack(eps=0.1).protocol()["fab_steps"] == 100  # pyautoattack's default, recorded
+    assert AutoAttack(eps=0.1, version="rand").protocol()["fab_steps"] == 0  # no FAB in 'rand'
+    with pytest.raises(InputError, match="fab_steps"):
+        AutoAttack(eps=0.1, fab_steps=0)

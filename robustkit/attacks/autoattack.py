@@ -67,6 +67,8 @@ class AutoAttack(Attack):
             for defenses too expensive for the real one; it is recorded in the protocol, and APGD's
             step-size checkpoints are rescaled to it exactly as pyautoattack does for ``n_iter``.
         square_queries: Square Attack's query budget (pyautoattack's default 5000 when None).
+        fab_steps: iterations of FAB / FAB-T (pyautoattack's default 100 when None). FAB-T runs them for
+            each of 9 target classes, so on an expensive defense it costs more than the rest of ``standard``.
         batch_size: pyautoattack's internal batch size.
     """
 
@@ -74,7 +76,7 @@ class AutoAttack(Attack):
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
                  attacks: Sequence[str] | None = None, eot: int | None = None, steps: int | None = None,
-                 square_queries: int | None = None,
+                 square_queries: int | None = None, fab_steps: int | None = None,
                  batch_size: int = 250, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if version not in VERSIONS:
@@ -92,9 +94,11 @@ class AutoAttack(Attack):
         self.version = version
         self.attacks = tuple(attacks) if attacks else None
         check_positive_int("square_queries", square_queries, none_ok=True)
+        check_positive_int("fab_steps", fab_steps, none_ok=True)
         self.eot = eot
         self.steps = steps
         self.square_queries = square_queries
+        self.fab_steps = fab_steps
         self.batch_size = int(batch_size)
 
     def _build(self, model: nn.Module, device: torch.device):
@@ -109,6 +113,8 @@ class AutoAttack(Attack):
                 _set_apgd_steps(apgd, self.steps)
         if self.square_queries is not None:
             aa.square.n_queries = self.square_queries
+        if self.fab_steps is not None:
+            aa.fab.n_iter = self.fab_steps
         return aa
 
     def protocol(self) -> dict[str, Any]:
@@ -119,6 +125,7 @@ class AutoAttack(Attack):
                 "steps": aa.apgd.n_iter, "restarts": aa.apgd.n_restarts,
                 "eot": aa.apgd.eot_iter if uses_apgd else 1,
                 "square_queries": aa.square.n_queries if "square" in subs else 0,
+                "fab_steps": aa.fab.n_iter if any(s.startswith("fab") for s in subs) else 0,
                 "implementation": f"pyautoattack {_pyautoattack_version()}"}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
