@@ -61,20 +61,36 @@ class DefenseTraits:
             ``"bpda"`` (identity through a non-differentiable part) or ``"surrogate"`` (gradients of
             a cheaper process than the one that predicts).
         forward_passes: network evaluations per prediction (RobustBench's ``number_forward_passes``).
+        batch_dependent: an example's prediction depends on the other examples of its batch, with no
+            state kept between forwards (e.g. contrastive-guided purification, whose negatives are the
+            other images). The batch is then part of the defense: such a model is attacked and scored
+            under the batch threat model (see :attr:`batch_threat_model`).
     """
 
     stochastic: bool = False
     adapts_at_test_time: bool = False
     gradient: GradientMode = "exact"
     forward_passes: int = 1
+    batch_dependent: bool = False
 
     def __post_init__(self) -> None:
         if self.gradient not in _GRADIENT_MODES:
             raise InputError(f"gradient must be one of {_GRADIENT_MODES}, got {self.gradient!r}")
         check_positive_int("forward_passes", self.forward_passes)
-        for name in ("stochastic", "adapts_at_test_time"):
+        for name in ("stochastic", "adapts_at_test_time", "batch_dependent"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def batch_threat_model(self) -> bool:
+        """True when a prediction depends on the batch (``batch_dependent``, or ``adapts_at_test_time``:
+        the model adapts on the batch it sees). The harness then attacks each shard as one batch, never a
+        subset, and re-evaluates it as that batch; attacks count (and warn about) queries on a subset.
+
+        >>> DefenseTraits(batch_dependent=True).batch_threat_model, DefenseTraits().batch_threat_model
+        (True, False)
+        """
+        return self.adapts_at_test_time or self.batch_dependent
 
 
 def _shape(t: torch.Tensor) -> str:

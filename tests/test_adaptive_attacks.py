@@ -1,7 +1,8 @@
-"""Attacks on defenses that adapt at test time: the batch threat model.
+"""Attacks on defenses that adapt at test time or depend on the batch: the batch threat model.
 
 Every query an attack makes must be ``reset()`` + forward of the batch — the function the verification
-forward scores — and the harness must attack the whole batch even when cascading.
+forward scores — and the harness must attack the whole batch even when cascading. A stateless
+batch-dependent defense (``traits.batch_dependent``) gets the same whole-batch treatment without resets.
 """
 
 import json
@@ -83,4 +84,43 @@ def test_subset_queries_of_an_adapting_model_are_flagged():
     assert 0 < int(right.sum()) < 6  # some points start misclassified, so APGD drops them
     with pytest.warns(RuntimeWarning, match="subset of the batch"):
         res = APGD(eps=0.1, steps=3, seed=0)(tent, x, y)
+    assert res.info["partial_batch_queries"] > 0
+
+
+class _BatchCentred(robustkit.Classifier):
+    """Stateless but batch-dependent: subtracts the batch's mean image (declared ``batch_dependent``)."""
+
+    def __init__(self, base):
+        super().__init__(base.num_classes, base.input_shape, robustkit.DefenseTraits(batch_dependent=True))
+        self.base = base
+
+    def logits(self, x):
+        return self.base((x - x.mean(0, keepdim=True) + 0.5).clamp(0, 1))
+
+
+def test_harness_attacks_the_whole_batch_of_a_batch_dependent_defense(tmp_path):
+    model = _BatchCentred(robustkit.create_classifier("tiny_cnn.digits", pretrained=True))
+    assert model.traits.batch_threat_model and not model.traits.adapts_at_test_time
+    rec = robustkit.benchmark(model, dataset="digits", eps=0.3, attacks=["pgd", "pgd-eot"], n_examples=24,
+                              batch_size=12, checks=False, cascade=True,
+                              attack_options={"pgd": {"steps": 10}, "pgd-eot": {"steps": 2, "eot": 1}},
+                              run_dir=tmp_path / "run")
+    per_example = [json.loads(line) for f in sorted((tmp_path / "run" / "shards").glob("*.jsonl"))
+                   for line in f.read_text().splitlines()]
+    assert all(r["attacks"]["pgd-eot"] is not None for r in per_example)  # no cascade skipping
+    threat = rec.attacks[0]["batch_threat_model"]
+    assert threat["batch_size"] == 12 and "reset()" not in threat["composition"]
+    assert "test_time_state" not in rec.attacks[0]
+    from robustkit.eval.benchmark import resolve_attacks
+
+    assert resolve_attacks(model, "auto") == ["pgd-eot", "autoattack-rand"]
+
+
+def test_subset_queries_of_a_batch_dependent_model_are_flagged():
+    model = _BatchCentred(robustkit.create_classifier("tiny_cnn.digits", pretrained=True))
+    x, y = robustkit.load_dataset("digits", n_examples=16)
+    res = PGD(eps=0.05, steps=3, seed=0)(model, x, y)
+    assert res.info["partial_batch_queries"] == 0 and "test_time_state" not in res.info
+    with pytest.warns(RuntimeWarning, match="batch-dependent"):
+        res = APGD(eps=0.2, steps=5, seed=0)(model, x, y)
     assert res.info["partial_batch_queries"] > 0

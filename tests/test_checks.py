@@ -178,3 +178,39 @@ def test_check_budgets_are_used_recorded_and_keyed_in_the_run_dir(clf, tmp_path)
         benchmark(clf, check_options={"restarts": 2}, **kw)
     with pytest.raises(robustkit.InputError, match="positive int"):
         benchmark(clf, check_options={"steps": 0}, **kw)
+
+
+class BatchCentred(Classifier):
+    """Subtracts the batch mean image before classifying: each prediction depends on the rest of the batch."""
+
+    def __init__(self, base, declare):
+        super().__init__(10, (1, 8, 8), DefenseTraits(batch_dependent=declare))
+        self.base = base
+
+    def logits(self, x):
+        return self.base((x - x.mean(0, keepdim=True) + 0.5).clamp(0, 1))
+
+
+class DeclaredButIndependent(Classifier):
+    def __init__(self, base):
+        super().__init__(10, (1, 8, 8), DefenseTraits(batch_dependent=True))
+        self.base = base
+
+    def logits(self, x):
+        return self.base(x)
+
+
+def test_batch_dependence_check(clf, probe):
+    from robustkit.eval.checks import check_batch_dependence
+
+    x = probe[0]
+    undeclared = check_batch_dependence(BatchCentred(clf, declare=False), x)
+    assert undeclared.status == "fail" and undeclared.blocking and "batch_dependent" in undeclared.message
+    assert undeclared.details["max_relative_logit_difference_split"] > 1e-2
+    assert check_batch_dependence(BatchCentred(clf, declare=True), x).status == "pass"
+    plain = check_batch_dependence(clf, x)
+    assert plain.status == "pass" and plain.details["max_relative_logit_difference_split"] < 1e-5
+    assert check_batch_dependence(DeclaredButIndependent(clf), x).status == "warn"
+    # its own noise would hide a split's effect: skipped, never passed
+    assert check_batch_dependence(SecretlyRandom(clf), x).status == "skipped"
+    assert check_batch_dependence(clf, x[:1]).status == "skipped"

@@ -110,6 +110,11 @@ def test_traits_validation_and_defaults():
         DefenseTraits(forward_passes=0)
     with pytest.raises(InputError):
         DefenseTraits(stochastic=1)
+    with pytest.raises(InputError, match="batch_dependent"):
+        DefenseTraits(batch_dependent=1)
+    assert not t.batch_dependent and not t.batch_threat_model
+    assert DefenseTraits(batch_dependent=True).batch_threat_model
+    assert DefenseTraits(adapts_at_test_time=True).batch_threat_model  # adapting on a batch depends on it
     with pytest.raises(Exception):  # frozen
         t.stochastic = True  # type: ignore[misc]
 

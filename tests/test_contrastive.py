@@ -189,7 +189,7 @@ def test_lambda_zero_is_diffpure_bit_for_bit():
     x = _images(4, dtype=torch.float32)
     for guidance in (ContrastiveGuidanceConfig(guidance_scale=0.0), ContrastiveGuidanceConfig(start_step=5)):
         p = _purifier(guidance, dtype=torch.float32)
-        assert p.guided_steps == 0
+        assert p.guided_steps == 0 and not p.batch_dependent  # no guidance, no negatives
         ref = DiffPurePurifier(p.score_model, CFG)
         a = p.purify(x, torch.Generator().manual_seed(7))
         b = ref.purify(x, torch.Generator().manual_seed(7))
@@ -366,6 +366,7 @@ def test_create_defense_builds_the_contrastive_entry():
 def test_tiny_digits_entry_runs_and_classifies():
     d = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, seed=0, dt=1e-2)
     assert isinstance(d.purifier, ContrastiveGuidedPurifier) and d.traits.gradient == "exact"
+    assert d.purifier.batch_dependent and d.traits.batch_dependent  # the negatives are the rest of the batch
     assert d.purifier.guidance == ContrastiveGuidanceConfig()
     x, y = robustkit.load_dataset("digits", n_examples=50)
     with torch.no_grad():

@@ -4,14 +4,15 @@
 of test-time state, counting of forward/backward passes, projection of the result onto the threat
 model (norm ball ∩ [0, 1]), and verification with a fresh forward. Subclasses write only ``perturb``.
 
-Models that adapt at test time (``traits.adapts_at_test_time``) are attacked under the batch threat
-model: the unit is the batch ``x`` as given, and every query the attack makes, like the verification,
-is ``reset()`` followed by a forward, so the attack differentiates exactly the function that is scored
-(a query never sees a model already adapted to the attack's earlier iterates). An attack that queries
-subsets of ``x`` (pyautoattack's APGD and AutoAttack attack only the points still classified right)
-changes the batch the defense adapts on: such queries are counted in ``info["partial_batch_queries"]``
-and warned about; the harness's default attacks for these models (transfer, ``pgd-eot``) query whole
-batches (see :mod:`robustkit.eval.benchmark`).
+Models whose prediction depends on the batch (``traits.batch_threat_model``: they adapt at test time,
+or are ``batch_dependent``) are attacked under the batch threat model: the unit is the batch ``x`` as
+given. For a model that adapts, every query the attack makes, like the verification, is ``reset()``
+followed by a forward, so the attack differentiates exactly the function that is scored (a query never
+sees a model already adapted to the attack's earlier iterates). An attack that queries subsets of ``x``
+(pyautoattack's APGD and AutoAttack attack only the points still classified right) changes the batch the
+defense sees: such queries are counted in ``info["partial_batch_queries"]`` and warned about; the
+harness's default attacks for adapting models (transfer, ``pgd-eot``) query whole batches (see
+:mod:`robustkit.eval.benchmark`).
 
 Example::
 
@@ -140,14 +141,17 @@ class _Counting(nn.Module):
     For a model that adapts at test time it also calls ``reset()`` before every query (the batch threat
     model): each query is then the very function the verification forward evaluates (``reset()`` +
     forward of the whole batch), instead of a model that has adapted to the attack's earlier iterates.
+    For every model under the batch threat model it counts the queries on another number of points than
+    the batch's.
     """
 
     def __init__(self, model: Classifier, batch_size: int):
         super().__init__()
         self.model = model
         self.reset_per_query = bool(model.traits.adapts_at_test_time)
+        self.per_batch = bool(model.traits.batch_threat_model)
         self.batch_size = batch_size
-        self.partial_batch_queries = 0  # queries of an adapting model on fewer/more points than the batch
+        self.partial_batch_queries = 0  # queries of a batch-dependent model on fewer/more points than the batch
         self.forwards = 0
         self.backwards = 0
 
@@ -159,6 +163,7 @@ class _Counting(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reset_per_query:
             self.model.reset()
+        if self.per_batch:
             self.partial_batch_queries += int(x.shape[0] != self.batch_size)
         out = self.model(x)
         self.forwards += x.shape[0]
@@ -231,11 +236,13 @@ class Attack(abc.ABC):
         info["gradient"] = model.traits.gradient
         if counted.reset_per_query:
             info["test_time_state"] = "reset() before every query and before the verification forward"
+        if counted.per_batch:
             info["partial_batch_queries"] = counted.partial_batch_queries
             if counted.partial_batch_queries:
-                warnings.warn(f"{type(self).__name__} queried the test-time-adapting {type(model).__name__} "
+                kind = "test-time-adapting" if counted.reset_per_query else "batch-dependent"
+                warnings.warn(f"{type(self).__name__} queried the {kind} {type(model).__name__} "
                               f"{counted.partial_batch_queries} time(s) on a subset of the batch (e.g. only the "
-                              "points not yet broken): the defense then adapts on a different batch than the "
+                              "points not yet broken): the defense then sees a different batch than the "
                               "one that is scored, so the attack optimises the wrong function; prefer "
                               "full-batch attacks (pgd, pgd-eot) for such models", RuntimeWarning, stacklevel=2)
         info.update(details)

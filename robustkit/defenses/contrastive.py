@@ -43,7 +43,10 @@ gradient, and :class:`ContrastivePurifiedClassifier` declares ``gradient="surrog
 Batch dependence. The negatives are the other images of the batch, so an image's purification depends
 on what it is purified with (a batch of one gets no guidance at all: ``M = 0``). With
 ``PurifiedClassifier(n_samples > 1)`` the copies of one image are each other's negatives. Evaluate and
-attack with the batch composition you report.
+attack with the batch composition you report. The purifier (when it guides at all) and the classifier
+built on it declare ``batch_dependent`` in their traits, so the harness attacks and re-evaluates each
+shard as one batch and counts an attack's queries on a subset of it (``partial_batch_queries``:
+pyautoattack's APGD attacks only the points not yet broken, so it sees fewer negatives).
 
 Randomness: exactly DiffPure's (one ``torch.Generator``: ε, then one draw per step); the guidance and
 the head draw nothing (the head is initialised from its own seeded generator). With ``λ = 0`` the
@@ -311,6 +314,7 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         t = torch.tensor(grid[:-1], dtype=torch.float64)
         self._grid = grid
         self._betas, self._stds = sde.beta(t).tolist(), sde.marginal(t).std.tolist()
+        self.batch_dependent = self.guided_steps > 0  # the negatives are the other images of the batch
 
     # -- sizes ---------------------------------------------------------------------------------------------
 
@@ -437,7 +441,8 @@ class ContrastivePurifiedClassifier(PurifiedClassifier):
     head's online training is not differentiated), so it is not the gradient of the prediction.
 
     Traits:
-        as :class:`PurifiedClassifier`, with ``gradient`` lowered to ``"surrogate"`` for an online head.
+        as :class:`PurifiedClassifier`, with ``gradient`` lowered to ``"surrogate"`` for an online head and
+        ``batch_dependent`` unless the guidance is off (λ = 0 or no guided step).
     """
 
     def __init__(self, purifier: ContrastiveGuidedPurifier, classifier: Classifier, **kwargs: Any):

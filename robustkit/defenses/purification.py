@@ -112,6 +112,7 @@ class Purifier(nn.Module):
 
     Attributes:
         stochastic: two purifications of the same input differ.
+        batch_dependent: an image's purification depends on the other images of the batch.
         nfe: network evaluations per purification of one batch (for ``forward_passes``).
         supports_adjoint, supports_surrogate: which optional gradient modes are implemented.
 
@@ -120,6 +121,7 @@ class Purifier(nn.Module):
     """
 
     stochastic: bool = True
+    batch_dependent: bool = False
     supports_adjoint: bool = False
     supports_surrogate: bool = False
 
@@ -263,7 +265,8 @@ class PurifiedClassifier(Classifier):
         ``stochastic`` when the purifier (or the classifier) is; ``gradient`` from the mode
         (``adjoint`` → ``"exact"``); ``forward_passes = n_samples · (purifier NFE + classifier
         forward passes)``, the network evaluations of one prediction (the surrogate's extra ones, spent
-        only when a gradient is asked for, are not counted); ``adapts_at_test_time`` from the classifier.
+        only when a gradient is asked for, are not counted); ``adapts_at_test_time`` from the classifier;
+        ``batch_dependent`` when the purifier or the classifier is.
 
     Shape:
         input ``[N, *classifier.input_shape]`` in ``[0, 1]``; output ``[N, num_classes]``.
@@ -302,7 +305,8 @@ class PurifiedClassifier(Classifier):
         nfe = purifier.adjoint_nfe if gradient == "adjoint" else purifier.nfe
         traits = DefenseTraits(stochastic=bool(purifier.stochastic or ct.stochastic),
                                adapts_at_test_time=ct.adapts_at_test_time, gradient=mode,
-                               forward_passes=n_samples * (nfe + ct.forward_passes))
+                               forward_passes=n_samples * (nfe + ct.forward_passes),
+                               batch_dependent=bool(purifier.batch_dependent or ct.batch_dependent))
         super().__init__(classifier.num_classes, classifier.input_shape, traits)
         self.purifier = purifier
         self.classifier = classifier

@@ -20,7 +20,13 @@ Protocols (``attacks="auto"``):
   examples in evaluation order; the last may be smaller), attacked as a whole even with ``cascade``, and
   the defense is ``reset()`` before the clean pass, before every attack query and before every
   re-evaluation, so every score is the defense's first adaptation on that batch from its source state.
-  The record's attack protocols carry ``batch_threat_model`` and ``test_time_state``.
+  The record's attack protocols carry ``batch_threat_model`` and ``test_time_state``;
+* batch-dependent (``traits.batch_dependent``: an example's prediction depends on the rest of its batch,
+  without state, e.g. contrastive-guided purification) → ``pgd-eot``, which queries whole batches, then
+  AutoAttack ``rand``. Both run under the same batch threat model (whole shards, no reset needed). APGD
+  queries only the points it has not broken yet, so the defense sees a smaller batch than the one scored:
+  the record counts those queries (``partial_batch_queries``). Its adversarial examples are still scored
+  as the whole batch, so adding it can only lower the reported accuracy.
 
 Randomness: the attack seed and the torch RNG seen by a stochastic defense are derived from
 (run seed, first example index of the shard, stage), and shard boundaries are fixed in the run
@@ -91,6 +97,8 @@ def resolve_attacks(defense: Classifier, attacks: str | Sequence[str]) -> list[s
     if attacks == "auto":
         if t.adapts_at_test_time:
             return ["transfer", "pgd-eot"]
+        if t.batch_dependent:
+            return ["pgd-eot", "autoattack-rand"]
         if t.stochastic:
             return ["autoattack-rand", "autoattack-standard"] + (["pgd-eot"] if t.gradient == "exact" else [])
         return ["autoattack-standard"]
@@ -233,11 +241,12 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     alive = torch.tensor([any(protocol_correct(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
     tensors: dict[str, torch.Tensor] = {}
     infos: dict[str, Any] = {}
-    # An adapting defense's prediction depends on the whole batch: attack every example of the shard
-    # together (the batch threat model), even those a cascade would skip, so the batch never changes.
-    adapting = model.traits.adapts_at_test_time
+    # An adapting or batch-dependent defense's prediction depends on the whole batch: attack every example
+    # of the shard together (the batch threat model), even those a cascade would skip, so the batch never
+    # changes.
+    per_batch = model.traits.batch_threat_model
     for name in job.attacks:
-        todo = alive.nonzero().flatten() if job.cascade and not adapting else torch.arange(n)
+        todo = alive.nonzero().flatten() if job.cascade and not per_batch else torch.arange(n)
         x_adv_all = x.detach().clone()
         if todo.numel():
             ti = todo.to(device)
@@ -247,10 +256,11 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             forwards += res.forwards
             backwards += res.backwards
             infos[name] = res.info
-            if adapting:
+            if per_batch:
                 infos[name]["batch_threat_model"] = {
                     "batch_size": n, "composition": "one shard: consecutive examples in evaluation order, "
-                    "attacked, re-evaluated and scored as one batch; reset() before every query"}
+                    "attacked, re-evaluated and scored as one batch"
+                    + ("; reset() before every query" if model.traits.adapts_at_test_time else "")}
             x_adv_all[ti] = res.x_adv
             if model.traits.stochastic:
                 with _seeded(derive_seed(job.seed, shard.start, f"reeval:{name}"), device):

@@ -12,6 +12,7 @@ stochasticity              repeated forwards differ ⇔ ``traits.stochastic``   
 logits                     outputs are not probabilities (softmax saturates attack losses)          yes
 gradients                  input gradients exist, are finite and non-zero                           yes
 test_time_state            parameters/buffers change on forward ⇔ ``traits.adapts_at_test_time``    yes
+batch_dependence           splitting the batch changes logits ⇔ ``traits.batch_threat_model``        yes
 unbounded_attack           PGD with eps = 0.5 (Linf) / 10 (L2) reaches ≈ 0% accuracy                yes
 monotone_eps               accuracy does not rise with eps (eps/4, eps/2, eps, 2·eps)               yes
 more_steps                 doubling PGD steps lowers accuracy by no more than the CI                no
@@ -179,6 +180,53 @@ def check_test_time_state(model: Classifier, x: torch.Tensor) -> CheckResult:
                        + (" and reset() restores it" if changed else ""), True)
 
 
+BATCH_RTOL = 1e-4  # relative logit change that counts as batch dependence (float noise across batch sizes: ~1e-6)
+
+
+def check_batch_dependence(model: Classifier, x: torch.Tensor) -> CheckResult:
+    """Classify the probe whole and as two halves (``reset()`` before each forward) and compare the logits.
+
+    A model whose prediction depends on the rest of the batch must say so (``traits.batch_dependent``, or
+    ``adapts_at_test_time``): otherwise the harness attacks subsets of a shard (a cascade, APGD's
+    not-yet-broken points) and scores another batch. Skipped for a model whose repeated forwards differ:
+    the split cannot be told from its own randomness.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return CheckResult("batch_dependence", "skipped", "needs a probe of at least 2 examples", False)
+    h = n // 2
+    with torch.no_grad():
+        outs = []
+        for part in (x, x, x[:h], x[h:]):
+            model.reset()
+            outs.append(model(part))
+    model.reset()
+    whole, again, first, second = outs
+    scale = whole.abs().max().clamp_min(1e-12)
+    noise = float((again - whole).abs().max() / scale)
+    if noise > 1e-5:
+        return CheckResult("batch_dependence", "skipped", "repeated forwards differ (the model is stochastic), so "
+                           "classifying the batch in halves cannot be told from the model's own randomness", False,
+                           {"max_relative_logit_difference_repeat": noise})
+    diff = float((torch.cat([first, second]) - whole).abs().max() / scale)
+    dependent = diff > BATCH_RTOL
+    declared = model.traits.batch_threat_model
+    details = {"max_relative_logit_difference_split": diff, "halves": [h, n - h]}
+    if dependent and not declared:
+        return CheckResult("batch_dependence", "fail", f"classifying the probe in two halves changes the logits "
+                           f"(max relative difference {diff:.2e}), but the model declares neither batch_dependent "
+                           "nor adapts_at_test_time (batch statistics computed at test time do this): the harness "
+                           "would attack subsets of a shard and score another batch; declare "
+                           "traits.batch_dependent=True or remove the dependence", True, details)
+    if declared and not dependent:
+        return CheckResult("batch_dependence", "warn", f"declared batch-dependent, but classifying the probe in "
+                           f"two halves changes no logit beyond {BATCH_RTOL:g} (relative): the batch threat model "
+                           "then only constrains the attacks", False, details)
+    return CheckResult("batch_dependence", "pass", f"classifying the probe in two halves "
+                       f"{'changes' if dependent else 'does not change'} the logits (max relative difference "
+                       f"{diff:.2e}), as declared", True, details)
+
+
 def _pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
          eot: int, seed: int) -> AttackResult:
     step_size = 2.5 * eps / steps
@@ -237,6 +285,8 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     results.append(check_gradients(model, x, y, eot))
     note("test_time_state")
     results.append(check_test_time_state(model, x))
+    note("batch_dependence")
+    results.append(check_batch_dependence(model, x))
 
     note("unbounded_attack")
     big = UNBOUNDED_EPS[norm]

@@ -378,7 +378,8 @@ def _markdown(main: RunData, runs: list[RunData], eps_plot: bool, examples: list
     md += [f"**Robust accuracy (worst of M, all attacks): {_pct(headline)}**, "
            f"clean accuracy {_pct(rec.clean['worst_of_m'])}, n = {rec.n_examples}.", "",
            f"- defense: `{rec.defense}` (stochastic={t.get('stochastic')}, "
-           f"adapts_at_test_time={t.get('adapts_at_test_time')}, gradient={t.get('gradient')}, "
+           f"adapts_at_test_time={t.get('adapts_at_test_time')}, "
+           f"batch_dependent={t.get('batch_dependent', False)}, gradient={t.get('gradient')}, "
            f"forward_passes={t.get('forward_passes')})",
            f"- threat model: {rec.threat_model}, eps = {_fmt_eps(rec.eps)}",
            f"- examples: {rec.n_examples} from {rec.dataset}/{rec.split}; seed {rec.seed}; "
