@@ -343,6 +343,38 @@ def test_registered_rdc_defenses(tmp_path, monkeypatch, digits):
     assert acc >= max(0.7, chance + 0.4), (acc, chance)
 
 
+def test_rdc_cifar10_wiring_with_edm_checkpoints_in_place(shared_dir, tmp_path, monkeypatch):
+    # RDC's 55.7M EDM checkpoints are not available here: put the spec's small checkpoints (RDC's own
+    # state-dict format) where the entry looks, and check that the entry loads each file with the right
+    # conditioning through the real loader and builds the EDM-weighted RDC from them.
+    from robustkit.defenses import zoo
+    from robustkit.diffusion import edm
+
+    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
+    monkeypatch.setenv("ROBUSTKIT_OFFLINE", "1")
+    specs = shared_dir / "specs"
+    (tmp_path / "checkpoints").mkdir()
+    placed = {}
+    for source, kind in ((zoo.EDM_CIFAR10_COND, "cond"), (zoo.EDM_CIFAR10_UNCOND, "uncond")):
+        placed[kind] = tmp_path / "checkpoints" / source.filename
+        placed[kind].write_bytes((specs / f"edm_ddpmpp_cifar10_{kind}" / "small_model.pt").read_bytes())
+    calls = []
+    real_load = edm.load_edm
+
+    def small_load(path, conditional=True, **kwargs):  # the full config would not match the small files
+        calls.append((path, conditional))
+        return real_load(path, conditional, config=EDMConfig.ddpmpp_cifar10_small(conditional))
+
+    monkeypatch.setattr(edm, "load_edm", small_load)  # imported at call time by the registry entry
+    rdc = create_rdc("rdc.cifar10", pretrained=True, seed=0, stride=250)
+    assert calls == [(placed["cond"], True), (placed["uncond"], False)]
+    assert rdc.classifier.config.weighting == "edm" and rdc.purifier.config.weighting == "edm"
+    assert rdc.classifier.score_model.conditional and not rdc.purifier.score_model.conditional
+    with torch.no_grad():
+        logits = rdc(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
 def test_input_validation(digits_model):
     with pytest.raises(InputError, match="weighting"):
         DiffusionClassifierConfig(weighting="vlb")
