@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from .base import Attack, Norm
 from ..utils import check_positive_int
+from .base import Attack, Norm
 
 LOSSES = ("ce", "dlr")
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from .base import Attack, Norm, Perturbation
 from ..utils import check_positive_int
+from .base import Attack, Norm, Perturbation
 
 VERSIONS = ("standard", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")

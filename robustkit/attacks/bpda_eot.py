@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Attack, Norm, Perturbation, project
 from ..utils import check_positive_int
+from .base import Attack, Norm, Perturbation, project
 
 
 class BPDAEOT(Attack):

@@ -32,8 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .base import Attack, Norm, project
 from ..utils import check_positive_int
+from .base import Attack, Norm, project
 
 
 LOSSES = ("ce", "margin")

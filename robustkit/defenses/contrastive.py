@@ -89,9 +89,9 @@ import torch.nn.functional as F
 from ..classifier import Classifier
 from ..diffusion.solvers import euler_maruyama
 from ..errors import InputError
+from ..utils import check_positive_int
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier
 from .purification import PurifiedClassifier
-from ..utils import check_positive_int
 
 __all__ = ["CONTRASTIVE_LOSSES", "ContrastiveGuidanceConfig", "ContrastiveGuidedPurifier",
            "ContrastivePurifiedClassifier", "ContrastiveScoreModel", "ProjectionHead",

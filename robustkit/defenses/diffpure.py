@@ -63,8 +63,8 @@ from ..diffusion.schedule import DiscreteVPSchedule, VPSDE
 from ..diffusion.score_model import ScoreModel
 from ..diffusion.solvers import ddim, ddim_indices, ddpm_ancestral, euler_maruyama, probability_flow_euler, time_grid
 from ..errors import InputError
-from .purification import Purifier, SurrogatePurification
 from ..utils import check_positive_int
+from .purification import Purifier, SurrogatePurification
 
 __all__ = ["DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GaussianScoreModel", "SAMPLERS", "coarsen_noise"]
 

@@ -84,10 +84,10 @@ from torch.utils.checkpoint import checkpoint
 from ..classifier import Classifier, DefenseTraits, check_images
 from ..diffusion.schedule import VPSDE, DiscreteVPSchedule
 from ..errors import InputError
+from ..utils import check_positive_int
 from .likelihood import (WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier, edm_lambda,
                          edm_sigma_density)
 from .purification import PurifiedClassifier
-from ..utils import check_positive_int
 
 __all__ = ["DiffusionClassifier", "DiffusionClassifierConfig", "RDCScoreModels", "RobustDiffusionClassifier",
            "create_rdc", "timestep_grid", "MODES"]

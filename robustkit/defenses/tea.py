@@ -51,8 +51,8 @@ import torch
 
 from ..classifier import Classifier, DefenseTraits
 from ..errors import InputError
-from .adaptation import AdaptationConfig, TestTimeAdaptedClassifier
 from ..utils import check_positive_int
+from .adaptation import AdaptationConfig, TestTimeAdaptedClassifier
 
 __all__ = ["EnergyAdaptedClassifier", "SGLDChains", "TEAConfig", "energy"]
 

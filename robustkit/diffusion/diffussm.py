@@ -57,9 +57,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..utils import check_positive_int
 from .dit import ConditionEmbedding, FinalLayer, _positive_real, check_time_and_labels, modulate
 from .score_model import ScoreModel
-from ..utils import check_positive_int
 
 __all__ = ["DiffuSSM", "DiffuSSMBlock", "DiffuSSMConfig", "GatedBiSSM", "S4DLayer"]
 

@@ -46,9 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..utils import check_positive_int
 from .score_model import ScoreModel
 from .unet import check_time_and_labels, sinusoidal_embedding
-from ..utils import check_positive_int
 
 __all__ = ["ConditionEmbedding", "DiT", "DiTBlock", "DiTConfig", "check_time_and_labels", "modulate",
            "sincos_positions_2d"]

@@ -41,9 +41,9 @@ import torch
 
 from ..eval.stats import Accuracy, accuracy_with_ci
 from ..errors import InputError
+from ..utils import check_positive_int
 from .schedule import VPSDE
 from .train import denoising_loss, sample_images
-from ..utils import check_positive_int
 
 __all__ = ["TIMES", "class_conditional_accuracy", "loss_per_t", "sde_of"]
 

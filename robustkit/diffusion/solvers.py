@@ -52,8 +52,8 @@ import torch
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ..errors import InputError
-from .schedule import DiscreteVPSchedule, VPSDE
 from ..utils import check_positive_int
+from .schedule import DiscreteVPSchedule, VPSDE
 
 __all__ = [
     "EpsModel",

@@ -71,13 +71,13 @@ from typing import Callable, Literal
 import torch
 
 from ..errors import CheckpointError, InputError
+from ..utils import check_positive_int
 from .diffussm import DiffuSSM, DiffuSSMConfig
 from .dit import DiT, DiTConfig
 from .schedule import DiscreteVPSchedule, VPSDE
 from .score_model import ScoreModel
 from .solvers import ddim
 from .unet import ClassifierFreeGuidance, UNet, UNetConfig
-from ..utils import check_positive_int
 
 log = logging.getLogger(__name__)
 

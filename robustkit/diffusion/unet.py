@@ -50,8 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .score_model import ScoreModel
 from ..utils import check_positive_int
+from .score_model import ScoreModel
 
 __all__ = ["ClassifierFreeGuidance", "UNet", "UNetConfig", "check_time_and_labels", "sinusoidal_embedding"]
 

@@ -48,8 +48,8 @@ from ..attacks.base import eval_mode
 from ..classifier import Classifier
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..errors import InputError
-from .stats import wilson_interval
 from ..utils import check_positive_int
+from .stats import wilson_interval
 
 __all__ = ["ALL_15", "SCHEMA_VERSION", "RESET_POLICY", "SweepCell", "SweepResult", "corruption_sweep"]
 
