@@ -38,6 +38,13 @@ def test_list_other_registries(capsys, what, expected):
     assert expected in names and all(n.endswith(".digits") for n in names)
 
 
+def test_list_says_who_classifies(capsys):
+    assert main(["list", "defenses", "--pattern", "*.digits"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["tiny_diffpure.digits"].endswith("classifier tiny_cnn.digits")
+    assert rows["tiny_rdc.digits"].endswith("classified by its diffusion model")  # no classifier to pass
+
+
 def test_accuracy_on_digits(capsys):
     assert main(["accuracy", "tiny_cnn.digits", "--n-examples", "100"]) == 0
     out = capsys.readouterr().out

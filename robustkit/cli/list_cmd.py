@@ -32,7 +32,13 @@ def _defenses(pattern: str) -> list[tuple[str, str]]:
     rows = []
     for n in list_defenses(pattern):
         cfg = defense_config(n)
-        rows.append((n, f"{cfg.method} on {cfg.dataset}, classifier {cfg.classifier or '(yours)'}"))
+        if cfg.classifier:
+            behind = f"classifier {cfg.classifier}"
+        elif cfg.method == "RDC":  # a generative classifier: no discriminative network behind it
+            behind = "classified by its diffusion model"
+        else:
+            behind = "classifier (yours)"
+        rows.append((n, f"{cfg.method} on {cfg.dataset}, {behind}"))
     return rows
 
 

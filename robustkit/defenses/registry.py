@@ -47,7 +47,8 @@ class DefenseConfig:
         method: the method's name (``"DiffPure"``).
         dataset: the dataset it defends (``"cifar10"``, ``"imagenet"``, ``"digits"``).
         input_shape: ``(C, H, W)`` of the defended classifier's inputs.
-        classifier: registered classifier name behind the purifier; None: the user must pass one.
+        classifier: registered classifier name behind the purifier; None: the user must pass one (or,
+            for RDC, none exists: the diffusion model classifies by Bayes' rule).
         purifier: the purifier's hyperparameters (paper defaults).
         weights: the diffusion model's checkpoint (None when the factory gets it elsewhere, e.g. from
             the diffusion-model registry).
