@@ -54,6 +54,7 @@ def test_entry_from_deterministic_run(runs):
     assert (e.name, e.defense, e.dataset, e.threat_model) == ("tiny_cnn.digits", "tiny_cnn.digits", "digits", "Linf")
     assert e.eps == pytest.approx(8 / 255) and e.n_examples == 24 and e.n_reeval == 1
     assert not e.stochastic and not e.adapts_at_test_time and e.gradient == "exact"
+    assert not e.batch_dependent and e.batch_size == 12  # the run's shard size, recorded
     assert e.ranking_protocol == "single_draw" and e.robustbench_violations() == []
     # the manifest's run order, not the record's alphabetical order
     assert e.attack_order == ["pgd", "apgd-ce"] and list(raw["per_attack"]) == ["apgd-ce", "pgd"]
@@ -97,6 +98,26 @@ def test_adaptive_violation_and_external():
     assert e.board_accuracy == 0.05 < e.robust_accuracy.value
 
 
+def test_schema_1_entries_are_read_as_per_example_with_no_batch_size():
+    d = _entry_dict()
+    del d["batch_dependent"], d["batch_size"]
+    e = Entry.from_dict({**d, "schema_version": 1})
+    assert (e.schema_version, e.batch_dependent, e.batch_size) == (2, False, None)
+    assert Entry.from_json(e.to_json()) == e
+    with pytest.raises(EntryError, match="missing fields"):  # a schema-2 entry must carry both fields
+        Entry.from_dict({**d, "schema_version": 2})
+
+
+def test_batch_dependent_violation_and_badge():
+    from robustkit.leaderboard.site import badges
+
+    e = _entry_with(batch_dependent=True, batch_size=32)
+    assert e.robustbench_violations() == ["predictions depend on the batch (RobustBench classifies each example "
+                                          "on its own)"]
+    assert "batch-dependent" in badges(e) and "batches of 32" in badges(e)
+    assert "batch-dependent" not in badges(_entry_with())
+
+
 def _entry_dict():
     """A small valid entry dict (digits-like numbers) built without a run."""
     from robustkit.eval.record import AccuracyStat
@@ -104,9 +125,9 @@ def _entry_dict():
     flags = torch.tensor([True] * 6 + [False] * 2)
     stat = dataclasses.asdict(AccuracyStat.from_flags(flags))
     stats = {p: dict(stat) for p in PROTOCOLS}
-    return {"schema_version": 1, "name": "Toy2024Entry", "defense": "toy", "dataset": "digits", "split": "test",
+    return {"schema_version": 2, "name": "Toy2024Entry", "defense": "toy", "dataset": "digits", "split": "test",
             "threat_model": "Linf", "eps": 0.1, "stochastic": False, "adapts_at_test_time": False,
-            "gradient": "exact", "attacks": [{"name": "pgd", "norm": "Linf", "eps": 0.1, "steps": 10, "eot": 1,
+            "batch_dependent": False, "batch_size": 8, "gradient": "exact", "attacks": [{"name": "pgd", "norm": "Linf", "eps": 0.1, "steps": 10, "eot": 1,
                                               "options": {"loss": "ce"}}],
             "eot": 1, "n_reeval": 1, "cascade": True, "seed": 0, "n_examples": 8, "clean": stats,
             "robust": {p: dict(stat) for p in PROTOCOLS}, "per_attack": {"pgd": {p: dict(stat) for p in PROTOCOLS}},
@@ -126,7 +147,9 @@ def _entry_with(**changes):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.pop("eps"), r"missing fields \['eps'\]"),
     (lambda d: d.update(extra=1), r"unknown fields \['extra'\]"),
-    (lambda d: d.update(schema_version=2), "schema_version: 2 is not 1"),
+    (lambda d: d.update(schema_version=3), "schema_version: 3 is not 2"),
+    (lambda d: d.update(batch_size=0), r"entry\.batch_size: expected an integer"),
+    (lambda d: d.pop("batch_dependent"), r"missing fields \['batch_dependent'\]"),
     (lambda d: d.update(eps="8/255"), r"entry\.eps: expected a number"),
     (lambda d: d.update(eps=math.nan), r"entry\.eps: expected a finite number"),
     (lambda d: d.update(eps=0), "positive budget"),

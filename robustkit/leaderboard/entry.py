@@ -3,14 +3,15 @@
 An entry carries RobustBench's ``model_info`` fields (paper, authors, venue, architecture, extra data,
 forward passes, clean / reported / robust / external accuracy, footnote, ``unreliable``) and what a
 board of stochastic and adaptive defenses needs on top: the declared traits (stochastic, adapts at
-test time, gradient mode), every attack with its budget and EOT, the number of re-evaluations, robust
+test time, batch-dependent, gradient mode), the batch size it was evaluated with, every attack with its budget and EOT, the number of re-evaluations, robust
 accuracy as single draw, majority and worst of M (worst of M ranks), the sample size with 95%
 intervals, the sanity checks, the cost (forward passes per prediction, NFE, GPU-hours), software
 versions and the config hash.
 
 Accuracies are fractions in [0, 1] (RobustBench's percent strings are made only by the exporter).
 ``Entry.from_dict`` is strict: unknown or missing fields, wrong types, NaN and out-of-range values
-raise :class:`EntryError` naming the field.
+raise :class:`EntryError` naming the field. Schema 2 added ``batch_dependent`` and ``batch_size``; a
+schema-1 entry is read as ``batch_dependent=False`` and ``batch_size=None`` (not recorded).
 
 Example (a tiny real run; a few seconds on a CPU)::
 
@@ -44,7 +45,7 @@ from ._fields import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, 
 from .examples import (MAX_EXAMPLES, MAX_REEVAL, ExamplesError, aggregate_examples, compare_stats,
                        load_run_examples, validate_examples)
 
-ENTRY_SCHEMA_VERSION = 1
+ENTRY_SCHEMA_VERSION = 2
 GRADIENT_MODES = ("exact", "bpda", "surrogate")
 THREAT_MODELS = ("Linf", "L2")
 CHECK_STATUSES = ("pass", "warn", "fail", "skipped")
@@ -237,6 +238,7 @@ class Entry:
     # protocol
     stochastic: bool
     adapts_at_test_time: bool
+    batch_dependent: bool  # a prediction depends on the rest of its batch (so batch_size is part of the defense)
     gradient: str
     attacks: tuple[AttackSpec, ...]
     eot: int
@@ -244,6 +246,7 @@ class Entry:
     cascade: bool
     seed: int
     n_examples: int
+    batch_size: int | None  # examples per shard (the batch of a batch-dependent or adapting defense); None: schema 1
     # results (fractions with Wilson 95% intervals)
     clean: dict[str, AccuracyStat]
     robust: dict[str, AccuracyStat]
@@ -304,6 +307,8 @@ class Entry:
             out.append("randomized defense (RobustBench admits only deterministic models)")
         if self.adapts_at_test_time:
             out.append("test-time optimisation/adaptation (RobustBench admits only static models)")
+        if self.batch_dependent:
+            out.append("predictions depend on the batch (RobustBench classifies each example on its own)")
         return out
 
     # ------------------------------------------------------------------------------ (de)serialisation
@@ -338,7 +343,10 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "entry") -> "Entry":
-        """Strict parse: exact fields, types, ranges, internal consistency (raises :class:`EntryError`)."""
+        """Strict parse: exact fields, types, ranges, internal consistency (raises :class:`EntryError`).
+        A schema-1 entry is upgraded first (module docstring)."""
+        if isinstance(d, dict) and d.get("schema_version") == 1 and not {"batch_dependent", "batch_size"} & set(d):
+            d = {**d, "batch_dependent": False, "batch_size": None, "schema_version": ENTRY_SCHEMA_VERSION}
         f = Fields(d, where, EntryError)
         names = {x.name for x in dataclasses.fields(cls)}
         f.exact_keys(names)
@@ -379,9 +387,11 @@ class Entry:
             name=f.str("name", pattern=NAME_RE), defense=f.str("defense"),
             dataset=f.str("dataset", pattern=DIR_NAME_RE), split=f.str("split", pattern=DIR_NAME_RE),
             threat_model=threat_model, eps=eps, stochastic=f.bool("stochastic"),
-            adapts_at_test_time=f.bool("adapts_at_test_time"), gradient=f.str("gradient", choices=GRADIENT_MODES),
+            adapts_at_test_time=f.bool("adapts_at_test_time"), batch_dependent=f.bool("batch_dependent"),
+            gradient=f.str("gradient", choices=GRADIENT_MODES),
             attacks=attacks, eot=f.int("eot", 1, 10**6), n_reeval=f.int("n_reeval", 1, MAX_REEVAL),
             cascade=f.bool("cascade"), seed=f.int("seed", -(2**63), 2**64 - 1), n_examples=n_examples,
+            batch_size=f.int("batch_size", 1, MAX_EXAMPLES, optional=True),
             clean=clean, robust=robust, per_attack=per_attack, checks=checks, unreliable=unreliable,
             forward_passes_per_prediction=f.int("forward_passes_per_prediction", 1, 10**9),
             forward_nfe=f.int("forward_nfe", 0, 2**63 - 1), backward_nfe=f.int("backward_nfe", 0, 2**63 - 1),
@@ -417,8 +427,10 @@ class Entry:
             name=_default_name(record.defense, meta), defense=record.defense, dataset=record.dataset,
             split=record.split, threat_model=record.threat_model, eps=float(record.eps),
             stochastic=bool(t.get("stochastic", False)), adapts_at_test_time=bool(t.get("adapts_at_test_time", False)),
+            batch_dependent=bool(t.get("batch_dependent", False)),
             gradient=str(t.get("gradient", "exact")), attacks=attacks, eot=max(a.eot for a in attacks),
             n_reeval=record.n_reeval, cascade=record.cascade, seed=record.seed, n_examples=record.n_examples,
+            batch_size=record.batch_size,
             clean=dict(record.clean), robust=dict(record.robust),
             per_attack={n: dict(record.per_attack[n]) for n in order}, checks=tuple(record.checks),
             unreliable=record.unreliable,

@@ -86,7 +86,7 @@ th button{font:inherit;font-weight:bold;background:none;border:0;cursor:pointer;
 th[aria-sort=ascending] button::after{content:" \\25B2"} th[aria-sort=descending] button::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;border-radius:3px;padding:0 0.4em;margin:0 0.2em;font-size:0.8em;color:#fff}
-.badge.stochastic{background:#6a4c93}.badge.adaptive{background:#1982c4}.badge.unreliable{background:#d62828}
+.badge.stochastic{background:#6a4c93}.badge.adaptive{background:#1982c4}.badge.unreliable{background:#d62828}.badge.batch{background:#8a5a00}
 .muted{color:#777}.warn{background:#fff3cd;padding:0.5em;border:1px solid #e0c060}
 """
 
@@ -111,6 +111,10 @@ def badges(e: Entry) -> str:
         out.append('<span class="badge stochastic" title="randomized defense: ranked by worst-of-M">stochastic</span>')
     if e.adapts_at_test_time:
         out.append('<span class="badge adaptive" title="adapts / optimises at test time">adaptive</span>')
+    if e.batch_dependent:
+        size = f"batches of {e.batch_size}" if e.batch_size is not None else "an unrecorded batch size"
+        out.append(f'<span class="badge batch" title="predictions depend on the batch; evaluated with {size}">'
+                   'batch-dependent</span>')
     if e.unreliable:
         out.append('<span class="badge unreliable" title="a blocking sanity check failed">unreliable</span>')
     return "".join(out)
@@ -277,8 +281,11 @@ def render_entry(row: dict[str, Any], *, index_url: str, script_url: str) -> str
 
     attacks = [[_e(a.name), _e(a.norm), _e(f"{a.eps:.6g}"), _e(a.steps if a.steps is not None else "–"), _e(a.eot),
                 _e(json.dumps(a.options, sort_keys=True))] for a in e.attacks]
-    proto = [("Traits", f"stochastic: {e.stochastic}, adapts at test time: {e.adapts_at_test_time}, gradient: "
-                        f"{_e(e.gradient)}"),
+    proto = [("Traits", f"stochastic: {e.stochastic}, adapts at test time: {e.adapts_at_test_time}, "
+                        f"batch-dependent: {e.batch_dependent}, gradient: {_e(e.gradient)}"),
+             ("Batch size", "not recorded (schema 1)" if e.batch_size is None else
+              f"{e.batch_size}" + (" (part of the defense: predictions depend on the batch)"
+                                   if e.batch_dependent or e.adapts_at_test_time else "")),
              ("Re-evaluations (M)", str(e.n_reeval)), ("EOT (largest)", str(e.eot)),
              ("Cascade", "yes (later attacks skip broken examples)" if e.cascade else "no"), ("Seed", str(e.seed))]
     parts += ["<h2>Protocol</h2>", _table(["", ""], [[k, v] for k, v in proto], "protocol"),
