@@ -127,8 +127,8 @@ def _entry_dict():
     stats = {p: dict(stat) for p in PROTOCOLS}
     return {"schema_version": 2, "name": "Toy2024Entry", "defense": "toy", "dataset": "digits", "split": "test",
             "threat_model": "Linf", "eps": 0.1, "stochastic": False, "adapts_at_test_time": False,
-            "batch_dependent": False, "batch_size": 8, "gradient": "exact", "attacks": [{"name": "pgd", "norm": "Linf", "eps": 0.1, "steps": 10, "eot": 1,
-                                              "options": {"loss": "ce"}}],
+            "batch_dependent": False, "batch_size": 8, "gradient": "exact",
+            "attacks": [{"name": "pgd", "norm": "Linf", "eps": 0.1, "steps": 10, "eot": 1, "options": {"loss": "ce"}}],
             "eot": 1, "n_reeval": 1, "cascade": True, "seed": 0, "n_examples": 8, "clean": stats,
             "robust": {p: dict(stat) for p in PROTOCOLS}, "per_attack": {"pgd": {p: dict(stat) for p in PROTOCOLS}},
             "checks": [], "unreliable": False, "forward_passes_per_prediction": 1, "forward_nfe": 100,

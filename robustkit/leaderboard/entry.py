@@ -3,10 +3,10 @@
 An entry carries RobustBench's ``model_info`` fields (paper, authors, venue, architecture, extra data,
 forward passes, clean / reported / robust / external accuracy, footnote, ``unreliable``) and what a
 board of stochastic and adaptive defenses needs on top: the declared traits (stochastic, adapts at
-test time, batch-dependent, gradient mode), the batch size it was evaluated with, every attack with its budget and EOT, the number of re-evaluations, robust
-accuracy as single draw, majority and worst of M (worst of M ranks), the sample size with 95%
-intervals, the sanity checks, the cost (forward passes per prediction, NFE, GPU-hours), software
-versions and the config hash.
+test time, batch-dependent, gradient mode), the batch size it was evaluated with, every attack with
+its budget and EOT, the number of re-evaluations, robust accuracy as single draw, majority and worst
+of M (worst of M ranks), the sample size with 95% intervals, the sanity checks, the cost (forward
+passes per prediction, NFE, GPU-hours), software versions and the config hash.
 
 Accuracies are fractions in [0, 1] (RobustBench's percent strings are made only by the exporter).
 ``Entry.from_dict`` is strict: unknown or missing fields, wrong types, NaN and out-of-range values

@@ -86,7 +86,8 @@ th button{font:inherit;font-weight:bold;background:none;border:0;cursor:pointer;
 th[aria-sort=ascending] button::after{content:" \\25B2"} th[aria-sort=descending] button::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;border-radius:3px;padding:0 0.4em;margin:0 0.2em;font-size:0.8em;color:#fff}
-.badge.stochastic{background:#6a4c93}.badge.adaptive{background:#1982c4}.badge.unreliable{background:#d62828}.badge.batch{background:#8a5a00}
+.badge.stochastic{background:#6a4c93}.badge.adaptive{background:#1982c4}.badge.unreliable{background:#d62828}
+.badge.batch{background:#8a5a00}
 .muted{color:#777}.warn{background:#fff3cd;padding:0.5em;border:1px solid #e0c060}
 """
 
