@@ -17,8 +17,8 @@ exactly zero (the harness's ``gradients`` check says so).
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --defense rdc_unet.cifar10 --alone \\
         --data-dir ../shared/data/cifar10 --out runs/rdc_cifar10_alone
 
-    # AutoAttack rand and standard at a reduced budget (APGD 10 steps, EOT 2; Square 100 queries)
-    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --attacks autoattack-rand \
+    # AutoAttack rand at a reduced budget (APGD 10 steps, EOT 2)
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --attacks autoattack-rand \\
         --attack-option autoattack-rand.steps=10 --attack-option autoattack-rand.eot=2 --out runs/rdc_aa_rand
 
 ``--steps/--step-size/--eot/--loss`` set PGD-EOT's budget; every other attack takes its preset, changed
@@ -36,7 +36,7 @@ import torch
 import robustkit
 from robustkit.cli.bench import parse_attack_options
 from robustkit.defenses import create_rdc, defense_config
-from robustkit.eval.benchmark import parse_eps, protocol_correct
+from robustkit.eval.benchmark import parse_eps, protocol_correct, resolve_attacks
 from robustkit.eval.record import PROTOCOLS
 from robustkit.eval.stats import accuracy_with_ci
 
@@ -82,7 +82,7 @@ def main() -> None:
         print_clean_accuracy(model, dataset, args)
         return
     step_size = parse_eps(args.step_size or DEFAULT_STEP[dataset])
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    attacks = resolve_attacks(model, args.attacks)
     options = parse_attack_options(args.attack_option)
     if "pgd-eot" in attacks:
         options["pgd-eot"] = {"steps": args.steps, "step_size": step_size, "eot": args.eot, "loss": args.loss,

@@ -71,6 +71,14 @@ def _paired(other_robust: torch.Tensor, white_robust: torch.Tensor) -> dict[str,
     return {"broken_only_by_alternative": b, "broken_only_by_white_box": c, "p_value": sign_test_p(b, c)}
 
 
+RANDOM_RTOL = 1e-5  # relative logit change between two forwards of the same input that counts as randomness
+
+
+def _relative_difference(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest absolute logit difference, relative to the largest absolute logit of ``ref``."""
+    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
 def check_stochasticity(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
     outs = []
     with torch.no_grad():
@@ -78,9 +86,8 @@ def check_stochasticity(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> 
             model.reset()
             outs.append(model(x))
     model.reset()
-    scale = outs[0].abs().max().clamp_min(1e-12)
-    diff = max(float((o - outs[0]).abs().max() / scale) for o in outs[1:])
-    random = diff > 1e-5
+    diff = max(_relative_difference(o, outs[0]) for o in outs[1:])
+    random = diff > RANDOM_RTOL
     declared = model.traits.stochastic
     details = {"max_relative_logit_difference": diff}
     if random == declared:
@@ -202,13 +209,12 @@ def check_batch_dependence(model: Classifier, x: torch.Tensor) -> CheckResult:
             outs.append(model(part))
     model.reset()
     whole, again, first, second = outs
-    scale = whole.abs().max().clamp_min(1e-12)
-    noise = float((again - whole).abs().max() / scale)
-    if noise > 1e-5:
+    noise = _relative_difference(again, whole)
+    if noise > RANDOM_RTOL:
         return CheckResult("batch_dependence", "skipped", "repeated forwards differ (the model is stochastic), so "
                            "classifying the batch in halves cannot be told from the model's own randomness", False,
                            {"max_relative_logit_difference_repeat": noise})
-    diff = float((torch.cat([first, second]) - whole).abs().max() / scale)
+    diff = _relative_difference(torch.cat([first, second]), whole)
     dependent = diff > BATCH_RTOL
     declared = model.traits.batch_threat_model
     details = {"max_relative_logit_difference_split": diff, "halves": [h, n - h]}
