@@ -21,6 +21,10 @@ exactly zero (the harness's ``gradients`` check says so).
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --attacks autoattack-rand \\
         --attack-option autoattack-rand.steps=10 --attack-option autoattack-rand.eot=2 --out runs/rdc_aa_rand
 
+    # the sanity checks at a reduced budget on the first 16 digits
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --checks --check-steps 10 --check-eot 2 \\
+        --check-square-queries 200 --out runs/rdc_checks
+
 ``--steps/--step-size/--eot/--loss`` set PGD-EOT's budget; every other attack takes its preset, changed
 with ``--attack-option ATTACK.KEY=VALUE`` as in ``robustkit bench``. Each prints the record's summary and
 writes ``--out/record.json`` (the run directory is resumable).
@@ -66,7 +70,16 @@ def main() -> None:
                     help="PGD loss; the diffusion classifier's logits saturate the softmax, so CE gets no gradient")
     ap.add_argument("--n-reeval", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--checks", action="store_true", help="run the sanity checks too (slow)")
+    ap.add_argument("--checks", action="store_true",
+                    help="run the sanity checks too (slow); RDC's transfer check attacks its diffusion classifier "
+                         "alone (the purifier's base classifier)")
+    ap.add_argument("--probe-size", type=int, default=16, help="examples the sanity checks run on (the first N)")
+    ap.add_argument("--check-steps", type=int, default=None, help="PGD steps of the checks' attacks (default 20)")
+    ap.add_argument("--check-eot", type=int, default=None, help="EOT of the checks' attacks (default 8)")
+    ap.add_argument("--check-square-queries", type=int, default=None,
+                    help="Square Attack queries of the black-box check (default 1000)")
+    ap.add_argument("--check-loss", choices=["ce", "margin"], default="margin",
+                    help="PGD loss of the checks' attacks (margin: CE gets no gradient from this classifier)")
     ap.add_argument("--clean-only", action="store_true",
                     help="only clean accuracy over --n-reeval draws (no attack, no run directory)")
     ap.add_argument("--out", help="resumable run directory; the record goes to OUT/record.json")
@@ -91,7 +104,11 @@ def main() -> None:
                               attack_options=options,
                               n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
                               n_reeval=args.n_reeval, checks=args.checks, cascade=False, run_dir=args.out,
-                              data_dir=args.data_dir)
+                              data_dir=args.data_dir, probe_size=args.probe_size,
+                              check_options={k: v for k, v in (("steps", args.check_steps), ("eot", args.check_eot),
+                                                               ("square_queries", args.check_square_queries),
+                                                               ("loss", args.check_loss))
+                                             if v is not None})
     print(rec.summary())
 
 

@@ -158,6 +158,30 @@ def test_saturated_softmax_is_diagnosed_and_the_margin_loss_still_attacks():
     assert margin.robust_accuracy <= plain.robust_accuracy + 1 / 16 < ce.robust_accuracy
 
 
+def test_margin_checks_attack_a_saturated_model_that_ce_checks_cannot():
+    from robustkit.eval.checks import check_gradients, validate_check_options
+
+    base = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    model = _Saturated(base)
+    x, y = robustkit.load_dataset("digits", n_examples=16)
+    # margin is the verdict's loss: it has gradients everywhere, so only a (non-blocking) warning remains,
+    # and it still says that CE-based attacks in the record are blind
+    res = check_gradients(model, x, y, 1, "margin")
+    assert res.status == "warn" and not res.blocking and "saturate the softmax" in res.message
+    assert res.details["loss"] == "margin" and res.details["fraction_zero_gradient"] == 0
+    assert res.details["fraction_zero_ce_gradient"] > 0.5
+    assert check_gradients(base, x, y, 1, "margin").status == "pass"  # the unscaled model: nothing to say
+    kw = dict(eps=0.1, norm="Linf", steps=5, square_queries=20, base_classifier=base)
+    ce = by_name(run_checks(model, x, y, **kw))
+    margin = by_name(run_checks(model, x, y, loss="margin", **kw))
+    # the unbounded attack gets nowhere with CE's zero gradients, and reaches every image with the margin
+    assert ce["unbounded_attack"].status == "fail" and margin["unbounded_attack"].status == "pass"
+    assert margin["unbounded_attack"].details["accuracy"] == 0.0
+    assert margin["gradients"].details["protocol"]["loss"] == "margin"
+    with pytest.raises(robustkit.InputError, match="loss must be one of"):
+        validate_check_options({"loss": "hinge"})
+
+
 def test_check_budgets_are_used_recorded_and_keyed_in_the_run_dir(clf, tmp_path):
     kw = dict(dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 5}}, n_examples=12,
               batch_size=12, probe_size=6, run_dir=tmp_path / "run")
@@ -167,7 +191,7 @@ def test_check_budgets_are_used_recorded_and_keyed_in_the_run_dir(clf, tmp_path)
     assert checks["black_box"].details["queries"] == 40
     for name in ("stochasticity", "monotone_eps", "transfer"):
         assert checks[name].details["protocol"] == {"probe_size": 6, "steps": 3, "eot": 2, "square_queries": 40,
-                                                    "seed": checks[name].details["protocol"]["seed"]}
+                                                    "loss": "ce", "seed": checks[name].details["protocol"]["seed"]}
     # resuming with the same budgets reuses the stored checks; other budgets run them again
     again = benchmark(clf, check_options={"steps": 3, "eot": 2, "square_queries": 40}, **kw)
     assert again.cost["checks_seconds"] == rec.cost["checks_seconds"]

@@ -100,11 +100,11 @@ def test_bench_writes_resumable_record(capsys, tmp_path):
 def test_bench_check_budget_flags_reach_the_record(capsys):
     args = ["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--attacks", "pgd", "--n-examples", "8",
             "--json", "--attack-option", "pgd.steps=3", "--probe-size", "4", "--check-steps", "2",
-            "--check-square-queries", "10"]
+            "--check-square-queries", "10", "--check-loss", "margin"]
     assert main(args) == 0
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     assert checks["more_steps"]["details"]["protocol"] == {"probe_size": 4, "steps": 2, "eot": 1,
-                                                          "square_queries": 10,
+                                                          "square_queries": 10, "loss": "margin",
                                                           "seed": checks["more_steps"]["details"]["protocol"]["seed"]}
     assert main([*args, "--check-eot", "0"]) == 2
     assert "positive int" in capsys.readouterr().err

@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
                    help="EOT of the checks' attacks (default 8 for a stochastic defense, else 1)")
     p.add_argument("--check-square-queries", type=int, default=None,
                    help="Square Attack queries of the black-box check (default 1000)")
+    p.add_argument("--check-loss", choices=["ce", "margin"], default=None,
+                   help="PGD loss of the checks' attacks (default ce; margin when the logits saturate the softmax)")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every example")
     p.add_argument("--executor", default="inline", choices=["inline", "processes", "submitit", "submitit-local"])
     p.add_argument("--workers", type=int, default=None, help="worker processes / Slurm tasks")
@@ -159,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
                     check_options={k: v for k, v in (("steps", args.check_steps), ("eot", args.check_eot),
-                                                     ("square_queries", args.check_square_queries)) if v is not None},
+                                                     ("square_queries", args.check_square_queries),
+                                                     ("loss", args.check_loss)) if v is not None},
                     attack_options=options,
                     executor=args.executor, workers=args.workers)
     if args.json:

@@ -432,7 +432,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
               data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
               data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
-              checks: bool = True, probe_size: int = 16, check_options: dict[str, int] | None = None,
+              checks: bool = True, probe_size: int = 16, check_options: dict[str, int | str] | None = None,
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = 600.0,
@@ -453,8 +453,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         data: ``(x, y)`` tensors to use instead of loading ``dataset``.
         checks: run the sanity checks on the first ``probe_size`` examples.
         check_options: budget of the checks' attacks, keys ``steps`` (20), ``eot`` (8 for a stochastic
-            defense, else 1) and ``square_queries`` (1000) (:func:`~robustkit.eval.checks.run_checks`);
-            reduce them only for defenses too expensive for the defaults. Recorded with every check.
+            defense, else 1) and ``square_queries`` (1000), and their PGD ``loss`` (``"ce"``, or
+            ``"margin"`` for logits that saturate the softmax) (:func:`~robustkit.eval.checks.run_checks`);
+            reduce the budget only for defenses too expensive for the defaults. Recorded with every check.
         base_classifier: the undefended model, for the transfer check and the ``transfer`` attack
             (default: ``defense.base_classifier`` when present).
         cascade: later attacks skip examples already broken under every protocol (cheaper; per-attack

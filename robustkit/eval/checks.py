@@ -10,7 +10,7 @@ check                      what it looks at                                     
 =========================  ===================================================================  ========
 stochasticity              repeated forwards differ ⇔ ``traits.stochastic``                       yes
 logits                     outputs are not probabilities (softmax saturates attack losses)          yes
-gradients                  input gradients exist, are finite and non-zero                           yes
+gradients                  input gradients of the checks' loss exist, are finite and non-zero       yes
 test_time_state            parameters/buffers change on forward ⇔ ``traits.adapts_at_test_time``    yes
 batch_dependence           splitting the batch changes logits ⇔ ``traits.batch_threat_model``        yes
 unbounded_attack           PGD with eps = 0.5 (Linf) / 10 (L2) reaches ≈ 0% accuracy                yes
@@ -126,9 +126,37 @@ def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: 
     return grad / draws
 
 
-def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> CheckResult:
+LOSS_NAMES = {"ce": "cross-entropy", "margin": "margin"}
+
+
+def _saturation_cause(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int,
+                      details: dict[str, float]) -> str | None:
+    """Why the cross-entropy gradient is zero at ``x`` when the margin's is not: a saturated softmax
+    (float32 softmax is exactly one-hot beyond a top-2 logit gap of ~100). None when the margin's is zero too."""
+    with torch.no_grad():
+        top2 = model(x).topk(2, dim=1).values
+    gap = float((top2[:, 0] - top2[:, 1]).median())
+    margin_zero = _input_gradient(model, x, y, draws, "margin").flatten(1).abs().sum(1) == 0
+    details.update(median_logit_gap_of_zero_gradient_points=gap,
+                   fraction_zero_margin_gradient=float(margin_zero.float().sum()) / details["probe_size"])
+    if bool(margin_zero.any()):
+        return None
+    return (f"the logits saturate the softmax (median top-2 logit gap {gap:.3g}), so cross-entropy gradients are "
+            "exactly 0 while margin gradients are not: CE-based attacks (pgd, pgd-eot, apgd-ce, bpda-eot) get no "
+            "signal; attack with a margin loss (pgd/pgd-eot with loss='margin', apgd-dlr)")
+
+
+def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int,
+                    loss: str = "ce") -> CheckResult:
+    """Input gradients of ``loss`` (the loss the checks' attacks use) exist, are finite and non-zero.
+
+    With ``loss="ce"``, zero gradients are diagnosed (a saturated softmax is named). With ``loss="margin"``
+    the verdict is on the margin's gradient, and a cross-entropy gradient that the softmax zeroes is a
+    warning: the record's CE-based attacks (e.g. AutoAttack's APGD-CE) are then blind.
+    """
+    name = LOSS_NAMES[loss]
     try:
-        g = _input_gradient(model, x, y, draws)
+        g = _input_gradient(model, x, y, draws, loss)
     except RuntimeError as e:  # e.g. "element 0 of tensors does not require grad"
         return CheckResult("gradients", "fail", f"no input gradient could be computed ({e}); gradient-based "
                            "attacks cannot run: provide a BPDA or surrogate gradient mode", True)
@@ -137,30 +165,27 @@ def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: 
                            "will fail silently (exploding or shattered gradients)", True)
     zero = (g.flatten(1).abs().sum(1) == 0)
     frac = float(zero.float().mean())
-    details = {"fraction_zero_gradient": frac, "mean_abs_gradient": float(g.abs().mean())}
+    details = {"loss": loss, "probe_size": x.shape[0], "fraction_zero_gradient": frac,
+               "mean_abs_gradient": float(g.abs().mean())}
     cause = "non-differentiable or saturated step"
-    if frac > 0:
-        # Saturated softmax: the cross-entropy's gradient is exactly 0 once the logit gap is large (float32
-        # softmax is exactly one-hot beyond a gap of ~100), while the margin's is not.
-        with torch.no_grad():
-            top2 = model(x[zero]).topk(2, dim=1).values
-        gap = float((top2[:, 0] - top2[:, 1]).median())
-        margin_zero = _input_gradient(model, x[zero], y[zero], draws, "margin").flatten(1).abs().sum(1) == 0
-        details.update(median_logit_gap_of_zero_gradient_points=gap,
-                       fraction_zero_margin_gradient=float(margin_zero.float().sum()) / x.shape[0])
-        if not bool(margin_zero.any()):
-            cause = (f"the logits saturate the softmax (median top-2 logit gap {gap:.3g}), so cross-entropy "
-                     "gradients are exactly 0 while margin gradients are not: CE-based attacks (pgd, pgd-eot, "
-                     "apgd-ce, bpda-eot) get no signal; attack with a margin loss (pgd/pgd-eot with "
-                     "loss='margin', apgd-dlr)")
+    if frac > 0 and loss == "ce":
+        cause = _saturation_cause(model, x[zero], y[zero], draws, details) or cause
     if frac > 0.5:
         return CheckResult("gradients", "fail", f"{100 * frac:.0f}% of probe points have an all-zero input "
-                           f"cross-entropy gradient ({cause}): white-box numbers from CE-based attacks on this "
+                           f"{name} gradient ({cause}): white-box numbers from {name}-based attacks on this "
                            "model are not evidence of robustness", True, details)
     if frac > 0:
         return CheckResult("gradients", "warn", f"{100 * frac:.0f}% of probe points have an all-zero input "
-                           f"cross-entropy gradient ({cause})", False, details)
-    return CheckResult("gradients", "pass", "input gradients are finite and non-zero on every probe point",
+                           f"{name} gradient ({cause})", False, details)
+    if loss != "ce":
+        ce_zero = _input_gradient(model, x, y, draws, "ce").flatten(1).abs().sum(1) == 0
+        details["fraction_zero_ce_gradient"] = float(ce_zero.float().mean())
+        if bool(ce_zero.any()):
+            cause = _saturation_cause(model, x[ce_zero], y[ce_zero], draws, details) or "a non-differentiable step"
+            return CheckResult("gradients", "warn", f"{name} gradients are finite and non-zero on every probe "
+                               f"point, but {100 * float(ce_zero.float().mean()):.0f}% have an all-zero "
+                               f"cross-entropy gradient ({cause})", False, details)
+    return CheckResult("gradients", "pass", f"input {name} gradients are finite and non-zero on every probe point",
                        True, details)
 
 
@@ -234,46 +259,56 @@ def check_batch_dependence(model: Classifier, x: torch.Tensor) -> CheckResult:
 
 
 def _pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
-         eot: int, seed: int) -> AttackResult:
+         eot: int, seed: int, loss: str) -> AttackResult:
     step_size = 2.5 * eps / steps
-    return PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, eot=eot, seed=seed)(model, x, y)
+    return PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, eot=eot, seed=seed, loss=loss)(model, x, y)
 
 
-CHECK_OPTIONS = ("steps", "eot", "square_queries")  # the budget knobs of run_checks (benchmark's check_options)
+# the knobs of run_checks (benchmark's check_options): the attacks' budget, and their loss
+CHECK_OPTIONS = ("steps", "eot", "square_queries", "loss")
 
 
 def validate_check_options(options: dict[str, object]) -> None:
-    """Raise :class:`~robustkit.InputError` unless every key is in ``CHECK_OPTIONS`` with a positive int."""
+    """Raise :class:`~robustkit.InputError` unless every key is in ``CHECK_OPTIONS``, ``loss`` one of
+    ``"ce"``/``"margin"`` and every other value a positive int."""
     unknown = sorted(set(options) - set(CHECK_OPTIONS))
     if unknown:
         raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
     for label, v in options.items():
-        check_positive_int(f"check option {label}", v)
+        if label == "loss":
+            if v not in LOSS_NAMES:
+                raise InputError(f"check option loss must be one of {list(LOSS_NAMES)}, got {v!r}")
+        else:
+            check_positive_int(f"check option {label}", v)
 
 
 def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int = 0,
                steps: int = 20, eot: int | None = None, base_classifier: Classifier | None = None,
-               square_queries: int = 1000, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+               square_queries: int = 1000, loss: str = "ce",
+               progress: Callable[[str], None] | None = None) -> list[CheckResult]:
     """Run every check on the probe ``(x, y)``; returns the results in the table's order.
 
     ``steps`` are the PGD steps of the attack checks (the unbounded one runs at least 50), ``eot`` their
-    EOT samples (default 8 for a stochastic model, else 1), ``square_queries`` the black-box budget.
-    Every result's ``details["protocol"]`` records these and the probe size. The model and
-    ``base_classifier`` are evaluated in eval mode; their training flags are restored.
+    EOT samples (default 8 for a stochastic model, else 1), ``square_queries`` the black-box budget and
+    ``loss`` the PGD loss of the attack checks and of the ``gradients`` check (``"margin"`` for a model
+    whose logits saturate the softmax, such as a diffusion classifier). Every result's
+    ``details["protocol"]`` records these and the probe size. The model and ``base_classifier`` are
+    evaluated in eval mode; their training flags are restored.
     """
-    validate_check_options({"steps": steps, "square_queries": square_queries, **({} if eot is None else {"eot": eot})})
+    validate_check_options({"steps": steps, "square_queries": square_queries, "loss": loss,
+                            **({} if eot is None else {"eot": eot})})
     if eot is None:
         eot = 8 if model.traits.stochastic else 1
     with eval_mode(model, base_classifier):
-        results = _run_checks(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps, eot=eot,
+        results = _run_checks(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps, eot=eot, loss=loss,
                               base_classifier=base_classifier, square_queries=square_queries, progress=progress)
     protocol = {"probe_size": int(x.shape[0]), "steps": steps, "eot": eot, "square_queries": square_queries,
-                "seed": seed}
+                "loss": loss, "seed": seed}
     return [dataclasses.replace(r, details={**r.details, "protocol": protocol}) for r in results]
 
 
 def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int,
-                steps: int, eot: int, base_classifier: Classifier | None, square_queries: int,
+                steps: int, eot: int, loss: str, base_classifier: Classifier | None, square_queries: int,
                 progress: Callable[[str], None] | None) -> list[CheckResult]:
     n = x.shape[0]
     tol = _tolerance(n)
@@ -281,14 +316,14 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     results: list[CheckResult] = []
 
     def pgd(e: float, k: int = steps) -> AttackResult:
-        return _pgd(model, x, y, eps=e, norm=norm, steps=k, eot=eot, seed=seed)
+        return _pgd(model, x, y, eps=e, norm=norm, steps=k, eot=eot, seed=seed, loss=loss)
 
     note("stochasticity")
     results.append(check_stochasticity(model, x, y))
     note("logits")
     results.append(check_logits(model, x))
     note("gradients")
-    results.append(check_gradients(model, x, y, eot))
+    results.append(check_gradients(model, x, y, eot, loss))
     note("test_time_state")
     results.append(check_test_time_state(model, x))
     note("batch_dependence")
@@ -296,7 +331,8 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
 
     note("unbounded_attack")
     big = UNBOUNDED_EPS[norm]
-    acc_big = _pgd(model, x, y, eps=big, norm=norm, steps=max(steps, 50), eot=eot, seed=seed).robust_accuracy
+    acc_big = _pgd(model, x, y, eps=big, norm=norm, steps=max(steps, 50), eot=eot, seed=seed,
+                   loss=loss).robust_accuracy
     if acc_big <= tol:
         results.append(CheckResult("unbounded_attack", "pass", f"PGD with eps={big} reaches {100 * acc_big:.0f}% "
                                    "accuracy", True, {"accuracy": acc_big, "eps": big}))
@@ -360,7 +396,7 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
         # the last (highest-loss) iterate, not the first misclassified one: points just past the base
         # model's boundary do not transfer (and a quantiser or purifier rounds them straight back)
         res = PGD(eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps, early_stop=False,
-                  seed=seed)(base_classifier, x, y)
+                  seed=seed, loss=loss)(base_classifier, x, y)
         with torch.no_grad():
             model.reset()
             clean_ok = model(x).argmax(1) == y
