@@ -148,6 +148,9 @@ def test_submit_read_filter_and_idempotency(runs, valid, tmp_path):
         assert data["total"] == 2 and data["count"] == 1 and data["entries"][0]["submitter"] == "bob"
         status, data, _ = request(port, "GET", "/api/entries?dataset=cifar10")
         assert data["total"] == 0 and data["entries"] == []
+        status, data, _ = request(port, "GET", "/api/entries?batch_dependent=false")
+        assert data["total"] == 3 and not any(r["entry"]["batch_dependent"] for r in data["entries"])
+        assert request(port, "GET", "/api/entries?batch_dependent=true")[1]["total"] == 0
 
         status, data, _ = request(port, "GET", f"/api/entries/{first['id']}")
         assert status == 200 and data["submitter"] == "alice"
@@ -417,6 +420,48 @@ def test_bad_submissions_are_refused_cleanly(valid, tmp_path):
         assert status == 200 and data["created"] is False
 
 
+STORE_V1_ENTRIES = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, content_hash TEXT NOT NULL UNIQUE,
+    submitter TEXT NOT NULL, submitted_utc TEXT NOT NULL, name TEXT NOT NULL, defense TEXT NOT NULL,
+    dataset TEXT NOT NULL, threat_model TEXT NOT NULL, eps REAL NOT NULL, stochastic INTEGER NOT NULL,
+    adapts_at_test_time INTEGER NOT NULL, unreliable INTEGER NOT NULL, clean_accuracy REAL NOT NULL,
+    robust_accuracy REAL NOT NULL, board_accuracy REAL NOT NULL, entry_json TEXT NOT NULL,
+    summary_json TEXT NOT NULL, examples_zlib BLOB NOT NULL);
+INSERT INTO meta VALUES ('store_version', '1');
+"""
+
+
+def test_a_version_1_store_is_migrated_with_its_entries(valid, tmp_path):
+    """A database written before the batch_dependent column (store version 1) opens, gains the column filled
+    from each entry's JSON, and filters on it; its rows are untouched."""
+    import sqlite3
+    import zlib
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(STORE_V1_ENTRIES)
+    e = valid["entry"]
+    old = {k: v for k, v in e.items() if k not in ("batch_dependent", "batch_size")}  # an entry-schema-1 entry
+    for i, entry in enumerate([old, {**e, "batch_dependent": True}, {**e, "batch_dependent": False}]):
+        con.execute("INSERT INTO entries VALUES (NULL, ?, 'alice', '2026-01-01T00:00:00+00:00', ?, ?, ?, ?, ?, 0, 0, "
+                    "0, 0.9, 0.5, 0.5, ?, '{}', ?)",
+                    (f"hash{i}", f"Old{i}", e["defense"], e["dataset"], e["threat_model"], e["eps"],
+                     json.dumps(entry), zlib.compress(b"[]")))
+    con.commit()
+    con.close()
+    store = Store(db)
+    assert store.count() == 3
+    rows, total = store.list_entries(batch_dependent=True)
+    assert total == 1 and rows[0].entry["name"] == e["name"] and rows[0].content_hash == "hash1"
+    assert {r.content_hash for r in store.list_entries(batch_dependent=False)[0]} == {"hash0", "hash2"}
+    assert store.get_entry(rows[0].id).entry == {**e, "batch_dependent": True}  # the JSON is kept as it was
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone()[0] == "2"
+    before = store.digest()
+    assert Store(db).digest() == before  # opening it again migrates nothing
+
+
 def test_bad_reads_and_routes(tmp_path):
     with running_server(tmp_path / "board.db", max_body=MAX_BODY, limits=HIGH) as (_, port, store):
         before = store.digest()
@@ -425,6 +470,7 @@ def test_bad_reads_and_routes(tmp_path):
                 ("GET", "/api/entries?limit=100000", 400, "limit"), ("GET", "/api/entries?offset=-1", 400, "offset"),
                 ("GET", "/api/entries?sort=id;DROP%20TABLE%20entries", 400, "sort"),
                 ("GET", "/api/entries?stochastic=yes", 400, "stochastic"),
+                ("GET", "/api/entries?batch_dependent=maybe", 400, "batch_dependent"),
                 ("GET", "/api/entries?evil=1", 400, "unknown query parameter"),
                 ("GET", "/api/entries?dataset=" + "x" * 300, 400, "dataset"),
                 ("GET", "/api/entries/999", 404, "no entry with id 999"),

@@ -3,8 +3,8 @@
 Endpoints (JSON unless noted)::
 
     GET  /api/entries                 list; filters dataset, threat_model, name, submitter, stochastic,
-                                      adapts_at_test_time, unreliable (true/false); sort board|robust|
-                                      clean|submitted|name; limit (1-500), offset
+                                      adapts_at_test_time, batch_dependent, unreliable (true/false);
+                                      sort board|robust|clean|submitted|name; limit (1-500), offset
     GET  /api/entries/{id}            one entry with its per-example summary
     GET  /api/entries/{id}/examples   its per-example records
     POST /api/submissions             upload (Authorization: Bearer <token>); 201 new, 200 already stored
@@ -163,8 +163,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         if wait:
             return too_many(wait, "requests")
         q = request.query_params
-        known = {"dataset", "threat_model", "name", "submitter", "stochastic", "adapts_at_test_time", "unreliable",
-                 "sort", "limit", "offset"}
+        known = {"dataset", "threat_model", "name", "submitter", "stochastic", "adapts_at_test_time",
+                 "batch_dependent", "unreliable", "sort", "limit", "offset"}
         unknown = sorted(set(q) - known)
         if unknown:
             return error(400, f"unknown query parameter(s) {unknown}; known: {sorted(known)}")
@@ -176,6 +176,7 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
                       name=_str_param(q.get("name"), "name"), submitter=_str_param(q.get("submitter"), "submitter"),
                       stochastic=_bool_param(q.get("stochastic"), "stochastic"),
                       adapts_at_test_time=_bool_param(q.get("adapts_at_test_time"), "adapts_at_test_time"),
+                      batch_dependent=_bool_param(q.get("batch_dependent"), "batch_dependent"),
                       unreliable=_bool_param(q.get("unreliable"), "unreliable"), sort=sort,
                       limit=_int_param(q.get("limit"), "limit", 100, 1, MAX_PAGE),
                       offset=_int_param(q.get("offset"), "offset", 0, 0, 2**31))

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 from ..errors import RobustkitError
 from ._fields import NAME_RE
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: entries.batch_dependent (entry schema 2); a version-1 file is migrated on open
 _TOKEN_RE = re.compile(r"^rk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _DUMMY_DIGEST = hashlib.sha256(b"robustkit-no-such-token").hexdigest()
 
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS entries (
     eps REAL NOT NULL,
     stochastic INTEGER NOT NULL,
     adapts_at_test_time INTEGER NOT NULL,
+    batch_dependent INTEGER NOT NULL DEFAULT 0,
     unreliable INTEGER NOT NULL,
     clean_accuracy REAL NOT NULL,
     robust_accuracy REAL NOT NULL,
@@ -120,10 +121,25 @@ class Store:
                 con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_version', ?)",
                             (str(STORE_VERSION),))
                 version = con.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone()[0]
+            if version == "1":
+                self._migrate_from_1()
+                version = str(STORE_VERSION)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable SQLite database ({e})") from e
         if version != str(STORE_VERSION):
             raise StoreError(f"{self.path} has store version {version}, this robustkit reads {STORE_VERSION}")
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 had no ``batch_dependent`` column: add it, filled from each stored entry's JSON (entries
+        of entry schema 1 have no such field and were not batch-dependent), in one transaction."""
+        with self._write() as con:
+            if con.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone()[0] != "1":
+                return  # another process migrated it first
+            con.execute("ALTER TABLE entries ADD COLUMN batch_dependent INTEGER NOT NULL DEFAULT 0")
+            rows = con.execute("SELECT id, entry_json FROM entries").fetchall()
+            con.executemany("UPDATE entries SET batch_dependent = ? WHERE id = ?",
+                            [(int(bool(json.loads(e).get("batch_dependent", False))), i) for i, e in rows])
+            con.execute("UPDATE meta SET value = ? WHERE key = 'store_version'", (str(STORE_VERSION),))
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -192,11 +208,12 @@ class Store:
                 return int(row[0]), False
             cur = con.execute(
                 "INSERT INTO entries (content_hash, submitter, submitted_utc, name, defense, dataset, threat_model, "
-                "eps, stochastic, adapts_at_test_time, unreliable, clean_accuracy, robust_accuracy, board_accuracy, "
-                "entry_json, summary_json, examples_zlib) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "eps, stochastic, adapts_at_test_time, batch_dependent, unreliable, clean_accuracy, robust_accuracy, "
+                "board_accuracy, entry_json, summary_json, examples_zlib) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (content_hash, submitter, _now(), entry["name"], entry["defense"], entry["dataset"],
                  entry["threat_model"], entry["eps"], int(entry["stochastic"]), int(entry["adapts_at_test_time"]),
-                 int(entry["unreliable"]), board["clean_accuracy"], board["robust_accuracy"],
+                 int(entry["batch_dependent"]), int(entry["unreliable"]), board["clean_accuracy"], board["robust_accuracy"],
                  board["board_accuracy"], json.dumps(entry, sort_keys=True, allow_nan=False),
                  json.dumps(summary, sort_keys=True, allow_nan=False), blob))
             return int(cur.lastrowid), True
@@ -207,8 +224,8 @@ class Store:
 
     def list_entries(self, *, dataset: str | None = None, threat_model: str | None = None,
                      name: str | None = None, submitter: str | None = None, stochastic: bool | None = None,
-                     adapts_at_test_time: bool | None = None, unreliable: bool | None = None,
-                     sort: str = "board", limit: int = 100, offset: int = 0) -> tuple[list[StoredEntry], int]:
+                     adapts_at_test_time: bool | None = None, batch_dependent: bool | None = None,
+                     unreliable: bool | None = None, sort: str = "board", limit: int = 100, offset: int = 0) -> tuple[list[StoredEntry], int]:
         """Entries matching every given filter, sorted, paged; also the total number matching."""
         if sort not in self.SORTS:
             raise StoreError(f"sort must be one of {sorted(self.SORTS)}, got {sort!r}")
@@ -219,7 +236,7 @@ class Store:
                 where.append(f"{col} = ?")
                 params.append(v)
         for col, b in (("stochastic", stochastic), ("adapts_at_test_time", adapts_at_test_time),
-                       ("unreliable", unreliable)):
+                       ("batch_dependent", batch_dependent), ("unreliable", unreliable)):
             if b is not None:
                 where.append(f"{col} = ?")
                 params.append(int(b))
