@@ -4,6 +4,7 @@ gradients against plain autograd, likelihood maximisation's constraints and rand
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -406,3 +407,9 @@ def test_input_validation(digits_model):
         create_rdc("tiny_rdc.digits", t_star=0.1)
     with pytest.raises(InputError, match="not an RDC"):
         create_rdc("tiny_diffpure.digits")
+    with pytest.raises(InputError, match="takes no classifier"):
+        robustkit.create_defense("tiny_rdc.digits", classifier="tiny_cnn.digits")
+    assert all(defense_config(n).generative and defense_config(n).classifier is None for n in list_defenses("*rdc*"))
+    assert not defense_config("tiny_diffpure.digits").generative
+    with pytest.raises(InputError, match="classifier must be None"):
+        dataclasses.replace(defense_config("tiny_rdc.digits"), classifier="tiny_cnn.digits")

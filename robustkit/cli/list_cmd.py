@@ -34,7 +34,7 @@ def _defenses(pattern: str) -> list[tuple[str, str]]:
         cfg = defense_config(n)
         if cfg.classifier:
             behind = f"classifier {cfg.classifier}"
-        elif cfg.method == "RDC":  # a generative classifier: no discriminative network behind it
+        elif cfg.generative:
             behind = "classified by its diffusion model"
         else:
             behind = "classifier (yours)"

@@ -556,6 +556,9 @@ def create_rdc(name: str, *, pretrained: bool = False, gradient: str | None = No
     from .registry import builder_entry, stamp
 
     entry = builder_entry(name, ("RDC",), "an RDC", pretrained)
+    if "classifier" in classifier_overrides:
+        raise InputError(f"{name} classifies with its diffusion model (Bayes' rule over class-conditional "
+                         "losses); it takes no classifier")
     unknown = sorted(set(classifier_overrides) - {f.name for f in dataclasses.fields(DiffusionClassifierConfig)})
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, gradient, seed, "

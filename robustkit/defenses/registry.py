@@ -47,8 +47,10 @@ class DefenseConfig:
         method: the method's name (``"DiffPure"``).
         dataset: the dataset it defends (``"cifar10"``, ``"imagenet"``, ``"digits"``).
         input_shape: ``(C, H, W)`` of the defended classifier's inputs.
-        classifier: registered classifier name behind the purifier; None: the user must pass one (or,
-            for RDC, none exists: the diffusion model classifies by Bayes' rule).
+        classifier: registered classifier name behind the purifier; None: the user must pass one, unless
+            ``generative``.
+        generative: the diffusion model itself classifies (RDC: Bayes' rule over its class-conditional
+            losses), so no classifier is behind it and ``classifier`` must be None.
         purifier: the purifier's hyperparameters (paper defaults).
         weights: the diffusion model's checkpoint (None when the factory gets it elsewhere, e.g. from
             the diffusion-model registry).
@@ -61,6 +63,7 @@ class DefenseConfig:
     dataset: str
     input_shape: tuple[int, int, int]
     classifier: str | None
+    generative: bool = False
     purifier: DiffPureConfig = field(default_factory=DiffPureConfig)
     weights: WeightSource | None = None
     score_model: str = ""
@@ -73,6 +76,9 @@ class DefenseConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
+        if self.generative and self.classifier is not None:
+            raise InputError(f"a generative defense classifies with its diffusion model; classifier must be None, "
+                             f"got {self.classifier!r}")
         if self.gradient not in GRADIENT_MODES:
             raise InputError(f"gradient must be one of {GRADIENT_MODES}, got {self.gradient!r}")
         if self.vote not in VOTES:

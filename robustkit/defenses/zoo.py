@@ -136,7 +136,8 @@ def _rdc_models(conditional: nn.Module, unconditional: nn.Module, weighting: str
 
 
 @register_defense("rdc.cifar10", DefenseConfig(
-    method="RDC", dataset="cifar10", input_shape=CIFAR10_SHAPE, classifier=None, weights=EDM_CIFAR10_COND,
+    method="RDC", dataset="cifar10", input_shape=CIFAR10_SHAPE, classifier=None, generative=True,
+    weights=EDM_CIFAR10_COND,
     score_model="EDM DDPM++ cond + uncond VP (edm_cifar_cond.pt, edm_cifar_uncond_vp.pt), 55.7M parameters each",
     gradient="bpda", paper=_RDC_PAPER, source=_RDC_SOURCE, license="CC BY-NC-SA 4.0 (EDM weights)",
     notes="build with robustkit.defenses.create_rdc; EDM-weighted ELBO on a 1000-point σ grid in [1e-4, 3], "
@@ -154,7 +155,7 @@ def rdc_cifar10(pretrained: bool = False) -> nn.Module:
 
 
 @register_defense("rdc_unet.cifar10", DefenseConfig(
-    method="RDC", dataset="cifar10", input_shape=CIFAR10_SHAPE, classifier=None,
+    method="RDC", dataset="cifar10", input_shape=CIFAR10_SHAPE, classifier=None, generative=True,
     score_model="unet.cifar10 (robustkit.diffusion registry; null label for likelihood maximisation)",
     gradient="bpda", paper=_RDC_PAPER, source="robustkit", license="MIT (robustkit)",
     notes="build with robustkit.defenses.create_rdc; RDC's procedure with robustkit's CFG U-Net, uniform weights "
@@ -165,7 +166,7 @@ def rdc_unet_cifar10(pretrained: bool = False) -> nn.Module:
 
 
 @register_defense("tiny_rdc.digits", DefenseConfig(
-    method="RDC", dataset="digits", input_shape=(1, 8, 8), classifier=None,
+    method="RDC", dataset="digits", input_shape=(1, 8, 8), classifier=None, generative=True,
     score_model="tiny_unet.digits (robustkit.diffusion registry; null label for likelihood maximisation)",
     gradient="bpda", paper=_RDC_PAPER, source="robustkit", license="MIT (robustkit)",
     notes="build with robustkit.defenses.create_rdc; the embedded RDC: bundled weights, offline, CPU"))
