@@ -161,3 +161,26 @@ def test_fab_steps_run_that_many_fab_iterations_per_target():
     assert AutoAttack(eps=0.1, version="rand").protocol()["fab_steps"] == 0  # no FAB in 'rand'
     with pytest.raises(InputError, match="fab_steps"):
         AutoAttack(eps=0.1, fab_steps=0)
+
+
+@pytest.mark.parametrize("sub", ["apgd-t", "fab-t"])
+def test_target_classes_sets_how_many_classes_the_targeted_attacks_run(sub):
+    # at eps 1e-6 no point breaks, so each target class costs the same fixed number of forwards
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    calls = {}
+    for k in (1, 2, 4):
+        model = _CountingForwards(clf)
+        attack = AutoAttack(eps=1e-6, version="custom", attacks=(sub,), steps=3, fab_steps=3, target_classes=k,
+                            seed=0)
+        attack.perturb(model, x, y, torch.Generator())
+        calls[k] = model.calls
+        assert attack.protocol()["target_classes"] == k
+    per_target = calls[2] - calls[1]
+    assert per_target > 0 and calls[4] - calls[2] == 2 * per_target
+    assert AutoAttack(eps=0.1).protocol()["target_classes"] == 9  # pyautoattack's default, recorded
+    assert AutoAttack(eps=0.1, version="rand").protocol()["target_classes"] == 0  # nothing targeted in 'rand'
+    with pytest.raises(InputError, match="target_classes"):
+        AutoAttack(eps=0.1, target_classes=True)
+    with pytest.raises(InputError, match="only 9 wrong classes"):
+        AutoAttack(eps=0.1, target_classes=10).perturb(clf, x, y, torch.Generator())

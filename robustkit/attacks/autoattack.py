@@ -69,6 +69,8 @@ class AutoAttack(Attack):
         square_queries: Square Attack's query budget (pyautoattack's default 5000 when None).
         fab_steps: iterations of FAB / FAB-T (pyautoattack's default 100 when None). FAB-T runs them for
             each of 9 target classes, so on an expensive defense it costs more than the rest of ``standard``.
+        target_classes: how many of the highest-scoring wrong classes APGD-T and FAB-T each target
+            (pyautoattack's default 9 when None): their cost is proportional to it.
         batch_size: pyautoattack's internal batch size.
     """
 
@@ -77,7 +79,7 @@ class AutoAttack(Attack):
     def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
                  attacks: Sequence[str] | None = None, eot: int | None = None, steps: int | None = None,
                  square_queries: int | None = None, fab_steps: int | None = None,
-                 batch_size: int = 250, seed: int = 0):
+                 target_classes: int | None = None, batch_size: int = 250, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if version not in VERSIONS:
             raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
@@ -95,10 +97,12 @@ class AutoAttack(Attack):
         self.attacks = tuple(attacks) if attacks else None
         check_positive_int("square_queries", square_queries, none_ok=True)
         check_positive_int("fab_steps", fab_steps, none_ok=True)
+        check_positive_int("target_classes", target_classes, none_ok=True)
         self.eot = eot
         self.steps = steps
         self.square_queries = square_queries
         self.fab_steps = fab_steps
+        self.target_classes = target_classes
         self.batch_size = int(batch_size)
 
     def _build(self, model: nn.Module, device: torch.device):
@@ -115,6 +119,8 @@ class AutoAttack(Attack):
             aa.square.n_queries = self.square_queries
         if self.fab_steps is not None:
             aa.fab.n_iter = self.fab_steps
+        if self.target_classes is not None:
+            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = self.target_classes
         return aa
 
     def protocol(self) -> dict[str, Any]:
@@ -126,10 +132,16 @@ class AutoAttack(Attack):
                 "eot": aa.apgd.eot_iter if uses_apgd else 1,
                 "square_queries": aa.square.n_queries if "square" in subs else 0,
                 "fab_steps": aa.fab.n_iter if any(s.startswith("fab") for s in subs) else 0,
+                "target_classes": (aa.apgd_targeted.n_target_classes if any(s in ("apgd-t", "fab-t") for s in subs)
+                                   else 0),
                 "implementation": f"pyautoattack {_pyautoattack_version()}"}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:
+        n_classes = getattr(model, "num_classes", None)
+        if self.target_classes is not None and n_classes is not None and self.target_classes >= n_classes:
+            raise InputError(f"target_classes={self.target_classes}: a {n_classes}-class model has only "
+                             f"{n_classes - 1} wrong classes to target")
         aa = self._build(model, x.device)
         log = logging.getLogger("auto-attack")
         cascade = _CascadeLog()
