@@ -178,6 +178,40 @@ def test_pgd_without_early_stop_returns_the_last_iterate():
     assert bool((perturbation_norm(last.x_adv, x, "Linf") <= 0.2 + 1e-6).all())
 
 
+class _LogitNoise(robustkit.Classifier):
+    """The digits CNN with N(0, sigma²) noise added to its logits: a stochastic model with known decisions."""
+
+    def __init__(self, base, sigma=1.0):
+        super().__init__(10, (1, 8, 8), robustkit.DefenseTraits(stochastic=True))
+        self.base, self.sigma = base, sigma
+
+    def logits(self, x):
+        out = self.base(x)
+        return out + self.sigma * torch.randn_like(out)
+
+
+def test_pgd_does_not_stop_at_a_lucky_draw_of_a_stochastic_model():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    noisy = _LogitNoise(clf)
+    x, y = robustkit.load_dataset("digits", n_examples=200)
+    kw = dict(eps=0.3, steps=20, step_size=0.0375, eot=2, loss="margin", seed=0)
+    torch.manual_seed(0)
+    auto = PGD(**kw)(noisy, x, y)
+    torch.manual_seed(0)
+    stopped = PGD(early_stop=True, **kw)(noisy, x, y)
+    assert auto.info["early_stop"] is False and stopped.info["early_stop"] is True
+    # eps 0.3 turns any digit into another: ascending to the end breaks all; stopping at the first draw
+    # seen misclassified leaves points just past the boundary, which the verification draw often gets right
+    assert auto.robust_accuracy <= 0.02 and stopped.robust_accuracy >= 0.1, (auto.robust_accuracy,
+                                                                             stopped.robust_accuracy)
+    # a deterministic model keeps early stopping under "auto": the same examples as early_stop=True
+    det = PGD(eps=0.2, steps=10, seed=0)(clf, x[:32], y[:32])
+    assert det.info["early_stop"] is True
+    assert torch.equal(det.x_adv, PGD(eps=0.2, steps=10, seed=0, early_stop=True)(clf, x[:32], y[:32]).x_adv)
+    with pytest.raises(InputError, match="early_stop"):
+        PGD(eps=0.1, early_stop="sometimes")
+
+
 def test_pgd_stops_once_every_example_is_broken_with_the_same_answer():
     clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
     x, y = robustkit.load_dataset("digits", n_examples=16)
@@ -193,7 +227,7 @@ def test_pgd_stops_once_every_example_is_broken_with_the_same_answer():
 
     pgd = PGD(eps=0.5, steps=50, step_size=0.1, random_start=False, seed=0)
     counted = Counting()
-    x_adv = pgd.perturb(counted, x, y, torch.Generator().manual_seed(0))
+    x_adv = pgd.perturb(counted, x, y, torch.Generator().manual_seed(0)).x_adv
     assert bool((clf(x_adv).argmax(1) != y).all())  # eps 0.5 breaks every digit...
     assert counted.calls < 50  # ...long before the 50th step, and the attack stopped there
     # the answer is the one the full loop gives: each example's first misclassified iterate

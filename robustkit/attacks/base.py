@@ -155,6 +155,11 @@ class _Counting(nn.Module):
         self.forwards = 0
         self.backwards = 0
 
+    @property
+    def traits(self):
+        """The wrapped classifier's traits, for attacks that adapt to them (e.g. PGD's ``early_stop="auto"``)."""
+        return self.model.traits
+
     def _count_backward(self, n: int):
         def hook(grad: torch.Tensor) -> None:
             self.backwards += n

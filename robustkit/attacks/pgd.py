@@ -2,11 +2,15 @@
 
 Each step ascends the loss along ``sign(g)`` (Linf) or ``g/||g||_2`` (L2), where ``g`` is the gradient
 averaged over ``eot`` forward-backward passes (Athalye et al., ICML 2018: expectation over
-transformation, for stochastic models), then projects onto the threat model. Per example, the first
-iterate that is misclassified is kept (for a stochastic model the final verification decides);
-``early_stop=False`` returns the last iterate instead, the highest-loss point, which is what a
-*transfer* attack needs: a first-misclassified iterate lies just past the source model's decision
-boundary and rarely fools another model (Carlini & Wagner, S&P 2017, on high-confidence transfer).
+transformation, for stochastic models), then projects onto the threat model. On a deterministic model
+the first iterate that is misclassified is kept, per example. On a stochastic one every step is taken and
+the last iterate returned (``early_stop="auto"``, the default): an iterate "seen misclassified" once may
+be a lucky draw just past the boundary, and stopping there hands the final verification a point that
+the next draw classifies right. On the digits CNN with N(0, 1) logit noise, 20 margin steps × EOT 2 at
+eps 0.3 leave 27 % of 200 images with early stopping and 0 % without (``tests/test_pgd.py``).
+``early_stop=False`` also gives a *transfer* attack the highest-loss point it needs: a
+first-misclassified iterate lies just past the source model's decision boundary and rarely fools
+another model (Carlini & Wagner, S&P 2017, on high-confidence transfer).
 
 Reference:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm, project
+from .base import Attack, Norm, Perturbation, project
 
 
 LOSSES = ("ce", "margin")
@@ -61,7 +65,9 @@ class PGD(Attack):
         eot: gradients averaged per step (1 for deterministic models).
         random_start: start from a uniform point in the ball instead of ``x``.
         early_stop: keep, per example, the first iterate seen misclassified (True) or return the last
-            iterate (False; for crafting examples on a source model to transfer).
+            iterate (False; for crafting examples on a source model to transfer). ``"auto"``: True for a
+            deterministic model, False for a stochastic one (``traits.stochastic``); the record states
+            which ran.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
             The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
             hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
@@ -70,7 +76,8 @@ class PGD(Attack):
     name = "pgd"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
-                 eot: int = 1, random_start: bool = True, early_stop: bool = True, loss: str = "ce", seed: int = 0):
+                 eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "ce",
+                 seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -83,7 +90,9 @@ class PGD(Attack):
             raise InputError(f"step_size must be positive, got {step_size!r}")
         self.eot = eot
         self.random_start = bool(random_start)
-        self.early_stop = bool(early_stop)
+        if early_stop not in (True, False, "auto"):
+            raise InputError(f"early_stop must be True, False or 'auto', got {early_stop!r}")
+        self.early_stop = early_stop
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
@@ -116,9 +125,17 @@ class PGD(Attack):
         return self.step_size * grad / n
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: torch.Generator) -> Perturbation:
+        stop = self.early_stop
+        if stop == "auto":
+            traits = getattr(model, "traits", None)
+            stop = not (traits is not None and traits.stochastic)
+        return Perturbation(self._run(model, x, y, generator, stop), {"early_stop": stop})
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+             early_stop: bool) -> torch.Tensor:
         x_adv = self._random_start(x, generator) if self.random_start else x.clone()
-        if not self.early_stop:
+        if not early_stop:
             with torch.enable_grad():
                 for _ in range(self.steps):
                     grad, _ = self._gradient(model, x_adv, y)
