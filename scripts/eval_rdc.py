@@ -38,7 +38,7 @@ import time
 import torch
 
 import robustkit
-from robustkit.cli.bench import parse_attack_options
+from robustkit.cli.bench import add_check_arguments, check_options_from_args, parse_attack_options
 from robustkit.defenses import create_rdc, defense_config
 from robustkit.eval.benchmark import parse_eps, protocol_correct, resolve_attacks
 from robustkit.eval.record import PROTOCOLS
@@ -76,13 +76,7 @@ def main() -> None:
     ap.add_argument("--checks", action="store_true",
                     help="run the sanity checks too (slow); RDC's transfer check attacks its diffusion classifier "
                          "alone (the purifier's base classifier)")
-    ap.add_argument("--probe-size", type=int, default=16, help="examples the sanity checks run on (the first N)")
-    ap.add_argument("--check-steps", type=int, default=None, help="PGD steps of the checks' attacks (default 20)")
-    ap.add_argument("--check-eot", type=int, default=None, help="EOT of the checks' attacks (default 8)")
-    ap.add_argument("--check-square-queries", type=int, default=None,
-                    help="Square Attack queries of the black-box check (default 1000)")
-    ap.add_argument("--check-loss", choices=["ce", "margin"], default="margin",
-                    help="PGD loss of the checks' attacks (margin: CE gets no gradient from this classifier)")
+    add_check_arguments(ap, loss_default="margin")  # CE gets no gradient from a diffusion classifier
     ap.add_argument("--clean-only", action="store_true",
                     help="only clean accuracy over --n-reeval draws (no attack, no run directory)")
     ap.add_argument("--out", help="resumable run directory; the record goes to OUT/record.json")
@@ -109,10 +103,7 @@ def main() -> None:
                               n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
                               n_reeval=args.n_reeval, checks=args.checks, cascade=False, run_dir=args.out,
                               data_dir=args.data_dir, probe_size=args.probe_size,
-                              check_options={k: v for k, v in (("steps", args.check_steps), ("eot", args.check_eot),
-                                                               ("square_queries", args.check_square_queries),
-                                                               ("loss", args.check_loss))
-                                             if v is not None})
+                              check_options=check_options_from_args(args))
     print(rec.summary())
 
 

@@ -52,14 +52,7 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--run-dir", default=None, help="resumable run directory (default: a temporary one)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model is)")
     p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
-    p.add_argument("--probe-size", type=int, default=16, help="examples the sanity checks run on (the first N)")
-    p.add_argument("--check-steps", type=int, default=None, help="PGD steps of the checks' attacks (default 20)")
-    p.add_argument("--check-eot", type=int, default=None,
-                   help="EOT of the checks' attacks (default 8 for a stochastic defense, else 1)")
-    p.add_argument("--check-square-queries", type=int, default=None,
-                   help="Square Attack queries of the black-box check (default 1000)")
-    p.add_argument("--check-loss", choices=["ce", "margin"], default=None,
-                   help="PGD loss of the checks' attacks (default ce; margin when the logits saturate the softmax)")
+    add_check_arguments(p)
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every example")
     p.add_argument("--executor", default="inline", choices=["inline", "processes", "submitit", "submitit-local"])
     p.add_argument("--workers", type=int, default=None, help="worker processes / Slurm tasks")
@@ -76,6 +69,26 @@ def _option_value(text: str) -> Any:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         return text
+
+
+def add_check_arguments(p: argparse.ArgumentParser, *, loss_default: str | None = None) -> None:
+    """The sanity checks' probe and budget flags; :func:`check_options_from_args` reads them back."""
+    p.add_argument("--probe-size", type=int, default=16, help="examples the sanity checks run on (the first N)")
+    p.add_argument("--check-steps", type=int, default=None, help="PGD steps of the checks' attacks (default 20)")
+    p.add_argument("--check-eot", type=int, default=None,
+                   help="EOT of the checks' attacks (default 8 for a stochastic defense, else 1)")
+    p.add_argument("--check-square-queries", type=int, default=None,
+                   help="Square Attack queries of the black-box check (default 1000)")
+    p.add_argument("--check-loss", choices=["ce", "margin"], default=loss_default,
+                   help=f"PGD loss of the checks' attacks (default {loss_default or 'ce'}; margin when the logits "
+                        "saturate the softmax)")
+
+
+def check_options_from_args(args: argparse.Namespace) -> dict[str, int | str]:
+    """``benchmark``'s ``check_options`` from the flags of :func:`add_check_arguments` that were given."""
+    return {k: v for k, v in (("steps", args.check_steps), ("eot", args.check_eot),
+                              ("square_queries", args.check_square_queries), ("loss", args.check_loss))
+            if v is not None}
 
 
 def parse_attack_options(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -160,9 +173,7 @@ def run(args: argparse.Namespace) -> int:
                     eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
-                    check_options={k: v for k, v in (("steps", args.check_steps), ("eot", args.check_eot),
-                                                     ("square_queries", args.check_square_queries),
-                                                     ("loss", args.check_loss)) if v is not None},
+                    check_options=check_options_from_args(args),
                     attack_options=options,
                     executor=args.executor, workers=args.workers)
     if args.json:
