@@ -41,7 +41,7 @@ import torch
 
 from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
-from ..attacks.pgd import summed_loss
+from ..attacks.pgd import LOSSES, summed_loss
 from ..errors import InputError
 from ..utils import check_positive_int, state_digest
 from .record import CheckResult
@@ -126,17 +126,17 @@ def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: 
     return grad / draws
 
 
-LOSS_NAMES = {"ce": "cross-entropy", "margin": "margin"}
+LOSS_NAMES = {"ce": "cross-entropy", "margin": "margin"}  # PGD's LOSSES, as the messages name them
 
 
-def _saturation_cause(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int,
+def _saturation_cause(model: Classifier, x: torch.Tensor, margin_zero: torch.Tensor,
                       details: dict[str, float]) -> str | None:
-    """Why the cross-entropy gradient is zero at ``x`` when the margin's is not: a saturated softmax
-    (float32 softmax is exactly one-hot beyond a top-2 logit gap of ~100). None when the margin's is zero too."""
+    """Why the cross-entropy gradient is zero at ``x`` (points where it is) when the margin's is not
+    (``margin_zero`` marks where it is): a saturated softmax (float32 softmax is exactly one-hot beyond a
+    top-2 logit gap of ~100). None when the margin's gradient is zero too."""
     with torch.no_grad():
         top2 = model(x).topk(2, dim=1).values
     gap = float((top2[:, 0] - top2[:, 1]).median())
-    margin_zero = _input_gradient(model, x, y, draws, "margin").flatten(1).abs().sum(1) == 0
     details.update(median_logit_gap_of_zero_gradient_points=gap,
                    fraction_zero_margin_gradient=float(margin_zero.float().sum()) / details["probe_size"])
     if bool(margin_zero.any()):
@@ -169,7 +169,8 @@ def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: 
                "mean_abs_gradient": float(g.abs().mean())}
     cause = "non-differentiable or saturated step"
     if frac > 0 and loss == "ce":
-        cause = _saturation_cause(model, x[zero], y[zero], draws, details) or cause
+        margin_zero = _input_gradient(model, x[zero], y[zero], draws, "margin").flatten(1).abs().sum(1) == 0
+        cause = _saturation_cause(model, x[zero], margin_zero, details) or cause
     if frac > 0.5:
         return CheckResult("gradients", "fail", f"{100 * frac:.0f}% of probe points have an all-zero input "
                            f"{name} gradient ({cause}): white-box numbers from {name}-based attacks on this "
@@ -180,8 +181,8 @@ def check_gradients(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: 
     if loss != "ce":
         ce_zero = _input_gradient(model, x, y, draws, "ce").flatten(1).abs().sum(1) == 0
         details["fraction_zero_ce_gradient"] = float(ce_zero.float().mean())
-        if bool(ce_zero.any()):
-            cause = _saturation_cause(model, x[ce_zero], y[ce_zero], draws, details) or "a non-differentiable step"
+        if bool(ce_zero.any()):  # the margin's gradient is non-zero everywhere (checked above)
+            cause = _saturation_cause(model, x[ce_zero], zero[ce_zero], details)
             return CheckResult("gradients", "warn", f"{name} gradients are finite and non-zero on every probe "
                                f"point, but {100 * float(ce_zero.float().mean()):.0f}% have an all-zero "
                                f"cross-entropy gradient ({cause})", False, details)
@@ -276,8 +277,8 @@ def validate_check_options(options: dict[str, object]) -> None:
         raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
     for label, v in options.items():
         if label == "loss":
-            if v not in LOSS_NAMES:
-                raise InputError(f"check option loss must be one of {list(LOSS_NAMES)}, got {v!r}")
+            if v not in LOSSES:
+                raise InputError(f"check option loss must be one of {list(LOSSES)}, got {v!r}")
         else:
             check_positive_int(f"check option {label}", v)
 
