@@ -7,7 +7,7 @@ the first iterate that is misclassified is kept, per example. On a stochastic on
 the last iterate returned (``early_stop="auto"``, the default): an iterate "seen misclassified" once may
 be a lucky draw just past the boundary, and stopping there hands the final verification a point that
 the next draw classifies right. On the digits CNN with N(0, 1) logit noise, 20 margin steps × EOT 2 at
-eps 0.3 leave 27 % of 200 images with early stopping and 0 % without (``tests/test_pgd.py``).
+eps 0.3 leave 27 % of 200 images with early stopping and 0 % without (``tests/test_attacks.py``).
 ``early_stop=False`` also gives a *transfer* attack the highest-loss point it needs: a
 first-misclassified iterate lies just past the source model's decision boundary and rarely fools
 another model (Carlini & Wagner, S&P 2017, on high-confidence transfer).
