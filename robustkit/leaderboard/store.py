@@ -213,8 +213,8 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (content_hash, submitter, _now(), entry["name"], entry["defense"], entry["dataset"],
                  entry["threat_model"], entry["eps"], int(entry["stochastic"]), int(entry["adapts_at_test_time"]),
-                 int(entry["batch_dependent"]), int(entry["unreliable"]), board["clean_accuracy"], board["robust_accuracy"],
-                 board["board_accuracy"], json.dumps(entry, sort_keys=True, allow_nan=False),
+                 int(entry["batch_dependent"]), int(entry["unreliable"]), board["clean_accuracy"],
+                 board["robust_accuracy"], board["board_accuracy"], json.dumps(entry, sort_keys=True, allow_nan=False),
                  json.dumps(summary, sort_keys=True, allow_nan=False), blob))
             return int(cur.lastrowid), True
 
@@ -225,7 +225,8 @@ class Store:
     def list_entries(self, *, dataset: str | None = None, threat_model: str | None = None,
                      name: str | None = None, submitter: str | None = None, stochastic: bool | None = None,
                      adapts_at_test_time: bool | None = None, batch_dependent: bool | None = None,
-                     unreliable: bool | None = None, sort: str = "board", limit: int = 100, offset: int = 0) -> tuple[list[StoredEntry], int]:
+                     unreliable: bool | None = None, sort: str = "board", limit: int = 100,
+                     offset: int = 0) -> tuple[list[StoredEntry], int]:
         """Entries matching every given filter, sorted, paged; also the total number matching."""
         if sort not in self.SORTS:
             raise StoreError(f"sort must be one of {sorted(self.SORTS)}, got {sort!r}")
