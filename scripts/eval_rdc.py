@@ -33,6 +33,7 @@ writes ``--out/record.json`` (the run directory is resumable).
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import torch
@@ -80,7 +81,11 @@ def main() -> None:
     ap.add_argument("--clean-only", action="store_true",
                     help="only clean accuracy over --n-reeval draws (no attack, no run directory)")
     ap.add_argument("--out", help="resumable run directory; the record goes to OUT/record.json")
+    ap.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress messages (by default each shard logs its clean pass and each attack)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.out is None and not args.clean_only:
         ap.error("--out is required unless --clean-only")
     dataset = defense_config(args.defense).dataset

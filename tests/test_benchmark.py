@@ -149,6 +149,35 @@ def test_eot_on_a_deterministic_model_is_warned_about(clf, caplog):
     assert not [r for r in caplog.records if "deterministic" in r.message]
 
 
+def test_each_shard_logs_its_progress(clf, caplog):
+    # long shards (an hour each on a diffusion defense) say what they are doing: clean, each attack, skips
+    kw = dict(dataset="digits", attacks=["pgd", "apgd-ce"], n_examples=8, batch_size=4, checks=False,
+              attack_options={"pgd": {"steps": 10}, "apgd-ce": {"steps": 2}})
+    with caplog.at_level("INFO", logger="robustkit.eval.benchmark"):
+        rec = benchmark(clf, eps=0.5, **kw)  # eps 0.5 breaks every digit: the cascade skips apgd-ce
+    msgs = [r.getMessage() for r in caplog.records]
+    for k, span in ((1, "0-3"), (2, "4-7")):
+        where = f"shard {k}/2 (examples {span})"
+        assert any(m.startswith(f"{where}: clean: ") and "(of 1; " in m for m in msgs)
+        assert any(m.startswith(f"{where}: pgd on ") for m in msgs)
+        assert any(m.startswith(f"{where}: pgd done: 0/") for m in msgs)
+        assert f"{where}: apgd-ce skipped: every example already broken" in msgs
+    assert rec.robust["single_draw"].correct == 0
+    caplog.clear()
+    with caplog.at_level("INFO", logger="robustkit.eval.benchmark"):
+        benchmark(clf, eps=0.5, **{**kw, "checks": True, "probe_size": 4,
+                                   "check_options": {"steps": 2, "square_queries": 10}})
+    msgs = [r.getMessage() for r in caplog.records]
+    for name in ("gradients", "unbounded_attack", "black_box", "transfer"):
+        assert any(m.startswith(f"sanity checks on 4 examples: {name} ...") for m in msgs)
+    assert any(m.startswith("sanity checks done (") and "unbounded_attack pass" in m for m in msgs)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="robustkit.eval.benchmark"):
+        benchmark(clf, eps=0.01, **kw)
+    right = [m for m in caplog.records if ": apgd-ce done: " in m.getMessage()]
+    assert len(right) == 2 and all(r.levelname == "INFO" for r in right)
+
+
 def test_resume_skips_finished_shards_and_refuses_other_config(clf, tmp_path):
     run = tmp_path / "run"
     kw = dict(dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 5}}, n_examples=32,

@@ -236,6 +236,9 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     with _seeded(derive_seed(job.seed, shard.start, "clean"), device):
         clean = _predict_draws(model, x, y, job.draws)
     forwards, backwards = n * job.draws, 0
+    where = f"shard {shard.index + 1}/{len(job.shards)} (examples {shard.start}-{shard.stop - 1})"
+    log.info("%s: clean: %d/%d right on the first draw (of %d; %.0f s)", where, sum(c[0] for c in clean), n,
+             job.draws, time.perf_counter() - t0)
     records = [{"index": job.indices[shard.start + i], "label": int(y[i]), "clean": clean[i], "attacks": {}}
                for i in range(n)]
     alive = torch.tensor([any(protocol_correct(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
@@ -248,7 +251,11 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     for name in job.attacks:
         todo = alive.nonzero().flatten() if job.cascade and not per_batch else torch.arange(n)
         x_adv_all = x.detach().clone()
-        if todo.numel():
+        if not todo.numel():
+            log.info("%s: %s skipped: every example already broken", where, name)
+        else:
+            t_attack = time.perf_counter()
+            log.info("%s: %s on %d examples ...", where, name, todo.numel())
             ti = todo.to(device)
             attack = _build_attack(job, name, derive_seed(job.seed, shard.start, f"attack:{name}"))
             with _seeded(derive_seed(job.seed, shard.start, f"defense:{name}"), device):
@@ -276,6 +283,8 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             dist = perturbation_norm(res.x_adv, x[ti], job.norm).cpu()
             valid = (torch.isfinite(res.x_adv).flatten(1).all(1).cpu() & (dist <= job.eps * (1 + 1e-5) + 1e-7)
                      & (res.x_adv.flatten(1).amin(1).cpu() >= 0) & (res.x_adv.flatten(1).amax(1).cpu() <= 1))
+            log.info("%s: %s done: %d/%d right on the first re-evaluation draw (%.0f s)", where, name,
+                     sum(a[0] for a in adv), todo.numel(), time.perf_counter() - t_attack)
             for j, i in enumerate(todo.tolist()):
                 records[i]["attacks"][name] = {"correct": adv[j], "distance": float(dist[j]), "valid": bool(valid[j])}
                 if job.cascade:
@@ -536,12 +545,19 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                 t0 = time.perf_counter()
                 probe = slice(0, asked["probe_size"])
                 defense.to(dev)
+
+                def note(name: str) -> None:
+                    log.info("sanity checks on %d examples: %s ... (%.0f s in)", asked["probe_size"], name,
+                             time.perf_counter() - t0)
+
                 with _seeded(derive_seed(seed, 0, "checks"), dev):
                     check_results = run_checks(defense, x[probe].to(dev), y[probe].to(dev), eps=eps_value,
                                                norm=threat_model, seed=derive_seed(seed, 0, "checks-attacks"),
                                                base_classifier=base_classifier.to(dev) if base_classifier else None,
-                                               **check_options)
+                                               progress=note, **check_options)
                 checks_seconds = time.perf_counter() - t0
+                log.info("sanity checks done (%.0f s): %s", checks_seconds,
+                         ", ".join(f"{c.name} {c.status}" for c in check_results))
                 atomic_write_text(checks_file, json.dumps({"checks": [dataclasses.asdict(c) for c in check_results],
                                                            "seconds": checks_seconds, "asked": asked},
                                                           sort_keys=True) + "\n")
