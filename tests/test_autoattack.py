@@ -184,3 +184,37 @@ def test_target_classes_sets_how_many_classes_the_targeted_attacks_run(sub):
         AutoAttack(eps=0.1, target_classes=True)
     with pytest.raises(InputError, match="only 9 wrong classes"):
         AutoAttack(eps=0.1, target_classes=10).perturb(clf, x, y, torch.Generator())
+
+
+@pytest.mark.parametrize("version,attacks,skipped", [("custom", ("apgd-ce",), 7), ("rand", None, 2)])
+def test_upstream_checks_cost_forwards_and_are_off_by_default(version, attacks, skipped):
+    # pyautoattack's pre-attack checks forward the batch 5 times (randomized? not in 'rand'), once
+    # (probabilities?) and once under sys.settrace (dynamic?): robustkit's own checks cover them
+    import pyautoattack.autoattack as upstream
+
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+    calls, advs = {}, {}
+    for on in (True, False):
+        n = [0]
+        hook = clf.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+        try:
+            attack = AutoAttack(eps=0.1, version=version, attacks=attacks, steps=3, eot=1, upstream_checks=on,
+                                seed=0)
+            res = attack(clf, x, y)
+        finally:
+            hook.remove()
+        calls[on], advs[on] = n[0], res.x_adv
+        assert res.info["upstream_checks"] is on
+    assert calls[True] - calls[False] == skipped
+    assert torch.equal(advs[True], advs[False])  # the attack itself is untouched
+    assert upstream.checks.__name__ == "pyautoattack.checks"  # the module is restored afterwards
+    with pytest.raises(InputError, match="upstream_checks"):
+        AutoAttack(eps=0.1, upstream_checks="no")
+
+
+def test_target_count_is_validated_through_the_counting_wrapper():
+    clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
+    x, y = robustkit.load_dataset("digits", n_examples=4)
+    with pytest.raises(InputError, match="only 9 wrong classes"):
+        AutoAttack(eps=0.1, target_classes=10)(clf, x, y)

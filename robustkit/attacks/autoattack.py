@@ -9,6 +9,15 @@ pyautoattack seeds the *global* torch RNG inside its attacks; robustkit runs it 
 ``torch.random.fork_rng`` so the caller's RNG state is untouched. Its ``state_path`` resume is broken
 upstream and is not used: robustkit's sharded runner provides resume.
 
+pyautoattack also checks the model before attacking: five forwards to see whether it is randomized, one to
+see whether it returns probabilities, and one under ``sys.settrace`` to see whether it computes gradients
+in its forward. On a defense that costs a thousand network evaluations per image those seven forwards of
+the whole batch, repeated by every call (every shard), are a large part of the bill, and robustkit's own
+sanity checks (``stochasticity``, ``logits``, ``test_time_state`` in :mod:`robustkit.eval.checks`) test the
+same things once per run, against the traits the defense declares. So ``upstream_checks=False`` (the
+default) skips those forwards; pyautoattack's checks that need none (target counts, Square's success
+rate) still run. ``upstream_checks=True`` restores them; the protocol records which.
+
 Reference:
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", ICML 2020. Code: https://github.com/fra31/auto-attack (PyPI ``pyautoattack``).
@@ -26,9 +35,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from typing import Any, Sequence
+import threading
+import types
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -71,6 +83,8 @@ class AutoAttack(Attack):
             each of 9 target classes, so on an expensive defense it costs more than the rest of ``standard``.
         target_classes: how many of the highest-scoring wrong classes APGD-T and FAB-T each target
             (pyautoattack's default 9 when None): their cost is proportional to it.
+        upstream_checks: run pyautoattack's own pre-attack checks, which cost seven forwards of the batch
+            (see the module docstring); robustkit's sanity checks cover them.
         batch_size: pyautoattack's internal batch size.
     """
 
@@ -79,7 +93,8 @@ class AutoAttack(Attack):
     def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
                  attacks: Sequence[str] | None = None, eot: int | None = None, steps: int | None = None,
                  square_queries: int | None = None, fab_steps: int | None = None,
-                 target_classes: int | None = None, batch_size: int = 250, seed: int = 0):
+                 target_classes: int | None = None, batch_size: int = 250, upstream_checks: bool = False,
+                 seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if version not in VERSIONS:
             raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
@@ -104,6 +119,9 @@ class AutoAttack(Attack):
         self.fab_steps = fab_steps
         self.target_classes = target_classes
         self.batch_size = int(batch_size)
+        if not isinstance(upstream_checks, bool):
+            raise InputError(f"upstream_checks must be True or False, got {upstream_checks!r}")
+        self.upstream_checks = upstream_checks
 
     def _build(self, model: nn.Module, device: torch.device):
         from pyautoattack import AutoAttack as _AA
@@ -134,6 +152,7 @@ class AutoAttack(Attack):
                 "fab_steps": aa.fab.n_iter if any(s.startswith("fab") for s in subs) else 0,
                 "target_classes": (aa.apgd_targeted.n_target_classes if any(s in ("apgd-t", "fab-t") for s in subs)
                                    else 0),
+                "upstream_checks": self.upstream_checks,
                 "implementation": f"pyautoattack {_pyautoattack_version()}"}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -153,7 +172,7 @@ class AutoAttack(Attack):
         log.setLevel(logging.DEBUG)
         devices = [x.device] if x.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), _upstream_checks(self.upstream_checks, n_classes):
                 x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         finally:
             log.removeHandler(cascade)
@@ -161,6 +180,33 @@ class AutoAttack(Attack):
             log.propagate = old_propagate
         # fraction of the batch still robust after each sub-attack, in cascade order
         return Perturbation(x_adv, {"cascade": dict(cascade.after)})
+
+
+_CHECKS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _upstream_checks(enabled: bool, n_classes: int | None) -> Iterator[None]:
+    """Within the block, pyautoattack's ``run_standard_evaluation`` runs its forward-costing model checks
+    only if ``enabled``. It calls them through its module's ``checks`` name, with no switch, so the name is
+    pointed at a copy whose three forward-costing checks do nothing (the class count comes from the
+    model). Serialised by a lock: the swap is process-wide."""
+    if enabled or n_classes is None:
+        yield
+        return
+    import pyautoattack.autoattack as upstream
+
+    real = upstream.checks
+    quiet = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+    quiet.check_randomized = lambda *args, **kwargs: None
+    quiet.check_dynamic = lambda *args, **kwargs: None
+    quiet.check_range_output = lambda *args, **kwargs: n_classes
+    with _CHECKS_LOCK:
+        upstream.checks = quiet
+        try:
+            yield
+        finally:
+            upstream.checks = real
 
 
 def _set_apgd_steps(apgd: Any, steps: int) -> None:

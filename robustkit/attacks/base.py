@@ -160,6 +160,11 @@ class _Counting(nn.Module):
         """The wrapped classifier's traits, for attacks that adapt to them (e.g. PGD's ``early_stop="auto"``)."""
         return self.model.traits
 
+    @property
+    def num_classes(self) -> int:
+        """The wrapped classifier's number of classes (e.g. AutoAttack validates its target count against it)."""
+        return self.model.num_classes
+
     def _count_backward(self, n: int):
         def hook(grad: torch.Tensor) -> None:
             self.backwards += n
