@@ -218,3 +218,12 @@ def test_target_count_is_validated_through_the_counting_wrapper():
     x, y = robustkit.load_dataset("digits", n_examples=4)
     with pytest.raises(InputError, match="only 9 wrong classes"):
         AutoAttack(eps=0.1, target_classes=10)(clf, x, y)
+
+
+def test_building_the_attack_logs_nothing_at_info(caplog):
+    # pyautoattack announces its version at INFO whenever it is built (protocol() builds it too)
+    with caplog.at_level("INFO"):
+        AutoAttack(eps=0.1, version="standard").protocol()
+        AutoAttack(eps=0.1, version="rand").protocol()
+    assert not [r for r in caplog.records if r.name == "auto-attack"]
+    assert logging.getLogger("auto-attack").level == logging.NOTSET  # its level is restored

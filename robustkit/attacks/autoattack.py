@@ -126,8 +126,16 @@ class AutoAttack(Attack):
     def _build(self, model: nn.Module, device: torch.device):
         from pyautoattack import AutoAttack as _AA
 
-        aa = _AA(model, norm=self.norm, eps=self.eps, version=self.version, seed=self.seed, device=device,
-                 attacks=list(self.attacks) if self.attacks else None)
+        # its constructor announces "setting parameters for ... version" at INFO on every build, which
+        # protocol() does too: not progress, so kept out of a verbose run's log
+        upstream_log = logging.getLogger("auto-attack")
+        level = upstream_log.level
+        upstream_log.setLevel(logging.WARNING)
+        try:
+            aa = _AA(model, norm=self.norm, eps=self.eps, version=self.version, seed=self.seed, device=device,
+                     attacks=list(self.attacks) if self.attacks else None)
+        finally:
+            upstream_log.setLevel(level)
         if self.eot is not None:
             aa.apgd.eot_iter = self.eot
         if self.steps is not None:
