@@ -209,6 +209,14 @@ def test_upstream_checks_cost_forwards_and_are_off_by_default(version, attacks, 
     assert calls[True] - calls[False] == skipped
     assert torch.equal(advs[True], advs[False])  # the attack itself is untouched
     assert upstream.checks.__name__ == "pyautoattack.checks"  # the module is restored afterwards
+    # a bare module has no num_classes: only the output-range check, which counts the classes, still runs
+    bare = {}
+    for on in (True, False):
+        model = _CountingForwards(clf)
+        AutoAttack(eps=0.1, version=version, attacks=attacks, steps=3, eot=1, upstream_checks=on,
+                   seed=0).perturb(model, x, y, torch.Generator())
+        bare[on] = model.calls
+    assert bare[True] - bare[False] == skipped - 1
     with pytest.raises(InputError, match="upstream_checks"):
         AutoAttack(eps=0.1, upstream_checks="no")
 

@@ -197,9 +197,10 @@ _CHECKS_LOCK = threading.Lock()
 def _upstream_checks(enabled: bool, n_classes: int | None) -> Iterator[None]:
     """Within the block, pyautoattack's ``run_standard_evaluation`` runs its forward-costing model checks
     only if ``enabled``. It calls them through its module's ``checks`` name, with no switch, so the name is
-    pointed at a copy whose three forward-costing checks do nothing (the class count comes from the
-    model). Serialised by a lock: the swap is process-wide."""
-    if enabled or n_classes is None:
+    pointed at a copy whose randomness and dynamic-defense checks do nothing. Its output-range check also
+    returns the class count, which comes from the model when it has ``num_classes`` (no forward); for a
+    bare module the real check runs for it. Serialised by a lock: the swap is process-wide."""
+    if enabled:
         yield
         return
     import pyautoattack.autoattack as upstream
@@ -208,7 +209,8 @@ def _upstream_checks(enabled: bool, n_classes: int | None) -> Iterator[None]:
     quiet = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
     quiet.check_randomized = lambda *args, **kwargs: None
     quiet.check_dynamic = lambda *args, **kwargs: None
-    quiet.check_range_output = lambda *args, **kwargs: n_classes
+    if n_classes is not None:
+        quiet.check_range_output = lambda *args, **kwargs: n_classes
     with _CHECKS_LOCK:
         upstream.checks = quiet
         try:
