@@ -82,3 +82,16 @@ def test_bad_config(kwargs, match):
         DiTConfig(**kwargs)
     with pytest.raises(InputError, match="DiTConfig"):
         DiT({"image_size": 8})
+
+
+def test_a_frozen_model_is_twice_differentiable_in_its_input_and_agrees_with_the_fused_kernel():
+    # RDC's exact gradient differentiates likelihood maximisation's gradient steps: a double backward
+    # through the attention, which torch's fused kernels do not have
+    torch.manual_seed(0)
+    model = perturbed(DiT(TINY)).double().requires_grad_(False)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([3, 10])
+    assert torch.autograd.gradgradcheck(lambda inp: model(inp, 0.3, y), (x,), eps=1e-6, atol=1e-6)
+    with torch.no_grad():
+        fused = model(x, 0.3, y)
+    assert torch.allclose(model(x, 0.3, y), fused, rtol=0, atol=1e-12)

@@ -171,7 +171,14 @@ class ConditionEmbedding(nn.Module):
 
 
 class _SelfAttention(nn.Module):
-    """Multi-head self-attention over tokens ``[N, L, D]``."""
+    """Multi-head self-attention over tokens ``[N, L, D]``.
+
+    torch's fused ``scaled_dot_product_attention`` is used, except when the weights are frozen and the
+    input requires a gradient (an attack or a purifier differentiating with respect to the image): then
+    the same formula runs as plain tensor ops, which autograd can differentiate twice. The fused CPU and
+    CUDA kernels have no double backward, and RDC's exact gradient differentiates likelihood
+    maximisation's own gradient steps. The two paths agree to rounding.
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -183,7 +190,10 @@ class _SelfAttention(nn.Module):
         n, length, d = x.shape
         q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         # softmax(q kᵀ / sqrt(d_head)) v per head (Vaswani et al. 2017, Eq. 1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if torch.is_grad_enabled() and x.requires_grad and not self.qkv.weight.requires_grad:
+            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(n, length, d))
 
 
