@@ -161,3 +161,34 @@ def test_bench_checkpoint_with_a_defense_loads_the_defense_s_own_classifier(tmp_
     assert all(torch.equal(a, state[k]) for k, a in base.net.state_dict().items())
     assert main(["bench", "--defense", "tiny_rdc.digits", "--eps", "0.1", "--checkpoint", str(tmp_path / "cnn.pt")]) == 2
     assert "no separate classifier" in capsys.readouterr().err
+
+
+def test_bench_score_model_replaces_the_defense_s_diffusion_model_and_the_record_names_it(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from robustkit.diffusion import DiT, create_score_model
+
+    torch.manual_seed(0)
+    dit = create_score_model("dit_tiny.digits")
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # off the zero init, so the weights are recognisable
+    path = tmp_path / "dit.safetensors"
+    save_file(dit.state_dict(), str(path))
+    args = ["bench", "--defense", "tiny_diffpure.digits", "--eps", "0.1", "--score-model", "dit_tiny.digits",
+            "--score-checkpoint", str(path), "--attacks", "pgd-eot", "--attack-option", "pgd-eot.steps=1",
+            "--attack-option", "pgd-eot.eot=1", "--n-examples", "2", "--n-reeval", "1", "--no-checks", "--json"]
+    assert main(args) == 0
+    config = json.loads(capsys.readouterr().out)["defense_config"]["config"]
+    assert config["score_model"] == "dit_tiny.digits" and config["classifier"] == "tiny_cnn.digits"
+    from robustkit.cli import bench, build_parser
+
+    model, _, _ = bench._build(build_parser().parse_args(args))
+    assert isinstance(model.purifier.score_model, DiT)
+    assert all(torch.equal(v, dit.state_dict()[k]) for k, v in model.purifier.score_model.state_dict().items())
+    for bad, message in ((["--classifier", "tiny_cnn.digits", "--score-model", "dit_tiny.digits"], "applies to a defense"),
+                         (["--defense", "tiny_diffpure.digits", "--score-checkpoint", str(path)], "give both"),
+                         (["--defense", "tent.tiny_cnn.digits", "--score-model", "dit_tiny.digits"], "score_model")):
+        assert main(["bench", "--eps", "0.1", *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -1,16 +1,22 @@
 """What DiT and DiffuSSM must both do as trainable ScoreModels: gradients reach everything once training
-leaves the zero init, a few steps lower the loss, weights round-trip through the registry, and registry
-entries without weights say how to train them."""
+leaves the zero init, a few steps lower the loss, weights round-trip through the registry, registry
+entries without weights say how to train them, and every diffusion defense (DiffPure, contrastive-guided
+purification, RDC) takes them in place of its U-Net, with exact gradients and a record that names them."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+import robustkit
 from helpers import perturbed
-from robustkit.diffusion import DiffuSSM, DiT, create_score_model, denoising_loss, score_model_config
-from robustkit.errors import CheckpointError
+from robustkit.diffusion import (DiffusionTrainConfig, DiffuSSM, DiT, create_score_model, denoising_loss,
+                                 score_model_config, train)
+from robustkit.errors import CheckpointError, InputError, RegistryError
+from robustkit.eval.benchmark import describe_defense
 from test_diffusion_diffussm import TINY as DIFFUSSM_TINY
 from test_diffusion_dit import TINY as DIT_TINY
 
@@ -92,3 +98,134 @@ def test_registry_entries_without_weights(network_cls, name, tmp_path, monkeypat
     msg = str(e.value)
     assert cfg.weights.filename in msg and str(tmp_path / "checkpoints") in msg
     assert f"robustkit train-diffusion {name} " in msg  # the recipe's command, which trains it
+
+
+# -- every diffusion defense takes them ------------------------------------------------------------------------
+
+PURIFICATION_ENTRIES = ["tiny_diffpure.digits", "tiny_contrastive_purification.digits"]
+
+
+def _tiny_model(backbone: str, seed: int = 0) -> torch.nn.Module:
+    network_cls, tiny, _ = BACKBONES[backbone]
+    torch.manual_seed(seed)
+    return perturbed(network_cls(tiny), seed=seed).double()
+
+
+def _images(n: int) -> torch.Tensor:
+    x, _ = robustkit.load_dataset("digits", n_examples=n)
+    return x.double().clamp(0.05, 0.95)  # interior points: finite differences stay inside [0, 1]
+
+
+def _check_against_finite_differences(f, x0: torch.Tensor, coords) -> None:
+    x = x0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x)
+    assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+    h = 1e-6
+    for idx in coords:
+        e = torch.zeros_like(x0)
+        e[idx] = h
+        with torch.no_grad():
+            fd = (f(x0 + e) - f(x0 - e)) / (2 * h)
+        assert abs(float(fd) - float(grad[idx])) < 1e-5 * max(1.0, abs(float(fd))), (idx, float(fd), float(grad[idx]))
+
+
+@pytest.mark.parametrize("entry", PURIFICATION_ENTRIES)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_purification_defenses_take_the_backbone_with_exact_gradients(backbone, entry):
+    model = _tiny_model(backbone)
+    options = {}
+    if entry.startswith("tiny_contrastive"):
+        # The guidance is λ·∇ of a loss on the classifier's logits: with tiny_cnn's ReLUs that gradient is
+        # piecewise constant, so the guided purification jumps wherever a ReLU flips in a guided step
+        # (measured: a 1e-6 change of one pixel can move the summed logits by 0.19). Finite differences
+        # then test the classifier, not the backbone: use a smooth classifier here.
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
+        options["classifier"] = robustkit.wrap_classifier(net, num_classes=10, input_shape=(1, 8, 8))
+    defense = robustkit.create_defense(entry, pretrained=True, score_model=model, dt=0.02, **options).double()
+    assert defense.purifier.score_model is model
+    assert defense.config.score_model == type(model).__name__  # an unregistered module: its class name
+    x0 = _images(3)
+    assert defense(x0).shape == (3, 10)
+    # one fixed draw of the purification noise: the defended logits are a function of x alone, whose
+    # autograd gradient (the one PGD-EOT and APGD-EOT follow) must be the derivative
+    noise = defense.purifier.draw_noise(x0, torch.Generator().manual_seed(1))
+    w = torch.randn(3, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def f(x):
+        return (defense.classifier.logits(defense.purifier.purify_with_noise(x, noise)) * w).sum()
+
+    _check_against_finite_differences(f, x0, [(0, 0, 0, 0), (1, 0, 3, 4), (2, 0, 7, 2)])
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_rdc_takes_the_backbone_to_classify_and_to_purify(backbone):
+    model = _tiny_model(backbone)
+    model.name = f"my_{backbone}"
+    rdc = robustkit.create_defense("tiny_rdc.digits", pretrained=True, score_model=model, gradient="exact", seed=0,
+                                   fixed_noise=True, stride=200).double()
+    assert rdc.classifier.score_model is model and rdc.purifier.score_model is model
+    assert rdc.config.score_model == f"my_{backbone}"
+    assert rdc.config.classifier == f"diffusion_classifier(my_{backbone})"
+    x0 = _images(2)
+    w = torch.randn(2, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    # the diffusion classifier with fixed noise is deterministic: its exact gradient against differences
+    _check_against_finite_differences(lambda x: (rdc.classifier(x) * w).sum(), x0, [(0, 0, 0, 0), (1, 0, 5, 6)])
+    x = x0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((rdc(x) * w).sum(), x)  # through likelihood maximisation too
+    assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+
+
+def test_a_registered_backbone_replaces_each_entry_s_score_model_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
+    for backbone, (network_cls, _, (name, _)) in BACKBONES.items():
+        torch.manual_seed(0)
+        trained = perturbed(create_score_model(name), seed=3)
+        path = tmp_path / f"{backbone}.safetensors"
+        save_file(trained.state_dict(), str(path))
+        for entry in PURIFICATION_ENTRIES + ["tiny_rdc.digits"]:
+            defense = robustkit.create_defense(entry, pretrained=True, score_model=name, score_checkpoint=path)
+            model = defense.purifier.score_model
+            assert isinstance(model, network_cls) and model.weights_path == str(path)
+            assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+            assert describe_defense(defense)["config"]["score_model"] == name  # what the record says
+            with pytest.raises(CheckpointError, match=f"robustkit train-diffusion {name} "):
+                robustkit.create_defense(entry, pretrained=True, score_model=name)  # no published weights
+    unet = robustkit.create_defense("tiny_diffpure.digits", pretrained=True)
+    assert describe_defense(unet)["config"]["score_model"] == "tiny_unet.digits"
+
+
+def test_a_training_run_folder_replaces_the_score_model(tmp_path):
+    cfg = DiffusionTrainConfig(model=DIFFUSSM_TINY, dataset="digits", n_examples=32, steps=2, batch_size=8,
+                               warmup_steps=0, hflip=False)
+    result = train(cfg, tmp_path / "ssm", samples_per_class=0, progress=False)
+    for entry in PURIFICATION_ENTRIES + ["tiny_rdc.digits"]:
+        for given in (tmp_path / "ssm", str(tmp_path / "ssm")):
+            defense = robustkit.create_defense(entry, pretrained=True, score_model=given)
+            model = defense.purifier.score_model
+            assert isinstance(model, DiffuSSM) and model.weights_path == str(result.weights_path)
+            assert describe_defense(defense)["config"]["score_model"] == "diffussm (run ssm)"
+        with pytest.raises(InputError, match="drop score_checkpoint"):
+            robustkit.create_defense(entry, score_model=tmp_path / "ssm", score_checkpoint=result.weights_path)
+
+
+@pytest.mark.parametrize("entry", PURIFICATION_ENTRIES + ["tiny_rdc.digits"])
+def test_score_model_arguments_are_checked_before_anything_loads(entry, tmp_path):
+    with pytest.raises(InputError, match="pass score_model=NAME"):
+        robustkit.create_defense(entry, score_checkpoint=tmp_path / "x.safetensors")
+    with pytest.raises(InputError, match="not a file"):
+        robustkit.create_defense(entry, score_model="dit_tiny.digits", score_checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="score_model must be"):
+        robustkit.create_defense(entry, score_model=3)
+    with pytest.raises(RegistryError, match="dit_tiny.digits"):
+        robustkit.create_defense(entry, score_model="dit_tiny.digit")  # a typo: the nearest names
+    small = DiT(dataclasses.replace(DIT_TINY, image_size=4))
+    with pytest.raises(InputError, match=r"\[N, 1, 4, 4\]"):
+        robustkit.create_defense(entry, score_model=small)
+
+
+def test_rdc_refuses_a_score_model_that_cannot_classify_or_purify():
+    unconditional = DiT(dataclasses.replace(DIT_TINY, num_classes=None))
+    with pytest.raises(InputError, match="class-conditional"):
+        robustkit.create_defense("tiny_rdc.digits", score_model=unconditional)
+    with pytest.raises(InputError, match="score_model"):
+        robustkit.create_defense("tent.tiny_cnn.digits", score_model=unconditional)  # no diffusion model there

@@ -14,8 +14,9 @@ import torch
 
 import robustkit
 from robustkit.cli import main
-from robustkit.diffusion import (DiffuSSM, DiffusionTrainConfig, DiT, UNet, UNetConfig, create_score_model, loss_per_t,
-                                 denoising_loss, list_score_models, score_model_config, train)
+from robustkit.diffusion import (DiffuSSM, DiffusionTrainConfig, DiT, UNet, UNetConfig, create_score_model,
+                                 denoising_loss, list_score_models, load_trained, loss_per_t, score_model_config,
+                                 train)
 from robustkit.errors import CheckpointError, InputError, RegistryError
 
 # `robustkit.diffusion.train` is the function; the module is reached through importlib.
@@ -197,6 +198,24 @@ def test_backbone_trains_resumes_exactly_and_loads_into_registry(backbone, tmp_p
     for path in (full.weights_path, full.checkpoint_path):
         loaded = create_score_model(entry, checkpoint=path)
         assert type(loaded) is network_cls and torch.equal(loaded(x, t, y), expected), path
+    # and the run folder alone gives the model, frozen, named after its backbone and folder
+    loaded = load_trained(tmp_path / "full")
+    assert type(loaded) is network_cls and torch.equal(loaded(x, t, y), expected)
+    assert loaded.name == f"{backbone} (run full)" and loaded.weights_path == str(full.weights_path)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_load_trained_refuses_what_is_not_a_finished_run(tmp_path):
+    with pytest.raises(CheckpointError, match="not a diffusion training run"):
+        load_trained(tmp_path)
+    unfinished = train(CFG, tmp_path / "half", stop_after=4, **FAST)
+    assert not unfinished.finished
+    with pytest.raises(CheckpointError, match="has not finished"):
+        load_trained(tmp_path / "half")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train_config.json").write_text('{"model": {"backbone": "transformer"}}')
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_trained(tmp_path / "bad")
 
 
 def _to_old_format(d: dict) -> dict:

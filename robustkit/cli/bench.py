@@ -9,6 +9,11 @@
 
 With ``--defense`` the registered defense is built (``robustkit list defenses``); ``--classifier`` then
 replaces the classifier behind it, and that classifier is the undefended base of the transfer check.
+``--score-model`` replaces a diffusion defense's score model (DiffPure, contrastive purification, RDC) by a
+registered one or a finished training run, e.g. a DiT or DiffuSSM trained with ``robustkit train-diffusion``::
+
+    robustkit train-diffusion dit_tiny.digits --out runs/dit
+    robustkit bench --defense tiny_diffpure.digits --score-model runs/dit --eps 0.1 --attacks pgd-eot
 
 Re-running with the same ``--run-dir`` resumes a killed run; the record is ``RUN_DIR/record.json``.
 """
@@ -35,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--checkpoint", default=None,
                    help="weights file for the classifier instead of the published ones (with --defense alone: "
                         "for the defense's own classifier)")
+    p.add_argument("--score-model", default=None,
+                   help="with a diffusion --defense: a registered score model replacing the entry's, e.g. "
+                        "dit_tiny.digits or diffussm_tiny.digits (robustkit list score-models)")
+    p.add_argument("--score-checkpoint", default=None,
+                   help="weights file for --score-model (e.g. runs/dit/ema.safetensors from robustkit "
+                        "train-diffusion) instead of its published ones")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
     p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
@@ -136,8 +147,12 @@ def _build(args: argparse.Namespace):
     """(model to benchmark, its undefended base classifier or None, its dataset)."""
     if args.classifier is None and args.defense is None:
         raise InputError("give --classifier NAME or --defense NAME (see `robustkit list`)")
-    if args.gradient is not None and args.defense is None:
-        raise InputError("--gradient applies to a defense: give --defense NAME")
+    for flag, value in (("--gradient", args.gradient), ("--score-model", args.score_model),
+                        ("--score-checkpoint", args.score_checkpoint)):
+        if value is not None and args.defense is None:
+            raise InputError(f"{flag} applies to a defense: give --defense NAME")
+    if args.score_checkpoint is not None and args.score_model is None:
+        raise InputError("--score-checkpoint loads weights into --score-model NAME: give both")
     from ..defenses import create_defense, defense_config
 
     name = args.classifier
@@ -151,7 +166,8 @@ def _build(args: argparse.Namespace):
     if args.defense is None:
         return clf, None, clf.config.dataset
 
-    options = {k: v for k, v in (("classifier", clf), ("gradient", args.gradient)) if v is not None}
+    options = {k: v for k, v in (("classifier", clf), ("gradient", args.gradient), ("score_model", args.score_model),
+                                 ("score_checkpoint", args.score_checkpoint)) if v is not None}
     defense = create_defense(args.defense, pretrained=True, **options)
     # purifiers keep their classifier as .classifier, test-time adaptation its static copy as .base_classifier
     base = getattr(defense, "base_classifier", getattr(defense, "classifier", None))

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -505,6 +506,8 @@ class _CheckpointedGuidance(torch.autograd.Function):
 
 
 def create_contrastive_purification(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,
+                                    score_model: nn.Module | str | os.PathLike | None = None,
+                                    score_checkpoint: str | os.PathLike | None = None,
                                     gradient: str | None = None, n_samples: int | None = None,
                                     vote: str | None = None, seed: int | None = None,
                                     **overrides: Any) -> ContrastivePurifiedClassifier:
@@ -514,10 +517,14 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
         name: e.g. ``"contrastive_purification.cifar10"`` or ``"tiny_contrastive_purification.digits"``.
         pretrained, classifier, gradient, n_samples, vote, seed: as :func:`~robustkit.defenses.create_defense`
             (``gradient`` default: the entry's, lowered to ``"surrogate"`` in the traits for an online head).
+        score_model, score_checkpoint: a score model (a module, a registered name with an optional weights
+            file, or a training run's folder) replacing the entry's, as in
+            :func:`~robustkit.defenses.create_diffpure`; the guidance is the entry's.
         **overrides: fields of :class:`~robustkit.defenses.DiffPureConfig` or
             :class:`ContrastiveGuidanceConfig`, e.g. ``dt=1e-2`` or ``online_head=True``.
     """
-    from .registry import builder_entry, check_classifier_argument, resolve_classifier, stamp
+    from .registry import (builder_entry, check_classifier_argument, check_score_model_argument, resolve_classifier,
+                           resolve_score_model, stamp)
 
     entry = builder_entry(name, ("ContrastiveGuidedPurification",), "a contrastive-purification", pretrained)
     cfg = entry.config
@@ -526,18 +533,23 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     unknown = sorted(set(overrides) - pure_fields - guide_fields)
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_contrastive_purification takes "
-                         "pretrained, classifier, gradient, n_samples, vote, seed and DiffPureConfig / "
+                         "pretrained, classifier, score_model, score_checkpoint, gradient, n_samples, vote, seed "
+                         "and DiffPureConfig / "
                          "ContrastiveGuidanceConfig fields")
     pure = {k: v for k, v in overrides.items() if k in pure_fields}
     guide = {k: v for k, v in overrides.items() if k in guide_fields}
     purifier_cfg = dataclasses.replace(cfg.purifier, **pure) if pure else cfg.purifier
     check_classifier_argument(name, cfg, classifier)
-    models = entry.factory(pretrained)
+    check_score_model_argument(name, score_model, score_checkpoint)
+    replacement = resolve_score_model(score_model, score_checkpoint, pretrained)
+    # the entry's weights are not loaded when its score model is replaced: only its guidance config is used
+    models = entry.factory(pretrained and replacement is None)
     if not isinstance(models, ContrastiveScoreModel):
         raise InputError(f"{name}'s factory must return a ContrastiveScoreModel, got {type(models).__name__}")
     guidance = dataclasses.replace(models.guidance, **guide) if guide else models.guidance
     clf = resolve_classifier(cfg, classifier, pretrained)
-    purifier = ContrastiveGuidedPurifier(models.score_model, clf, purifier_cfg, guidance)
+    purifier = ContrastiveGuidedPurifier(models.score_model if replacement is None else replacement, clf,
+                                         purifier_cfg, guidance)
     defense = ContrastivePurifiedClassifier(purifier, clf, gradient=gradient or cfg.gradient,
                                             n_samples=cfg.n_samples if n_samples is None else n_samples,
                                             vote=vote or cfg.vote, seed=seed)

@@ -225,6 +225,11 @@ _VOTES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"logits": _vote_log
 
 # ------------------------------------------------------------------------------------ the defended model
 
+def _name(module: nn.Module | None) -> str | None:
+    """A module's registry name, else its class name; None for None."""
+    return None if module is None else getattr(module, "name", type(module).__name__)
+
+
 @dataclass(frozen=True)
 class PurifiedClassifierConfig:
     """What a :class:`PurifiedClassifier` is (stored in benchmark records as ``defense_config``).
@@ -233,6 +238,8 @@ class PurifiedClassifierConfig:
         purifier: the purifier's class name; purifier_config: its hyperparameters (e.g.
             :class:`~robustkit.defenses.DiffPureConfig`).
         classifier: the classifier's registry name (or class name).
+        score_model: the purifier's diffusion model's registry name (or class name); None for a purifier
+            without one.
         gradient: the gradient mode, finer than the traits' (``"adjoint"`` is reported as ``"exact"``).
         n_samples: purifications per input; vote: how their predictions are combined.
         seed: the private generator's seed, or None (one seed per forward from torch's global RNG).
@@ -241,6 +248,7 @@ class PurifiedClassifierConfig:
     purifier: str
     purifier_config: Any
     classifier: str
+    score_model: str | None
     gradient: str
     n_samples: int
     vote: str
@@ -322,7 +330,7 @@ class PurifiedClassifier(Classifier):
         self.name = f"purified({getattr(classifier, 'name', type(classifier).__name__)})"
         self.config = PurifiedClassifierConfig(
             purifier=type(purifier).__name__, purifier_config=getattr(purifier, "config", None),
-            classifier=getattr(classifier, "name", type(classifier).__name__), gradient=gradient,
+            classifier=_name(classifier), score_model=_name(getattr(purifier, "score_model", None)), gradient=gradient,
             n_samples=n_samples, vote=vote, seed=seed)
 
     @property

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -542,18 +543,27 @@ class RobustDiffusionClassifier(PurifiedClassifier):
         super().__init__(purifier, classifier, gradient=gradient, seed=seed)
 
 
-def create_rdc(name: str, *, pretrained: bool = False, gradient: str | None = None, seed: int | None = None,
-               fixed_noise: bool = False, **classifier_overrides) -> RobustDiffusionClassifier:
+def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | str | os.PathLike | None = None,
+               score_checkpoint: str | os.PathLike | None = None, gradient: str | None = None,
+               seed: int | None = None, fixed_noise: bool = False,
+               **classifier_overrides) -> RobustDiffusionClassifier:
     """Build a registered RDC defense (``rdc.cifar10``, ``rdc_unet.cifar10``, ``tiny_rdc.digits``), eval mode.
 
     Args:
         name: a registered RDC name (:func:`robustkit.list_defenses` ``("*rdc*")``).
         pretrained: load the published weights (missing: :class:`~robustkit.CheckpointError` naming the file).
+        score_model: a class-conditional :class:`~robustkit.diffusion.ScoreModel` with a null label (CFG
+            training), a registered score-model name (e.g. ``"dit_tiny.digits"``) or a training run's
+            folder (see :func:`~robustkit.defenses.create_diffpure`), replacing the entry's
+            models: it classifies and, with ``y=None``, drives likelihood maximisation. It must take the
+            entry's image shape; the VP schedule and weighting stay the entry's (override them with
+            ``beta_min=``, ``weighting=``, ...). The record names it.
+        score_checkpoint: weights for the named ``score_model`` (see :func:`~robustkit.defenses.create_diffpure`).
         gradient: ``"bpda"`` (default, the paper's) or ``"exact"``.
         seed, fixed_noise: see :class:`RobustDiffusionClassifier`.
         **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``.
     """
-    from .registry import builder_entry, stamp
+    from .registry import builder_entry, check_score_model_argument, resolve_score_model, stamp
 
     entry = builder_entry(name, ("RDC",), "an RDC", pretrained)
     if "classifier" in classifier_overrides:
@@ -561,13 +571,37 @@ def create_rdc(name: str, *, pretrained: bool = False, gradient: str | None = No
                          "losses); it takes no classifier")
     unknown = sorted(set(classifier_overrides) - {f.name for f in dataclasses.fields(DiffusionClassifierConfig)})
     if unknown:
-        raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, gradient, seed, "
-                         "fixed_noise and DiffusionClassifierConfig fields")
-    models = entry.factory(pretrained)
+        raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, score_model, "
+                         "score_checkpoint, gradient, seed, fixed_noise and DiffusionClassifierConfig fields")
+    check_score_model_argument(name, score_model, score_checkpoint)
+    replacement = resolve_score_model(score_model, score_checkpoint, pretrained)
+    if replacement is not None:
+        _check_rdc_score_model(name, replacement, entry.config.input_shape)
+    # with a replacement the entry's weights are not loaded: only its configs are used
+    models = entry.factory(pretrained and replacement is None)
+    conditional, unconditional = ((models.conditional, models.unconditional) if replacement is None
+                                  else (replacement, None))
     cfg = models.classifier_config
     if classifier_overrides:
         cfg = dataclasses.replace(cfg, **classifier_overrides)
-    rdc = RobustDiffusionClassifier(models.conditional, models.unconditional, classifier_config=cfg,
+    rdc = RobustDiffusionClassifier(conditional, unconditional, classifier_config=cfg,
                                     purifier_config=models.purifier_config,
                                     gradient=gradient or entry.config.gradient, seed=seed, fixed_noise=fixed_noise)
     return stamp(rdc, name, entry.config, pretrained)
+
+
+def _check_rdc_score_model(name: str, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """A replacement RDC score model classifies (class-conditional), purifies unconditionally (a null label)
+    and takes the entry's images."""
+    shape = getattr(model, "image_shape", None)
+    if shape is None or tuple(shape) != tuple(input_shape):
+        raise InputError(f"{name} classifies [N, {', '.join(map(str, input_shape))}] images; the score model takes "
+                         f"{'an unknown shape' if shape is None else '[N, ' + ', '.join(map(str, shape)) + ']'}")
+    k = getattr(model, "num_classes", None)
+    if not isinstance(k, int) or k < 2:
+        raise InputError(f"{name} needs a class-conditional score model (num_classes >= 2) to classify by Bayes' "
+                         f"rule; {getattr(model, 'name', type(model).__name__)} has num_classes={k!r}")
+    if getattr(model, "null_label", None) is None:
+        raise InputError(f"{name}'s likelihood maximisation runs the score model with y=None: it needs a null "
+                         f"label (classifier-free-guidance training); "
+                         f"{getattr(model, 'name', type(model).__name__)} has none")

@@ -186,6 +186,49 @@ def resolve_classifier(cfg: DefenseConfig, classifier: Classifier | str | None, 
     return create_classifier(classifier if isinstance(classifier, str) else cfg.classifier, pretrained=pretrained)
 
 
+def check_score_model_argument(name: str, score_model: object, score_checkpoint: object) -> None:
+    """For a diffusion-defense builder, before anything is loaded: ``score_model`` is None (the entry's
+    own), a registered score-model name, a training run's folder or a torch module; ``score_checkpoint``
+    (a weights file) comes only with a name, and must exist."""
+    from ..diffusion.zoo import SCORE_MODELS
+
+    if isinstance(score_model, Path):
+        score_model = str(score_model)
+    if score_model is not None and not isinstance(score_model, (str, nn.Module)):
+        raise InputError(f"score_model must be a registered score-model name, a training run's folder or a "
+                         f"torch.nn.Module (a robustkit ScoreModel), got {type(score_model).__name__}")
+    run_dir = isinstance(score_model, str) and Path(score_model).is_dir()
+    if isinstance(score_model, str) and not run_dir:
+        SCORE_MODELS.get(score_model)  # an unknown name: RegistryError with the nearest names
+    if score_checkpoint is None:
+        return
+    if run_dir:
+        raise InputError(f"score_model {score_model} is a training run's folder, which has its own weights "
+                         "(ema.safetensors): drop score_checkpoint")
+    if not isinstance(score_model, str):
+        raise InputError(f"score_checkpoint loads weights into a registered score model: pass score_model=NAME "
+                         f"as well (robustkit list score-models); {name}'s own model takes no checkpoint here")
+    if not isinstance(score_checkpoint, (str, Path)) or not Path(score_checkpoint).is_file():
+        raise InputError(f"score_checkpoint {score_checkpoint!r} is not a file")
+
+
+def resolve_score_model(score_model: nn.Module | str | Path | None, score_checkpoint: str | Path | None,
+                        pretrained: bool) -> nn.Module | None:
+    """The score model replacing an entry's (None: keep the entry's): a module as given, a training run's
+    folder by :func:`~robustkit.diffusion.load_trained`, a registered name built by
+    :func:`~robustkit.diffusion.create_score_model` (from ``score_checkpoint`` when given, else with its
+    published weights when ``pretrained``, else randomly initialised)."""
+    from ..diffusion.train import load_trained
+    from ..diffusion.zoo import create_score_model
+
+    if isinstance(score_model, (str, Path)) and Path(score_model).is_dir():
+        return load_trained(score_model)
+    if isinstance(score_model, str):
+        return create_score_model(score_model, pretrained=pretrained and score_checkpoint is None,
+                                  checkpoint=score_checkpoint)
+    return score_model
+
+
 def stamp(defense: Classifier, name: str, cfg: DefenseConfig, pretrained: bool) -> Classifier:
     """What every builder's result carries (its registry name, config and weights flag), in eval mode."""
     defense.name = name
@@ -221,6 +264,7 @@ def create_defense(name: str, *, pretrained: bool = False, **options: Any) -> Cl
 
 
 def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,
+                   score_model: nn.Module | str | Path | None = None, score_checkpoint: str | Path | None = None,
                    gradient: str | None = None, n_samples: int | None = None, vote: str | None = None,
                    seed: int | None = None, **purifier_overrides: Any) -> PurifiedClassifier:
     """Build a registered DiffPure defense as a ready :class:`~robustkit.defenses.PurifiedClassifier` (eval mode).
@@ -231,6 +275,13 @@ def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifi
             (missing files: see the module docstring). False builds randomly initialised networks.
         classifier: a :class:`~robustkit.Classifier` or a registered classifier name replacing the entry's
             (required when the entry has none, e.g. ``diffpure.imagenet``).
+        score_model: a :class:`~robustkit.diffusion.ScoreModel`, a registered score-model name (e.g.
+            ``"dit_tiny.digits"``) or the folder of a finished ``robustkit train-diffusion`` run (U-Net,
+            DiT or DiffuSSM; :func:`~robustkit.diffusion.load_trained`) replacing the entry's diffusion
+            model; it must take the entry's image shape (or ``resize``) and be trained on the purifier's
+            VP schedule. The record names it (``config.score_model``).
+        score_checkpoint: weights for the named ``score_model`` (safetensors, a state dict or a training
+            checkpoint of :func:`~robustkit.diffusion.train`); without it, ``pretrained`` decides.
         gradient, n_samples, vote: override the entry's :class:`PurifiedClassifier` settings.
         seed: the defense's private generator seed (None: per-forward seeds from torch's global RNG).
         **purifier_overrides: :class:`~robustkit.defenses.DiffPureConfig` fields to replace, e.g.
@@ -241,13 +292,16 @@ def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifi
     unknown = sorted(set(purifier_overrides) - {f.name for f in dataclasses.fields(DiffPureConfig)})
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: {name} (DiffPure) takes pretrained, classifier, "
-                         f"gradient, n_samples, vote, seed and DiffPureConfig fields")
+                         f"score_model, score_checkpoint, gradient, n_samples, vote, seed and DiffPureConfig fields")
     purifier_cfg = dataclasses.replace(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
     # Cheap checks first: nothing is loaded before the arguments are known to be usable.
     check_classifier_argument(name, cfg, classifier)
-    score_model = entry.factory(pretrained)
+    check_score_model_argument(name, score_model, score_checkpoint)
+    model = resolve_score_model(score_model, score_checkpoint, pretrained)
+    if model is None:
+        model = entry.factory(pretrained)
     clf = resolve_classifier(cfg, classifier, pretrained)
-    defense = PurifiedClassifier(DiffPurePurifier(score_model, purifier_cfg), clf, gradient=gradient or cfg.gradient,
+    defense = PurifiedClassifier(DiffPurePurifier(model, purifier_cfg), clf, gradient=gradient or cfg.gradient,
                                  n_samples=cfg.n_samples if n_samples is None else n_samples,
                                  vote=vote or cfg.vote, seed=seed)
     return stamp(defense, name, cfg, pretrained)

@@ -15,7 +15,8 @@ from .score_model import ScoreModel
 from .score_sde import ScoreSDEConfig, ScoreSDEScoreModel, get_score_sde_config, load_score_sde
 from .solvers import ddim, ddim_indices, ddpm_ancestral, euler_maruyama, probability_flow_euler, time_grid
 from .unet import ClassifierFreeGuidance, UNet, UNetConfig
-from .train import DiffusionTrainConfig, TrainResult, denoising_loss, sample_images, save_image_grid, train
+from .train import (DiffusionTrainConfig, TrainResult, denoising_loss, load_trained, sample_images, save_image_grid,
+                    train)
 from .zoo import ScoreModelConfig, create_score_model, list_score_models, score_model_config
 from .quality import TIMES, class_conditional_accuracy, loss_per_t
 
@@ -28,7 +29,8 @@ __all__ = [
     "DiffusersScoreModel", "from_diffusers",
     "UNet", "UNetConfig", "ClassifierFreeGuidance",
     "DiT", "DiTConfig", "DiffuSSM", "DiffuSSMConfig", "S4DLayer",
-    "DiffusionTrainConfig", "TrainResult", "train", "denoising_loss", "sample_images", "save_image_grid",
+    "DiffusionTrainConfig", "TrainResult", "train", "load_trained", "denoising_loss", "sample_images",
+    "save_image_grid",
     "ScoreModelConfig", "create_score_model", "list_score_models", "score_model_config",
     "TIMES", "loss_per_t", "class_conditional_accuracy",
 ]

@@ -369,6 +369,53 @@ def _saved_config_dict(state: dict, path: Path) -> dict:
     return json.loads(json.dumps(saved.to_dict()))
 
 
+def load_trained(run_dir: str | os.PathLike) -> ScoreModel:
+    """The EMA model of a finished :func:`train` run (``robustkit train-diffusion``), from its folder alone.
+
+    The architecture comes from the run's ``train_config.json``, the weights from its ``ema.safetensors``
+    (loaded strictly). The model is returned in eval mode with frozen parameters, like
+    :func:`~robustkit.diffusion.create_score_model`'s; ``model.name`` is ``"<backbone> (run <folder
+    name>)"`` and ``model.weights_path`` the weights file. Any diffusion defense takes it
+    (``robustkit.create_defense(..., score_model=model)``, or ``--score-model DIR`` on the command line).
+
+    Raises :class:`~robustkit.CheckpointError` when the folder is not a run, or its run has not finished.
+
+    Example::
+
+        >>> import tempfile
+        >>> from robustkit.diffusion import DiTConfig, DiffusionTrainConfig, load_trained, train
+        >>> dit = DiTConfig(in_channels=1, image_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+        ...                 num_classes=10, frequency_size=16)
+        >>> cfg = DiffusionTrainConfig(model=dit, dataset="digits", n_examples=32, steps=2, batch_size=8,
+        ...                            warmup_steps=0, hflip=False)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = train(cfg, d, samples_per_class=0)
+        ...     model = load_trained(d)
+        >>> type(model).__name__, model.image_shape, model.num_classes
+        ('DiT', (1, 8, 8), 10)
+    """
+    from .. import hub
+
+    run = Path(run_dir)
+    config_path, weights_path = run / CONFIG_NAME, run / WEIGHTS_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{run} is not a diffusion training run: no {CONFIG_NAME} (robustkit train-diffusion "
+                              "writes one)")
+    try:
+        cfg = DiffusionTrainConfig.from_dict(json.loads(config_path.read_text()))
+    except (TypeError, ValueError, InputError) as e:  # ValueError includes JSONDecodeError
+        raise CheckpointError(f"{config_path} cannot be read: {type(e).__name__}: {e}") from e
+    if not weights_path.is_file():
+        raise CheckpointError(f"{run}: no {WEIGHTS_NAME}, so its training has not finished (step files only): "
+                              "rerun the same training command to resume it")
+    model = BACKBONES[cfg.backbone][1](cfg.model)
+    hub.load_strict(model, hub.load_state_dict_file(weights_path), source=str(weights_path))
+    model.eval().requires_grad_(False)
+    model.name = f"{cfg.backbone} (run {run.resolve().name})"
+    model.weights_path = str(weights_path)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------- randomness
 
 def _derive_seed(seed: int, *parts: object) -> int:
