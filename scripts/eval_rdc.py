@@ -21,6 +21,10 @@ exactly zero (the harness's ``gradients`` check says so).
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --attacks autoattack-rand \\
         --attack-option autoattack-rand.steps=10 --attack-option autoattack-rand.eot=2 --out runs/rdc_aa_rand
 
+    # the diffusion classifier alone with another backbone (a train-diffusion run folder), clean accuracy
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --alone --clean-only --n-examples 360 \
+        --n-reeval 1 --score-model runs/dit
+
     # the sanity checks at a reduced budget on the first 16 digits
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --checks --check-steps 10 --check-eot 2 \\
         --check-square-queries 200 --out runs/rdc_checks
@@ -52,6 +56,9 @@ DEFAULT_STEP = {"digits": "0.0125", "cifar10": "2/255"}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--defense", default="tiny_rdc.digits", help="a registered RDC (robustkit list defenses '*rdc*')")
+    ap.add_argument("--score-model", default=None,
+                    help="replace the entry's diffusion model: a registered score model or a finished "
+                         "robustkit train-diffusion run folder (e.g. a DiT or DiffuSSM)")
     ap.add_argument("--alone", action="store_true",
                     help="attack the diffusion classifier without likelihood maximisation")
     ap.add_argument("--gradient", choices=["bpda", "exact"], default="bpda")
@@ -90,7 +97,8 @@ def main() -> None:
         ap.error("--out is required unless --clean-only")
     dataset = defense_config(args.defense).dataset
     # The harness seeds attack runs itself; the clean-only path owns its randomness through the defense's seed.
-    rdc = create_rdc(args.defense, pretrained=True, gradient=args.gradient, stride=args.stride,
+    rdc = create_rdc(args.defense, pretrained=True, score_model=args.score_model, gradient=args.gradient,
+                     stride=args.stride,
                      seed=args.seed if args.clean_only else None,
                      **({} if args.chunk_size is None else {"chunk_size": args.chunk_size}))
     model = rdc.classifier if args.alone else rdc
@@ -121,7 +129,8 @@ def print_clean_accuracy(model, dataset: str, args: argparse.Namespace) -> None:
         batches = range(0, len(x), args.batch_size)
         right = torch.stack([torch.cat([model(x[i:i + args.batch_size]).argmax(1) for i in batches]) == y
                              for _ in range(args.n_reeval)], 1)
-    name = f"{args.defense}{' classifier alone' if args.alone else ''} (stride {args.stride})"
+    backbone = f" with {args.score_model}" if args.score_model else ""
+    name = f"{args.defense}{backbone}{' classifier alone' if args.alone else ''} (stride {args.stride})"
     print(f"{name} on the first {len(y)} {dataset} test images, {args.n_reeval} draws, seed {args.seed}, "
           f"{time.perf_counter() - t0:.0f} s")
     for protocol in PROTOCOLS:

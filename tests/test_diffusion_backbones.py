@@ -137,8 +137,8 @@ def test_purification_defenses_take_the_backbone_with_exact_gradients(backbone, 
     if entry.startswith("tiny_contrastive"):
         # The guidance is λ·∇ of a loss on the classifier's logits: with tiny_cnn's ReLUs that gradient is
         # piecewise constant, so the guided purification jumps wherever a ReLU flips in a guided step
-        # (measured: a 1e-6 change of one pixel can move the summed logits by 0.19). Finite differences
-        # then test the classifier, not the backbone: use a smooth classifier here.
+        # (measured with this random DiT: a 1e-6 change of one pixel moved the summed logits by 0.19).
+        # Finite differences would then test the classifier, not the backbone: use a smooth one here.
         net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
         options["classifier"] = robustkit.wrap_classifier(net, num_classes=10, input_shape=(1, 8, 8))
     defense = robustkit.create_defense(entry, pretrained=True, score_model=model, dt=0.02, **options).double()
