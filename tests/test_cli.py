@@ -186,7 +186,8 @@ def test_bench_score_model_replaces_the_defense_s_diffusion_model_and_the_record
     model, _, _ = bench._build(build_parser().parse_args(args))
     assert isinstance(model.purifier.score_model, DiT)
     assert all(torch.equal(v, dit.state_dict()[k]) for k, v in model.purifier.score_model.state_dict().items())
-    for bad, message in ((["--classifier", "tiny_cnn.digits", "--score-model", "dit_tiny.digits"], "applies to a defense"),
+    for bad, message in ((["--classifier", "tiny_cnn.digits", "--score-model", "dit_tiny.digits"],
+                          "applies to a defense"),
                          (["--defense", "tiny_diffpure.digits", "--score-checkpoint", str(path)], "give both"),
                          (["--defense", "tent.tiny_cnn.digits", "--score-model", "dit_tiny.digits"], "score_model")):
         assert main(["bench", "--eps", "0.1", *bad]) == 2
