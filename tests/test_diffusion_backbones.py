@@ -206,6 +206,8 @@ def test_a_training_run_folder_replaces_the_score_model(tmp_path):
             assert describe_defense(defense)["config"]["score_model"] == "diffussm (run ssm)"
         with pytest.raises(InputError, match="drop score_checkpoint"):
             robustkit.create_defense(entry, score_model=tmp_path / "ssm", score_checkpoint=result.weights_path)
+        with pytest.raises(InputError, match="is a file"):
+            robustkit.create_defense(entry, score_model=result.weights_path)
 
 
 @pytest.mark.parametrize("entry", PURIFICATION_ENTRIES + ["tiny_rdc.digits"])

@@ -198,6 +198,9 @@ def check_score_model_argument(name: str, score_model: object, score_checkpoint:
         raise InputError(f"score_model must be a registered score-model name, a training run's folder or a "
                          f"torch.nn.Module (a robustkit ScoreModel), got {type(score_model).__name__}")
     run_dir = isinstance(score_model, str) and Path(score_model).is_dir()
+    if isinstance(score_model, str) and Path(score_model).is_file():
+        raise InputError(f"score_model {score_model} is a file: pass the architecture's registered name as "
+                         "score_model and the file as score_checkpoint, or the training run's folder as score_model")
     if isinstance(score_model, str) and not run_dir:
         SCORE_MODELS.get(score_model)  # an unknown name: RegistryError with the nearest names
     if score_checkpoint is None:
