@@ -523,8 +523,7 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
         **overrides: fields of :class:`~robustkit.defenses.DiffPureConfig` or
             :class:`ContrastiveGuidanceConfig`, e.g. ``dt=1e-2`` or ``online_head=True``.
     """
-    from .registry import (builder_entry, check_classifier_argument, check_score_model_argument, resolve_classifier,
-                           resolve_score_model, stamp)
+    from .registry import builder_entry, check_classifier_argument, resolve_classifier, resolve_score_model, stamp
 
     entry = builder_entry(name, ("ContrastiveGuidedPurification",), "a contrastive-purification", pretrained)
     cfg = entry.config
@@ -540,8 +539,7 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     guide = {k: v for k, v in overrides.items() if k in guide_fields}
     purifier_cfg = dataclasses.replace(cfg.purifier, **pure) if pure else cfg.purifier
     check_classifier_argument(name, cfg, classifier)
-    check_score_model_argument(name, score_model, score_checkpoint)
-    replacement = resolve_score_model(score_model, score_checkpoint, pretrained)
+    replacement = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     # the entry's weights are not loaded when its score model is replaced: only its guidance config is used
     models = entry.factory(pretrained and replacement is None)
     if not isinstance(models, ContrastiveScoreModel):

@@ -225,7 +225,7 @@ _VOTES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"logits": _vote_log
 
 # ------------------------------------------------------------------------------------ the defended model
 
-def _name(module: nn.Module | None) -> str | None:
+def module_name(module: nn.Module | None) -> str | None:
     """A module's registry name, else its class name; None for None."""
     return None if module is None else getattr(module, "name", type(module).__name__)
 
@@ -327,10 +327,11 @@ class PurifiedClassifier(Classifier):
         self.generator: torch.Generator | None = None
         if seed is not None:
             self.generator = torch.Generator().manual_seed(seed)
-        self.name = f"purified({getattr(classifier, 'name', type(classifier).__name__)})"
+        self.name = f"purified({module_name(classifier)})"
         self.config = PurifiedClassifierConfig(
             purifier=type(purifier).__name__, purifier_config=getattr(purifier, "config", None),
-            classifier=_name(classifier), score_model=_name(getattr(purifier, "score_model", None)), gradient=gradient,
+            classifier=module_name(classifier),
+            score_model=module_name(getattr(purifier, "score_model", None)), gradient=gradient,
             n_samples=n_samples, vote=vote, seed=seed)
 
     @property

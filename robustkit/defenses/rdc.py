@@ -88,7 +88,7 @@ from ..errors import InputError
 from ..utils import check_positive_int
 from .likelihood import (WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier, edm_lambda,
                          edm_sigma_density)
-from .purification import PurifiedClassifier
+from .purification import PurifiedClassifier, module_name
 
 __all__ = ["DiffusionClassifier", "DiffusionClassifierConfig", "RDCScoreModels", "RobustDiffusionClassifier",
            "create_rdc", "timestep_grid", "MODES"]
@@ -287,7 +287,7 @@ class DiffusionClassifier(Classifier):
         self._predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = {
             "full": self._full, "adaptive": self._adaptive, "guaranteed": self._guaranteed}[config.mode]
         self.last_nfe = 0
-        self.name = f"diffusion_classifier({getattr(score_model, 'name', type(score_model).__name__)})"
+        self.name = f"diffusion_classifier({module_name(score_model)})"
 
     def train(self, mode: bool = True) -> "DiffusionClassifier":
         super().train(mode)
@@ -563,7 +563,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
         seed, fixed_noise: see :class:`RobustDiffusionClassifier`.
         **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``.
     """
-    from .registry import builder_entry, check_score_model_argument, resolve_score_model, stamp
+    from .registry import builder_entry, resolve_score_model, stamp
 
     entry = builder_entry(name, ("RDC",), "an RDC", pretrained)
     if "classifier" in classifier_overrides:
@@ -573,8 +573,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, score_model, "
                          "score_checkpoint, gradient, seed, fixed_noise and DiffusionClassifierConfig fields")
-    check_score_model_argument(name, score_model, score_checkpoint)
-    replacement = resolve_score_model(score_model, score_checkpoint, pretrained)
+    replacement = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     if replacement is not None:
         _check_rdc_score_model(name, replacement, entry.config.input_shape)
     # with a replacement the entry's weights are not loaded: only its configs are used
@@ -600,8 +599,8 @@ def _check_rdc_score_model(name: str, model: nn.Module, input_shape: tuple[int, 
     k = getattr(model, "num_classes", None)
     if not isinstance(k, int) or k < 2:
         raise InputError(f"{name} needs a class-conditional score model (num_classes >= 2) to classify by Bayes' "
-                         f"rule; {getattr(model, 'name', type(model).__name__)} has num_classes={k!r}")
+                         f"rule; {module_name(model)} has num_classes={k!r}")
     if getattr(model, "null_label", None) is None:
         raise InputError(f"{name}'s likelihood maximisation runs the score model with y=None: it needs a null "
                          f"label (classifier-free-guidance training); "
-                         f"{getattr(model, 'name', type(model).__name__)} has none")
+                         f"{module_name(model)} has none")

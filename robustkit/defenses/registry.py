@@ -186,11 +186,18 @@ def resolve_classifier(cfg: DefenseConfig, classifier: Classifier | str | None, 
     return create_classifier(classifier if isinstance(classifier, str) else cfg.classifier, pretrained=pretrained)
 
 
-def check_score_model_argument(name: str, score_model: object, score_checkpoint: object) -> None:
-    """For a diffusion-defense builder, before anything is loaded: ``score_model`` is None (the entry's
-    own), a registered score-model name, a training run's folder or a torch module; ``score_checkpoint``
-    (a weights file) comes only with a name, and must exist."""
-    from ..diffusion.zoo import SCORE_MODELS
+def resolve_score_model(name: str, score_model: nn.Module | str | Path | None, score_checkpoint: str | Path | None,
+                        pretrained: bool) -> nn.Module | None:
+    """For a diffusion-defense builder: the score model replacing entry ``name``'s (None: keep the entry's).
+
+    ``score_model`` is a module (used as given), a training run's folder (:func:`~robustkit.diffusion.load_trained`)
+    or a registered score-model name, built by :func:`~robustkit.diffusion.create_score_model` from
+    ``score_checkpoint`` when given, else with its published weights when ``pretrained``, else randomly
+    initialised. The arguments are checked before anything is loaded; ``score_checkpoint`` comes only with
+    a name, and must be a file.
+    """
+    from ..diffusion.train import load_trained
+    from ..diffusion.zoo import SCORE_MODELS, create_score_model
 
     if isinstance(score_model, Path):
         score_model = str(score_model)
@@ -203,28 +210,17 @@ def check_score_model_argument(name: str, score_model: object, score_checkpoint:
                          "score_model and the file as score_checkpoint, or the training run's folder as score_model")
     if isinstance(score_model, str) and not run_dir:
         SCORE_MODELS.get(score_model)  # an unknown name: RegistryError with the nearest names
-    if score_checkpoint is None:
-        return
+    if score_checkpoint is not None:
+        if run_dir:
+            raise InputError(f"score_model {score_model} is a training run's folder, which has its own weights "
+                             "(ema.safetensors): drop score_checkpoint")
+        if not isinstance(score_model, str):
+            raise InputError(f"score_checkpoint loads weights into a registered score model: pass "
+                             f"score_model=NAME as well (robustkit list score-models); {name}'s own model takes "
+                             "no checkpoint here")
+        if not isinstance(score_checkpoint, (str, Path)) or not Path(score_checkpoint).is_file():
+            raise InputError(f"score_checkpoint {score_checkpoint!r} is not a file")
     if run_dir:
-        raise InputError(f"score_model {score_model} is a training run's folder, which has its own weights "
-                         "(ema.safetensors): drop score_checkpoint")
-    if not isinstance(score_model, str):
-        raise InputError(f"score_checkpoint loads weights into a registered score model: pass score_model=NAME "
-                         f"as well (robustkit list score-models); {name}'s own model takes no checkpoint here")
-    if not isinstance(score_checkpoint, (str, Path)) or not Path(score_checkpoint).is_file():
-        raise InputError(f"score_checkpoint {score_checkpoint!r} is not a file")
-
-
-def resolve_score_model(score_model: nn.Module | str | Path | None, score_checkpoint: str | Path | None,
-                        pretrained: bool) -> nn.Module | None:
-    """The score model replacing an entry's (None: keep the entry's): a module as given, a training run's
-    folder by :func:`~robustkit.diffusion.load_trained`, a registered name built by
-    :func:`~robustkit.diffusion.create_score_model` (from ``score_checkpoint`` when given, else with its
-    published weights when ``pretrained``, else randomly initialised)."""
-    from ..diffusion.train import load_trained
-    from ..diffusion.zoo import create_score_model
-
-    if isinstance(score_model, (str, Path)) and Path(score_model).is_dir():
         return load_trained(score_model)
     if isinstance(score_model, str):
         return create_score_model(score_model, pretrained=pretrained and score_checkpoint is None,
@@ -299,8 +295,7 @@ def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifi
     purifier_cfg = dataclasses.replace(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
     # Cheap checks first: nothing is loaded before the arguments are known to be usable.
     check_classifier_argument(name, cfg, classifier)
-    check_score_model_argument(name, score_model, score_checkpoint)
-    model = resolve_score_model(score_model, score_checkpoint, pretrained)
+    model = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     if model is None:
         model = entry.factory(pretrained)
     clf = resolve_classifier(cfg, classifier, pretrained)

@@ -408,7 +408,7 @@ def load_trained(run_dir: str | os.PathLike) -> ScoreModel:
     if not weights_path.is_file():
         raise CheckpointError(f"{run}: no {WEIGHTS_NAME}, so its training has not finished (step files only): "
                               "rerun the same training command to resume it")
-    model = BACKBONES[cfg.backbone][1](cfg.model)
+    model = _build_model(cfg)  # its initial weights are overwritten; built without touching the global RNG
     hub.load_strict(model, hub.load_state_dict_file(weights_path), source=str(weights_path))
     model.eval().requires_grad_(False)
     model.name = f"{cfg.backbone} (run {run.resolve().name})"
