@@ -32,8 +32,9 @@ Datasets (``--dataset``):
   prefer a lower lr, but one shared lr keeps the budget equal); judged by ``resnet56.cifar10`` (weights
   ``--classifier-checkpoint``); data from ``--data-dir``.
 
-``--steps`` overrides the recipe's step count (a different count is a different config, so it trains in
-fresh folders). Rerunning the same command resumes: finished backbones are not retrained, unfinished
+``--steps``, ``--warmup``, ``--lr`` and ``--ema`` override the recipe's step count, warm-up steps, peak
+learning rate and EMA decay, for all backbones alike (a different recipe is a different config, so train it
+in a fresh ``--out``). Rerunning the same command resumes: finished backbones are not retrained, unfinished
 ones continue from their last checkpoint; ``--max-minutes`` bounds each backbone's training chunk of this
 call, and the evaluation only runs once all backbones have finished.
 
@@ -214,6 +215,9 @@ def main(argv: Optional[list[str]] = None) -> Optional[list[Row]]:
     p.add_argument("--out", type=Path, required=True, help="run folders go to OUT/<backbone>/")
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated subset of unet, dit, diffussm")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
+    p.add_argument("--warmup", type=int, default=None, help="override the recipe's learning-rate warm-up steps")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
+    p.add_argument("--ema", type=float, default=None, help="override the recipe's EMA decay")
     p.add_argument("--max-minutes", type=float, default=None, help="training time per backbone in this call")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset folder (cifar10)")
     p.add_argument("--classifier-checkpoint", type=Path, default=None,
@@ -233,7 +237,8 @@ def main(argv: Optional[list[str]] = None) -> Optional[list[Row]]:
     unknown = [n for n in names if n not in setup.configs]
     if unknown or not names:
         raise SystemExit(f"unknown backbone(s) {unknown}; choose from {', '.join(setup.configs)}")
-    recipe = setup.recipe if args.steps is None else replace(setup.recipe, steps=args.steps)
+    overrides = {"steps": args.steps, "warmup_steps": args.warmup, "lr": args.lr, "ema_decay": args.ema}
+    recipe = replace(setup.recipe, **{k: v for k, v in overrides.items() if v is not None})
     draws = args.draws or setup.draws
     per_class = args.per_class or setup.per_class
     sample_steps = args.sample_steps or setup.sample_steps

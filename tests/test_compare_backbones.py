@@ -59,3 +59,13 @@ def test_pipeline_trains_resumes_evaluates_and_reruns_without_retraining(tmp_pat
     again = main(TINY + ["--out", str(out)])
     assert {n: (out / n / "checkpoint.pt").stat().st_mtime_ns for n in BACKBONES} == stamps
     assert [(r.steps, r.train_s, r.losses) for r in again] == [(r.steps, r.train_s, r.losses) for r in rows]
+
+
+def test_recipe_overrides_reach_the_trainer_and_the_record(tmp_path):
+    out, js = tmp_path / "runs", tmp_path / "cmp.json"
+    main(TINY + ["--out", str(out), "--json", str(js), "--backbones", "unet",
+                 "--warmup", "1", "--lr", "1e-3", "--ema", "0.9"])
+    recipe = json.loads(js.read_text())["recipe"]
+    assert (recipe["steps"], recipe["warmup_steps"], recipe["lr"], recipe["ema_decay"]) == (3, 1, 1e-3, 0.9)
+    saved = json.loads((out / "unet" / "train_config.json").read_text())
+    assert (saved["warmup_steps"], saved["lr"], saved["ema_decay"]) == (1, 1e-3, 0.9)
