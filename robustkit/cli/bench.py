@@ -41,11 +41,12 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
                    help="weights file for the classifier instead of the published ones (with --defense alone: "
                         "for the defense's own classifier)")
     p.add_argument("--score-model", default=None,
-                   help="with a diffusion --defense: a registered score model replacing the entry's, e.g. "
-                        "dit_tiny.digits or diffussm_tiny.digits (robustkit list score-models)")
+                   help="with a diffusion --defense: the score model replacing the entry's, either a finished "
+                        "train-diffusion run's folder (e.g. runs/dit) or a registered name, e.g. dit_tiny.digits "
+                        "or diffussm_tiny.digits (robustkit list score-models)")
     p.add_argument("--score-checkpoint", default=None,
-                   help="weights file for --score-model (e.g. runs/dit/ema.safetensors from robustkit "
-                        "train-diffusion) instead of its published ones")
+                   help="weights file for --score-model NAME (e.g. runs/dit/ema.safetensors from robustkit "
+                        "train-diffusion) instead of its published ones; not with a run folder")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
     p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
