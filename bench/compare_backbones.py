@@ -46,13 +46,14 @@ Reproduce (repository root; runtimes measured on this 2-core machine while 3-4 o
     OMP_NUM_THREADS=1 .venv/bin/python bench/compare_backbones.py --out /work/runs/compare_digits \\
         --json /tmp/compare_digits.json > /tmp/compare_digits.txt
 
-    # cifar10 (only smoke-tested here: --steps 2 with a tiny evaluation, 83 s). A training step at batch 64
-    # takes about 1.5 s (unet), 2.2 s (dit) and 5.1 s (diffussm) on one core, so the 5000 steps take about
-    # 2 h, 3 h and 7 h: train in chunks with --max-minutes and rerun the command to continue.
+    # cifar10 at a budget one session holds (docs/results/backbones.md §1b): 1200 steps with the schedule
+    # shortened alike for all three; a step took 1.04 s (unet), 2.83 s (dit) and 3.61 s (diffussm) on one
+    # core, two runs side by side, so training took 21, 57 and 72 min; evaluation 4-10 min per backbone.
+    # The recipe's own 5000 steps take about 4x as long: train in chunks with --max-minutes and rerun.
     OMP_NUM_THREADS=1 .venv/bin/python bench/compare_backbones.py --dataset cifar10 \\
-        --out /work/runs/compare_cifar10 --data-dir /work/shared/data/cifar10 \\
-        --classifier-checkpoint /work/shared/models/resnet56-4bfd9763.th --max-minutes 60 \\
-        --json /tmp/compare_cifar10.json
+        --out /work/runs/cifar_short --data-dir /work/shared/data/cifar10 \\
+        --classifier-checkpoint /work/shared/models/resnet56-4bfd9763.th \\
+        --steps 1200 --warmup 100 --lr 5e-4 --ema 0.995 --json /tmp/compare_cifar10.json
 """
 
 from __future__ import annotations
