@@ -102,7 +102,8 @@ def test_schema_1_entries_are_read_as_per_example_with_no_batch_size():
     d = _entry_dict()
     del d["batch_dependent"], d["batch_size"]
     e = Entry.from_dict({**d, "schema_version": 1})
-    assert (e.schema_version, e.batch_dependent, e.batch_size) == (2, False, None)
+    assert (e.schema_version, e.batch_dependent, e.batch_size) == (3, False, None)
+    assert (e.defense_digest, e.classifier, e.score_model) == (None, None, None)
     assert Entry.from_json(e.to_json()) == e
     with pytest.raises(EntryError, match="missing fields"):  # a schema-2 entry must carry both fields
         Entry.from_dict({**d, "schema_version": 2})
@@ -147,7 +148,9 @@ def _entry_with(**changes):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.pop("eps"), r"missing fields \['eps'\]"),
     (lambda d: d.update(extra=1), r"unknown fields \['extra'\]"),
-    (lambda d: d.update(schema_version=3), "schema_version: 3 is not 2"),
+    (lambda d: d.update(schema_version=4, defense_digest=None, classifier=None, score_model=None),
+     "schema_version: 4 is not 3"),
+    (lambda d: d.update(schema_version=3), r"missing fields \[.classifier., .defense_digest., .score_model.\]"),
     (lambda d: d.update(batch_size=0), r"entry\.batch_size: expected an integer"),
     (lambda d: d.pop("batch_dependent"), r"missing fields \['batch_dependent'\]"),
     (lambda d: d.update(eps="8/255"), r"entry\.eps: expected a number"),

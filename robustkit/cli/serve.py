@@ -35,13 +35,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must lie in [0, 65535], got {args.port}")
+    for flag, value in (("--create-token", args.create_token), ("--revoke-token", args.revoke_token)):
+        if value is not None and not value.strip():
+            raise InputError(f"{flag} needs a submitter name, got an empty string")
     store = Store(args.db)
-    if args.create_token:
+    if args.create_token is not None:
         print(store.create_token(args.create_token))
         print(f"robustkit: token for {args.create_token!r} created; it is shown only now, store it safely",
               file=sys.stderr)
         return 0
-    if args.revoke_token:
+    if args.revoke_token is not None:
         store.revoke_token(args.revoke_token)
         print(f"revoked {args.revoke_token}")
         return 0

@@ -11,7 +11,10 @@ passes per prediction, NFE, GPU-hours), software versions and the config hash.
 Accuracies are fractions in [0, 1] (RobustBench's percent strings are made only by the exporter).
 ``Entry.from_dict`` is strict: unknown or missing fields, wrong types, NaN and out-of-range values
 raise :class:`EntryError` naming the field. Schema 2 added ``batch_dependent`` and ``batch_size``; a
-schema-1 entry is read as ``batch_dependent=False`` and ``batch_size=None`` (not recorded).
+schema-1 entry is read as ``batch_dependent=False`` and ``batch_size=None`` (not recorded). Schema 3
+added ``defense_digest`` (SHA-256 of the record's whole defense configuration: class, hyperparameters,
+classifier, score model, weights), ``classifier`` and ``score_model``; an older entry is read with
+them ``None`` and is identified by its run's ``config_hash`` instead (:meth:`Entry.identity`).
 
 Example (a tiny real run; a few seconds on a CPU)::
 
@@ -45,7 +48,7 @@ from ._fields import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, 
 from .examples import (MAX_EXAMPLES, MAX_REEVAL, ExamplesError, aggregate_examples, compare_stats,
                        load_run_examples, validate_examples)
 
-ENTRY_SCHEMA_VERSION = 2
+ENTRY_SCHEMA_VERSION = 3
 GRADIENT_MODES = ("exact", "bpda", "surrogate")
 THREAT_MODELS = ("Linf", "L2")
 CHECK_STATUSES = ("pass", "warn", "fail", "skipped")
@@ -274,6 +277,10 @@ class Entry:
     reported: float | None = None
     footnote: str | None = None
     external: ExternalResult | None = None
+    # identity (schema 3): what was evaluated, beyond its registry name
+    defense_digest: str | None = None  # sha256 of the canonical JSON of the record's defense_config
+    classifier: str | None = None  # the inner classifier of a defense (its registry or given name)
+    score_model: str | None = None  # the diffusion model of a purification defense
     schema_version: int = ENTRY_SCHEMA_VERSION
 
     # ------------------------------------------------------------------------------------------ views
@@ -299,6 +306,26 @@ class Entry:
     @property
     def attack_order(self) -> list[str]:
         return [a.name for a in self.attacks]
+
+    def identity(self) -> str:
+        """What makes two submissions the *same* entry (a resubmission updates it): the defense
+        configuration digest (score model, classifier and weights included), threat model, eps and the
+        protocol (dataset, split, sample size, attacks with their budgets, re-evaluations, cascade, and
+        the batch size where predictions depend on it). Paper metadata, seed and results are not part
+        of it. SHA-256 hex."""
+        protocol = {"dataset": self.dataset, "split": self.split, "n_examples": self.n_examples,
+                    "attacks": [dataclasses.asdict(a) for a in self.attacks], "n_reeval": self.n_reeval,
+                    "cascade": self.cascade,
+                    "batch_size": self.batch_size if self.batch_dependent or self.adapts_at_test_time else None}
+        ident = {"defense": self.defense_digest or f"run:{self.config_hash}", "threat_model": self.threat_model,
+                 "eps": self.eps, "protocol": protocol}
+        return hashlib.sha256(canonical_json(ident).encode()).hexdigest()
+
+    def ranking_problems(self) -> list:
+        """Why the board does not rank this entry (:func:`robustkit.leaderboard.rules.ranking_problems`)."""
+        from .rules import ranking_problems
+
+        return ranking_problems(self)
 
     def robustbench_violations(self) -> list[str]:
         """Why RobustBench would not list this defense (it admits only deterministic, static models)."""
@@ -346,7 +373,9 @@ class Entry:
         """Strict parse: exact fields, types, ranges, internal consistency (raises :class:`EntryError`).
         A schema-1 entry is upgraded first (module docstring)."""
         if isinstance(d, dict) and d.get("schema_version") == 1 and not {"batch_dependent", "batch_size"} & set(d):
-            d = {**d, "batch_dependent": False, "batch_size": None, "schema_version": ENTRY_SCHEMA_VERSION}
+            d = {**d, "batch_dependent": False, "batch_size": None, "schema_version": 2}
+        if isinstance(d, dict) and d.get("schema_version") == 2 and not set(_IDENTITY_FIELDS) & set(d):
+            d = {**d, **dict.fromkeys(_IDENTITY_FIELDS), "schema_version": ENTRY_SCHEMA_VERSION}
         f = Fields(d, where, EntryError)
         names = {x.name for x in dataclasses.fields(cls)}
         f.exact_keys(names)
@@ -380,7 +409,8 @@ class Entry:
         ext = f.obj("external", optional=True)
         weights = f.str("weights_sha256", optional=True)
         config_hash = f.str("config_hash")
-        for key, v in (("config_hash", config_hash), ("weights_sha256", weights)):
+        defense_digest = f.str("defense_digest", optional=True)
+        for key, v in (("config_hash", config_hash), ("weights_sha256", weights), ("defense_digest", defense_digest)):
             if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
                 raise EntryError(f"{where}.{key}: expected 64 lowercase hex digits (sha256), got {v[:70]!r}")
         return cls(
@@ -406,7 +436,8 @@ class Entry:
             reported=f.float("reported", 0.0, 1.0, optional=True),
             footnote=f.str("footnote", max_len=MAX_TEXT, optional=True),
             external=_external(ext, f"{where}.external") if ext is not None else None,
-            schema_version=version)
+            defense_digest=defense_digest, classifier=f.str("classifier", optional=True),
+            score_model=f.str("score_model", optional=True), schema_version=version)
 
     # --------------------------------------------------------------------------------- construction
     @classmethod
@@ -441,7 +472,9 @@ class Entry:
             weights_sha256=record.defense_config.get("weights_sha256"), created_utc=record.created_utc,
             paper_title=meta.paper_title, link=meta.link, authors=meta.authors, venue=meta.venue,
             architecture=meta.architecture or _architecture(record), additional_data=meta.additional_data,
-            reported=meta.reported, footnote=meta.footnote, external=meta.external)
+            reported=meta.reported, footnote=meta.footnote, external=meta.external,
+            defense_digest=hashlib.sha256(canonical_json(record.defense_config).encode()).hexdigest(),
+            classifier=_config_name(record, "classifier"), score_model=_config_name(record, "score_model"))
         return cls.from_dict(entry.to_dict())  # one validation path for every entry
 
     @classmethod
@@ -452,10 +485,32 @@ class Entry:
         return entry
 
 
+_IDENTITY_FIELDS = ("defense_digest", "classifier", "score_model")
+
+
+def _config_name(record: BenchmarkRecord, key: str) -> str | None:
+    cfg = record.defense_config.get("config")
+    v = cfg.get(key) if isinstance(cfg, dict) else None
+    return v[:MAX_SHORT] if isinstance(v, str) and v else None
+
+
 def _architecture(record: BenchmarkRecord) -> str | None:
+    """The classifier's architecture: the config's own, else (for a defense) its inner classifier's
+    registered architecture, else that classifier's name."""
     cfg = record.defense_config.get("config")
     arch = cfg.get("architecture") if isinstance(cfg, dict) else None
-    return arch[:MAX_SHORT] if isinstance(arch, str) and arch else None
+    if isinstance(arch, str) and arch:
+        return arch[:MAX_SHORT]
+    inner = _config_name(record, "classifier")
+    if inner is None:
+        return None
+    from ..errors import RegistryError
+    from ..registry import classifier_config
+
+    try:
+        return classifier_config(inner).architecture[:MAX_SHORT]
+    except RegistryError:
+        return inner
 
 
 def load_run_entry(path: str | Path, metadata: EntryMetadata | None = None) -> tuple[Entry, list[dict[str, Any]]]:

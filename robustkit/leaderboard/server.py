@@ -33,6 +33,7 @@ Example (in-process, no network)::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -48,7 +49,9 @@ from .submission import SubmissionError, board_columns, parse_submission
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # 64 MiB: ~200k examples x 10 re-evaluations x a few attacks
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds a request body may take between two chunks before the server gives up
 MAX_PAGE = 500
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot exist (and must not reach the driver)
 
 
 class ServeError(RobustkitError, RuntimeError):
@@ -134,12 +137,18 @@ def _str_param(value: str | None, name: str) -> str | None:
 
 
 def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
-               limits: dict[str, RateLimit] | None = None, pages: bool = True):
-    """The ASGI app serving the database at ``db_path`` (created when missing)."""
+               limits: dict[str, RateLimit] | None = None, pages: bool = True,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT):
+    """The ASGI app serving the database at ``db_path`` (created when missing).
+
+    ``body_timeout``: a request body that sends nothing for this many seconds is answered 408 (a
+    stalled client cannot hold a worker). A client that disconnects mid-upload is logged at INFO in
+    one line, never as a traceback.
+    """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
@@ -187,35 +196,71 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         wait = readers.retry_after(client_key(request))
         if wait:
             return too_many(wait, "requests")
-        row = await run_in_threadpool(store.get_entry, request.path_params["entry_id"])
+        entry_id = request.path_params["entry_id"]
+        row = await run_in_threadpool(store.get_entry, entry_id) if entry_id <= MAX_ID else None
         if row is None:
-            return error(404, f"no entry with id {request.path_params['entry_id']}")
+            return error(404, f"no entry with id {str(entry_id)[:40]}")
         return JSONResponse(row.to_dict(with_summary=True))
 
     async def get_examples(request: Request) -> Response:
         wait = readers.retry_after(client_key(request))
         if wait:
             return too_many(wait, "requests")
-        examples = await run_in_threadpool(store.get_examples, request.path_params["entry_id"])
+        entry_id = request.path_params["entry_id"]
+        examples = await run_in_threadpool(store.get_examples, entry_id) if entry_id <= MAX_ID else None
         if examples is None:
-            return error(404, f"no entry with id {request.path_params['entry_id']}")
+            return error(404, f"no entry with id {str(entry_id)[:40]}")
         return JSONResponse({"id": request.path_params["entry_id"], "examples": examples})
 
-    async def submit(request: Request) -> Response:
+    async def authenticate(request: Request) -> str | Response:
+        """The submitter of the request's bearer token, or the error response. A valid token is never
+        refused for other clients' failures: failed attempts from an address are throttled, and only
+        further *failed* attempts from it are answered 429 (the secret has 256 bits; throttling only
+        keeps guessing traffic cheap)."""
         ip = client_key(request)
-        wait = failures.blocked(ip)
-        if wait:
-            return too_many(wait, "failed authentications from this address")
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        submitter = None
+        if scheme.lower() == "bearer" and token.strip():
+            submitter = await run_in_threadpool(store.authenticate, token.strip())
+        if submitter is not None:
+            return submitter
+        wait = failures.retry_after(ip)
+        if wait:
+            return too_many(wait, "failed authentications from this address")
         if scheme.lower() != "bearer" or not token.strip():
-            failures.retry_after(ip)
             return error(401, "missing API token: send 'Authorization: Bearer <token>' (tokens are made by "
                               "'robustkit serve --db PATH --create-token NAME')", {"WWW-Authenticate": "Bearer"})
-        submitter = await run_in_threadpool(store.authenticate, token.strip())
-        if submitter is None:
-            failures.retry_after(ip)
-            return error(401, "invalid or revoked API token", {"WWW-Authenticate": "Bearer"})
+        return error(401, "invalid or revoked API token", {"WWW-Authenticate": "Bearer"})
+
+    async def read_body(request: Request) -> bytes | Response:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return error(400, f"invalid Content-Length {declared[:40]!r}")
+            if int(declared) > max_body:
+                return error(413, f"body of {int(declared)} bytes exceeds the limit of {max_body} bytes")
+        chunks, size = [], 0
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout=body_timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                log.info("request body from %s stalled for %.0f s: answered 408", client_key(request), body_timeout)
+                return error(408, f"request body stalled: nothing received for {body_timeout:g} s",
+                             {"Connection": "close"})
+            size += len(chunk)
+            if size > max_body:
+                return error(413, f"body exceeds the limit of {max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def submit(request: Request) -> Response:
+        submitter = await authenticate(request)
+        if not isinstance(submitter, str):
+            return submitter
         wait = writers.retry_after(submitter)
         if wait:
             return too_many(wait, f"submissions by {submitter}")
@@ -224,22 +269,14 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
             return error(415, f"Content-Type must be application/json, got {ctype[:60] or 'none'!r}")
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             return error(415, "compressed bodies are not accepted; send plain JSON")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return error(400, f"invalid Content-Length {declared[:40]!r}")
-            if int(declared) > max_body:
-                return error(413, f"body of {int(declared)} bytes exceeds the limit of {max_body} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                return error(413, f"body exceeds the limit of {max_body} bytes")
-            chunks.append(chunk)
+        body = await read_body(request)
+        if not isinstance(body, bytes):
+            return body
+        size = len(body)
         if size == 0:
             return error(400, "empty body: expected a JSON submission")
         try:
-            sub = await run_in_threadpool(parse_submission, b"".join(chunks))
+            sub = await run_in_threadpool(parse_submission, body)
         except SubmissionError as e:
             return error(e.status, str(e))
         entry = sub.entry.to_dict()
@@ -271,7 +308,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         wait = readers.retry_after(client_key(request))
         if wait:
             return too_many(wait, "requests")
-        row = await run_in_threadpool(store.get_entry, request.path_params["entry_id"])
+        entry_id = request.path_params["entry_id"]
+        row = await run_in_threadpool(store.get_entry, entry_id) if entry_id <= MAX_ID else None
         if row is None:
             return HTMLResponse("<!doctype html><title>Not found</title><p>No such entry.</p>", status_code=404)
         return HTMLResponse(render_entry(row.to_dict(with_summary=True), index_url="/",
@@ -293,6 +331,10 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
     async def store_error(request: Request, exc: StoreError) -> Response:
         return error(400, str(exc))
 
+    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("client %s disconnected during %s %s", client_key(request), request.method, request.url.path[:200])
+        return Response(status_code=499)  # nobody reads it; answering keeps the ASGI server from logging a traceback
+
     routes = [Route("/api/entries", list_entries, methods=["GET"]),
               Route("/api/entries/{entry_id:int}", get_entry, methods=["GET"]),
               Route("/api/entries/{entry_id:int}/examples", get_examples, methods=["GET"]),
@@ -303,7 +345,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
                    Route("/entries/{entry_id:int}", entry_page, methods=["GET"]),
                    Route("/static/board.js", script, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, SubmissionError: bad_request,
-                                                       StoreError: store_error})
+                                                       StoreError: store_error,
+                                                       ClientDisconnect: disconnected})
     app.state.store = store
     return app
 
