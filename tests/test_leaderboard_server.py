@@ -7,6 +7,7 @@ every request has a timeout and every loop is bounded.
 from __future__ import annotations
 
 import copy
+import hashlib
 import http.client
 import json
 import os
@@ -185,7 +186,8 @@ def test_cli_submit_and_tokens(runs, tmp_path, capsys, monkeypatch):
         assert cli.main(["submit", str(runs["det"]), "--server", url + "/"]) == 0
         assert "already stored as entry 1" in capsys.readouterr().out
         assert cli.main(["submit", str(runs["det"]), "--server", url, "--name", "Other2024Name"]) == 0
-        assert "Other2024Name: stored as entry 2" in capsys.readouterr().out
+        assert "Other2024Name: updated entry 1" in capsys.readouterr().out  # same run: same entry, new name
+        assert store.count() == 1 and store.get_entry(1).entry["name"] == "Other2024Name"
         before = store.digest()
         assert cli.main(["submit", str(runs["det"]), "--server", url, "--token", token + "x"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -196,7 +198,7 @@ def test_cli_submit_and_tokens(runs, tmp_path, capsys, monkeypatch):
         assert cli.main(["submit", str(runs["sto"]), "--server", url]) == 2
         assert "invalid or revoked API token" in capsys.readouterr().err
         assert store.digest() != before  # the revocation changed the tokens table, nothing else
-        assert store.count() == 2
+        assert store.count() == 1
     monkeypatch.delenv("ROBUSTKIT_TOKEN")
     assert cli.main(["submit", str(runs["det"]), "--server", "http://127.0.0.1:9"]) == 2
     assert "no API token" in capsys.readouterr().err
@@ -434,15 +436,18 @@ INSERT INTO meta VALUES ('store_version', '1');
 
 def test_a_version_1_store_is_migrated_with_its_entries(valid, tmp_path):
     """A database written before the batch_dependent column (store version 1) opens, gains the column filled
-    from each entry's JSON, and filters on it; its rows are untouched."""
+    from each entry's JSON (and, as version 3, each entry's identity and an empty audit log), and filters on
+    it; its rows are untouched."""
     import sqlite3
     import zlib
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
     con.executescript(STORE_V1_ENTRIES)
-    e = valid["entry"]
+    ident = ("defense_digest", "classifier", "score_model")
+    e = {**{k: v for k, v in valid["entry"].items() if k not in ident}, "schema_version": 2}  # entry schema 2
     old = {k: v for k, v in e.items() if k not in ("batch_dependent", "batch_size")}  # an entry-schema-1 entry
+    old["schema_version"] = 1
     for i, entry in enumerate([old, {**e, "batch_dependent": True}, {**e, "batch_dependent": False}]):
         con.execute("INSERT INTO entries VALUES (NULL, ?, 'alice', '2026-01-01T00:00:00+00:00', ?, ?, ?, ?, ?, 0, 0, "
                     "0, 0.9, 0.5, 0.5, ?, '{}', ?)",
@@ -457,7 +462,10 @@ def test_a_version_1_store_is_migrated_with_its_entries(valid, tmp_path):
     assert {r.content_hash for r in store.list_entries(batch_dependent=False)[0]} == {"hash0", "hash2"}
     assert store.get_entry(rows[0].id).entry == {**e, "batch_dependent": True}  # the JSON is kept as it was
     with sqlite3.connect(db) as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone()[0] == "2"
+        assert con.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone()[0] == "3"
+    by_hash = {r.content_hash: r.identity for r in store.list_entries()[0]}
+    assert by_hash["hash0"] == by_hash["hash2"] != by_hash["hash1"]  # batch-dependent: its batch size is identity
+    assert store.audit_log() == ([], 0)
     before = store.digest()
     assert Store(db).digest() == before  # opening it again migrates nothing
 
@@ -477,7 +485,12 @@ def test_bad_reads_and_routes(tmp_path):
                 ("GET", "/api/entries/999/examples", 404, "no entry"),
                 ("GET", "/api/entries/abc", 404, "no route"), ("GET", "/api/entries/..%2f..%2fetc", 404, "no route"),
                 ("GET", "/api/submissions", 405, "not allowed"), ("POST", "/api/entries", 405, "not allowed"),
-                ("DELETE", "/api/entries/1", 405, "not allowed"), ("PUT", "/api/submissions", 405, "not allowed")]:
+                ("PUT", "/api/entries/1", 405, "not allowed"),
+                ("DELETE", "/api/entries/1", 401, "missing API token"),
+                ("GET", "/api/entries/99999999999999999999", 404, "no entry with id 9999"),
+                ("GET", "/api/entries/9223372036854775808/examples", 404, "no entry"),
+                ("GET", "/api/audit?limit=0", 400, "limit"), ("GET", "/api/audit?x=1", 400, "unknown query"),
+                ("PUT", "/api/submissions", 405, "not allowed")]:
             code, data, _ = request(port, method, path, b"{}" if method in ("POST", "PUT") else None,
                                     {"Content-Type": "application/json"})
             assert code == status, (path, data)
@@ -523,8 +536,13 @@ def test_rate_limits(valid, tmp_path):
         codes = [post(port, dumps(valid), token)[0] for _ in range(3)]
         assert codes == [201, 200, 429]  # the third within the burst window is refused
         assert [post(port, dumps(valid), "rk_bad")[0] for _ in range(3)] == [401] * 3
-        status, data, _ = post(port, dumps(valid), token)  # even a valid token: this address is cooling down
+        status, data, _ = post(port, dumps(valid), "rk_bad")  # more guesses from this address: throttled
         assert status == 429 and "failed authentications" in data["error"]
+        patient = store.create_token("patient")  # a valid token from the same address is not locked out
+        status, data, _ = post(port, dumps(valid), patient)
+        assert status == 200 and data["action"] == "unchanged", data
+        status, data, _ = post(port, dumps(valid), token)  # eager's own write budget is spent, not a lockout
+        assert status == 429 and "submissions by eager" in data["error"]
         assert store.count() == 1
 
 
@@ -596,6 +614,7 @@ def test_concurrent_submissions_and_restart(valid, tmp_path):
         d = copy.deepcopy(valid)
         d["entry"]["name"] = f"Variant{i:02d}"
         d["entry"]["footnote"] = f"variant {i}"
+        d["entry"]["defense_digest"] = hashlib.sha256(f"variant {i}".encode()).hexdigest()  # 50 identities
         f = tmp_path / f"sub{i:02d}.json"
         f.write_bytes(dumps(d))
         files.append(str(f))
@@ -634,3 +653,130 @@ def test_concurrent_submissions_and_restart(valid, tmp_path):
         assert data["examples"] == valid["examples"]
     with cli_server(db) as (proc, port):  # after a graceful stop too
         assert request(port, "GET", "/healthz")[1]["entries"] == 50
+
+
+# ------------------------------------------------------------------------------ identity and lifecycle
+
+def test_identity_ignores_metadata_and_seed_but_not_what_was_evaluated(runs, valid):
+    from robustkit.leaderboard import EntryMetadata
+
+    e = Entry.from_dict(valid["entry"])
+    renamed, _ = load_run_entry(runs["det"], EntryMetadata(name="Other2024Name", footnote="corrected"))
+    assert renamed.identity() == e.identity() and renamed.content_hash() != e.content_hash()
+    assert Entry.from_dict({**valid["entry"], "seed": 7}).identity() == e.identity()
+    for change in ({"defense_digest": "b" * 64}, {"threat_model": "L2"}, {"eps": 0.2}, {"n_reeval": 2},
+                   {"attacks": [{**a, "steps": 99} for a in valid["entry"]["attacks"]]}):
+        changed = dataclasses_replace_dict(valid["entry"], change)
+        assert changed.identity() != e.identity(), change
+    assert e.defense_digest is not None and len(e.defense_digest) == 64
+
+
+def dataclasses_replace_dict(d: dict, change: dict) -> Entry:
+    """An entry with ``change`` applied, built without the schema's cross-field checks (identity only)."""
+    import dataclasses
+
+    e = Entry.from_dict(d)
+    fields = dict(change)
+    if "attacks" in fields:
+        from robustkit.leaderboard import AttackSpec
+
+        fields["attacks"] = tuple(AttackSpec(**a) for a in fields["attacks"])
+    return dataclasses.replace(e, **fields)
+
+
+def test_resubmit_updates_withdraw_and_audit_log(runs, valid, tmp_path):
+    import sqlite3
+
+    with running_server(tmp_path / "board.db", max_body=MAX_BODY, limits=HIGH) as (_, port, store):
+        alice, bob = store.create_token("alice"), store.create_token("bob")
+        status, first, _ = post(port, dumps(valid), alice)
+        assert status == 201 and first["action"] == "create"
+        renamed = json.loads(dumps(valid))
+        renamed["entry"]["name"] = "Renamed2024Run"
+        status, data, _ = post(port, dumps(renamed), alice)
+        assert (status, data["action"], data["id"]) == (200, "update", first["id"])
+        rows, total = store.list_entries()
+        assert total == 1 and rows[0].entry["name"] == "Renamed2024Run"
+        status, data, _ = post(port, dumps(valid), bob)  # bob's copy of alice's entry (other metadata)
+        assert status == 403 and "belongs to alice" in data["error"]
+        status, data, _ = request(port, "DELETE", f"/api/entries/{first['id']}", headers={"Authorization": f"Bearer {bob}"})
+        assert status == 403 and "only its submitter" in data["error"]
+        status, data, _ = request(port, "DELETE", "/api/entries/77", headers={"Authorization": f"Bearer {alice}"})
+        assert status == 404
+        for _ in range(2):  # withdrawing twice is harmless
+            status, data, _ = request(port, "DELETE", f"/api/entries/{first['id']}",
+                                      headers={"Authorization": f"Bearer {alice}"})
+            assert status == 200 and data["withdrawn"] is True
+        assert store.count() == 0 and request(port, "GET", "/api/entries")[1]["total"] == 0
+        assert request(port, "GET", f"/api/entries/{first['id']}")[0] == 410
+        assert request(port, "GET", f"/api/entries/{first['id']}/examples")[0] == 404
+        assert "robustkit leaderboard" in request(port, "GET", "/")[1] and "Renamed2024Run" not in request(port, "GET", "/")[1]
+        status, data, _ = post(port, dumps(valid), alice)  # back on the board, same id
+        assert (status, data["action"], data["id"]) == (200, "reinstate", first["id"])
+        status, log, _ = request(port, "GET", "/api/audit")
+        assert [(r["action"], r["entry_id"], r["actor"]) for r in log["records"]] == [
+            ("create", 1, "alice"), ("update", 1, "alice"), ("withdraw", 1, "alice"), ("reinstate", 1, "alice")]
+        assert {r["identity"] for r in log["records"]} == {Entry.from_dict(valid["entry"]).identity()}
+        with sqlite3.connect(store.path) as con:  # append-only, enforced by the database itself
+            for sql in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
+                with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                    con.execute(sql)
+        assert request(port, "GET", "/api/audit")[1] == log
+
+
+def test_cli_withdraw(valid, runs, tmp_path, capsys):
+    db = tmp_path / "board.db"
+    with running_server(db, max_body=MAX_BODY, limits=HIGH) as (_, port, store):
+        token = store.create_token("dana")
+        status, data, _ = post(port, dumps(valid), token)
+        url = f"http://127.0.0.1:{port}"
+        assert cli.main(["leaderboard", "withdraw", str(data["id"]), "--server", url, "--token", token]) == 0
+        assert capsys.readouterr().out.strip() == f"withdrew entry {data['id']} ({url}/api/entries/{data['id']})"
+        assert store.count() == 0
+        assert cli.main(["leaderboard", "withdraw", "5", "--server", url, "--token", token + "x"]) == 2
+        assert capsys.readouterr().err.strip() == ("robustkit: error: server refused the withdrawal (401): invalid or "
+                                                   "revoked API token")
+
+
+# ------------------------------------------------------------------------------- server robustness
+
+def test_stalled_body_is_timed_out_and_disconnects_are_one_line(valid, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    with running_server(tmp_path / "board.db", max_body=MAX_BODY, limits=HIGH, body_timeout=0.5) as (_, port, store):
+        token = store.create_token("slow")
+        before = store.digest()
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+            s.sendall(b"POST /api/submissions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"for")
+            t0 = time.monotonic()
+            answer = b""
+            while b"stalled" not in answer and time.monotonic() - t0 < TIMEOUT:
+                part = s.recv(4096)
+                if not part:
+                    break
+                answer += part
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:200]
+        assert waited < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:  # the client goes away
+            s.sendall(b"POST /api/submissions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"for")
+            time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while "disconnected" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert request(port, "GET", "/healthz")[0] == 200
+        assert store.digest() == before
+    assert "disconnected during POST /api/submissions" in caplog.text
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("args", [["--create-token", ""], ["--create-token", "  "], ["--revoke-token", ""]])
+def test_serve_refuses_empty_token_names(tmp_path, capsys, args):
+    db = tmp_path / "board.db"
+    assert cli.main(["serve", "--db", str(db), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a submitter name" in err[0]
+    assert not db.exists()  # refused before anything was created

@@ -2,7 +2,8 @@
 
 The entry (checked locally against the run's per-example records) and every per-example record are
 sent; the server recomputes all aggregates and refuses any disagreement. Resubmitting the same run
-is harmless (the server answers with the stored entry). The token may also come from
+(same defense configuration, threat model, eps and protocol) updates its entry instead of adding one,
+e.g. with corrected paper metadata; ``robustkit leaderboard withdraw ID`` takes an entry off the board. The token may also come from
 ``$ROBUSTKIT_TOKEN`` so that it stays out of the shell history. Paper metadata options are those of
 ``robustkit export``.
 """
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no API token: pass --token or set ROBUSTKIT_TOKEN (an admin makes one with "
                          "'robustkit serve --db PATH --create-token NAME')")
     answer = submit_run(args.run_dir, args.server, token, metadata_from_args(args), timeout=args.timeout)
-    state = "stored as" if answer["created"] else "already stored as"
+    state = {"create": "stored as", "update": "updated", "reinstate": "reinstated as",
+             "unchanged": "already stored as"}.get(answer.get("action"), "stored as" if answer["created"] else
+                                                   "already stored as")
     print(f"{answer['name']}: {state} entry {answer['id']} ({args.server.rstrip('/')}{answer['url']})")
     return 0

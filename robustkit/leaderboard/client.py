@@ -36,13 +36,14 @@ def submission_url(server: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/api/submissions", "", ""))
 
 
-def post_submission(server: str, token: str, body: bytes, *, timeout: float = 300.0) -> dict[str, Any]:
-    """POST ``body`` (JSON bytes); the server's JSON answer on 200/201, else :class:`SubmitError`."""
-    req = urllib.request.Request(submission_url(server), data=body, method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}",
-                                          "Accept": "application/json"})
+def _call(url: str, server: str, token: str, method: str, body: bytes | None, what: str,
+          timeout: float) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked by the caller
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         raw = e.read()
@@ -50,10 +51,23 @@ def post_submission(server: str, token: str, body: bytes, *, timeout: float = 30
             message = json.loads(raw)["error"]
         except (ValueError, KeyError, TypeError):
             message = raw[:200].decode("utf-8", "replace") or e.reason
-        raise SubmitError(f"server refused the submission ({e.code}): {message}", e.code) from e
+        raise SubmitError(f"server refused the {what} ({e.code}): {message}", e.code) from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise SubmitError(f"cannot reach {server}: {reason}") from e
+
+
+def post_submission(server: str, token: str, body: bytes, *, timeout: float = 300.0) -> dict[str, Any]:
+    """POST ``body`` (JSON bytes); the server's JSON answer on 200/201, else :class:`SubmitError`."""
+    return _call(submission_url(server), server, token, "POST", body, "submission", timeout)
+
+
+def withdraw_entry(server: str, token: str, entry_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
+    """Withdraw entry ``entry_id`` (the token must be its submitter's); the server's JSON answer."""
+    if isinstance(entry_id, bool) or not isinstance(entry_id, int) or entry_id < 1:
+        raise SubmitError(f"entry id must be a positive integer, got {entry_id!r}")
+    url = submission_url(server).rsplit("/api/submissions", 1)[0] + f"/api/entries/{entry_id}"
+    return _call(url, server, token, "DELETE", None, "withdrawal", timeout)
 
 
 def submit_run(run_dir: str | os.PathLike, server: str, token: str, metadata: EntryMetadata | None = None,

@@ -5,15 +5,19 @@ Endpoints (JSON unless noted)::
     GET  /api/entries                 list; filters dataset, threat_model, name, submitter, stochastic,
                                       adapts_at_test_time, batch_dependent, unreliable (true/false);
                                       sort board|robust|clean|submitted|name; limit (1-500), offset
-    GET  /api/entries/{id}            one entry with its per-example summary
+    GET  /api/entries/{id}            one entry with its per-example summary (410 once withdrawn)
     GET  /api/entries/{id}/examples   its per-example records
-    POST /api/submissions             upload (Authorization: Bearer <token>); 201 new, 200 already stored
+    POST /api/submissions             upload (Authorization: Bearer <token>); 201 new entry, 200 with
+                                      "action": "update" / "reinstate" / "unchanged" when the entry's
+                                      identity was already on the board (403: it belongs to another)
+    DELETE /api/entries/{id}          withdraw it (its submitter's token; 403 for anyone else)
+    GET  /api/audit                   the append-only audit log (limit, offset)
     GET  /healthz                     liveness
     GET  /  and  /entries/{id}        the web pages (HTML), see :mod:`robustkit.leaderboard.site`
 
 Reads are public; writes need a token made by ``robustkit serve --db PATH --create-token NAME``.
 Every refusal is a 4xx with ``{"error": "<one clear sentence>", "status": <code>}``: 400 malformed,
-401 missing or invalid token, 404, 405, 413 body too large (checked against Content-Length and again
+401 missing or invalid token, 403 not yours, 404, 405, 408 body stalled, 410 withdrawn, 413 body too large (checked against Content-Length and again
 while streaming, so a chunked body cannot slip past), 415 not JSON, 422 well-formed but wrong,
 429 rate-limited (with Retry-After). A refused submission leaves the database untouched.
 
@@ -43,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RobustkitError
-from .store import Store, StoreError
+from .store import ConflictError, Store, StoreError
 from .submission import SubmissionError, board_columns, parse_submission
 
 log = logging.getLogger(__name__)
@@ -200,6 +204,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         row = await run_in_threadpool(store.get_entry, entry_id) if entry_id <= MAX_ID else None
         if row is None:
             return error(404, f"no entry with id {str(entry_id)[:40]}")
+        if row.withdrawn:
+            return error(410, f"entry {entry_id} was withdrawn by its submitter (see /api/audit)")
         return JSONResponse(row.to_dict(with_summary=True))
 
     async def get_examples(request: Request) -> Response:
@@ -207,7 +213,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         if wait:
             return too_many(wait, "requests")
         entry_id = request.path_params["entry_id"]
-        examples = await run_in_threadpool(store.get_examples, entry_id) if entry_id <= MAX_ID else None
+        row = await run_in_threadpool(store.get_entry, entry_id) if entry_id <= MAX_ID else None
+        examples = await run_in_threadpool(store.get_examples, entry_id) if row and not row.withdrawn else None
         if examples is None:
             return error(404, f"no entry with id {str(entry_id)[:40]}")
         return JSONResponse({"id": request.path_params["entry_id"], "examples": examples})
@@ -280,14 +287,48 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         except SubmissionError as e:
             return error(e.status, str(e))
         entry = sub.entry.to_dict()
-        entry_id, created = await run_in_threadpool(
-            lambda: store.add_entry(content_hash=sub.content_hash, submitter=submitter, entry=entry,
-                                    board=board_columns(sub.entry), summary=sub.summary, examples=sub.examples))
-        log.info("submission %s by %s: entry %d (%s)", sub.content_hash[:12], submitter, entry_id,
-                 "new" if created else "duplicate")
-        return JSONResponse({"id": entry_id, "content_hash": sub.content_hash, "created": created,
+        try:
+            entry_id, action = await run_in_threadpool(
+                lambda: store.add_entry(content_hash=sub.content_hash, submitter=submitter, entry=entry,
+                                        board=board_columns(sub.entry), summary=sub.summary, examples=sub.examples,
+                                        identity=sub.entry.identity()))
+        except ConflictError as e:
+            return error(e.status, str(e))
+        log.info("submission %s by %s: entry %d (%s)", sub.content_hash[:12], submitter, entry_id, action)
+        created = action == "create"
+        return JSONResponse({"id": entry_id, "content_hash": sub.content_hash, "created": created, "action": action,
                              "name": sub.entry.name, "url": f"/api/entries/{entry_id}"},
                             status_code=201 if created else 200)
+
+    async def withdraw(request: Request) -> Response:
+        submitter = await authenticate(request)
+        if not isinstance(submitter, str):
+            return submitter
+        wait = writers.retry_after(submitter)
+        if wait:
+            return too_many(wait, f"writes by {submitter}")
+        entry_id = request.path_params["entry_id"]
+        if entry_id > MAX_ID:
+            return error(404, f"no entry with id {str(entry_id)[:40]}")
+        try:
+            row = await run_in_threadpool(store.withdraw, entry_id, submitter)
+        except ConflictError as e:
+            return error(e.status, str(e))
+        log.info("entry %d withdrawn by %s", entry_id, submitter)
+        return JSONResponse({"id": entry_id, "withdrawn": True, "identity": row.identity})
+
+    async def audit(request: Request) -> Response:
+        wait = readers.retry_after(client_key(request))
+        if wait:
+            return too_many(wait, "requests")
+        q = request.query_params
+        unknown = sorted(set(q) - {"limit", "offset"})
+        if unknown:
+            return error(400, f"unknown query parameter(s) {unknown}; known: ['limit', 'offset']")
+        limit = _int_param(q.get("limit"), "limit", 100, 1, MAX_PAGE)
+        offset = _int_param(q.get("offset"), "offset", 0, 0, 2**31)
+        rows, total = await run_in_threadpool(lambda: store.audit_log(limit=limit, offset=offset))
+        return JSONResponse({"records": rows, "count": len(rows), "total": total})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "entries": await run_in_threadpool(store.count)})
@@ -310,7 +351,7 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
             return too_many(wait, "requests")
         entry_id = request.path_params["entry_id"]
         row = await run_in_threadpool(store.get_entry, entry_id) if entry_id <= MAX_ID else None
-        if row is None:
+        if row is None or row.withdrawn:
             return HTMLResponse("<!doctype html><title>Not found</title><p>No such entry.</p>", status_code=404)
         return HTMLResponse(render_entry(row.to_dict(with_summary=True), index_url="/",
                                          script_url="/static/board.js"), headers=_PAGE_HEADERS)
@@ -337,6 +378,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
 
     routes = [Route("/api/entries", list_entries, methods=["GET"]),
               Route("/api/entries/{entry_id:int}", get_entry, methods=["GET"]),
+              Route("/api/entries/{entry_id:int}", withdraw, methods=["DELETE"]),
+              Route("/api/audit", audit, methods=["GET"]),
               Route("/api/entries/{entry_id:int}/examples", get_examples, methods=["GET"]),
               Route("/api/submissions", submit, methods=["POST"]),
               Route("/healthz", health, methods=["GET"])]
