@@ -20,10 +20,15 @@ import torch
 import robustkit
 from robustkit import cli
 from robustkit.leaderboard import EntryError, load_run_entry
+from robustkit.leaderboard.rules import RankingRules
 from robustkit.leaderboard.site import build_site, render_entry, render_index
 from robustkit.leaderboard.submission import build_submission, dumps
 
 TIMEOUT = 30.0
+# RobustBench's rules scaled to 16-example tiny runs: what they rank is what these tests can afford to make
+TINY_RULES = RankingRules(test_set_sizes={"digits": 16}, adaptive_always=True, adaptive_attacks=("pgd",),
+                          adaptive_steps=1, adaptive_eot=1)
+CHEAP_CHECKS = dict(checks=True, probe_size=8, check_options={"steps": 2, "eot": 2, "square_queries": 20})
 
 
 class Noisy(robustkit.Classifier):
@@ -54,23 +59,27 @@ def _make_unreliable(src, dst):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Five finished runs under one directory: two Linf, a stochastic one, an L2 one, an unreliable one."""
+    """Five finished runs under one directory. Under TINY_RULES: eps 0.1 holds two ranked entries (one
+    stochastic) and one unranked (a failed check); eps 0.05 and L2 0.5 one unranked each (checks skipped)."""
     root = tmp_path_factory.mktemp("site-runs")
     clf = robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
-    common = dict(dataset="digits", n_examples=16, batch_size=16, checks=False, progress=False)
+    common = dict(dataset="digits", n_examples=16, batch_size=16, progress=False)
     robustkit.benchmark(clf, eps=0.05, attacks=["pgd"], attack_options={"pgd": {"steps": 2}}, run_dir=root / "weak",
-                        **common)
-    robustkit.benchmark(clf, eps=0.15, attacks=["pgd"], attack_options={"pgd": {"steps": 3}}, run_dir=root / "strong",
-                        **common)
+                        checks=False, **common)
+    robustkit.benchmark(clf, eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 3}}, run_dir=root / "strong",
+                        **CHEAP_CHECKS, **common)
     robustkit.benchmark(Noisy(clf), eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 1}}, n_reeval=3,
-                        run_dir=root / "noisy", **common)
+                        run_dir=root / "noisy", **CHEAP_CHECKS, **common)
     robustkit.benchmark(clf, eps=0.5, threat_model="L2", attacks=["pgd"], attack_options={"pgd": {"steps": 2}},
-                        run_dir=root / "l2", **common)
+                        run_dir=root / "l2", checks=False, **common)
+    robustkit.benchmark(clf, eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 4}}, run_dir=root / "other",
+                        **CHEAP_CHECKS, **common)
     (root / "weak" / "leaderboard.json").write_text(json.dumps({
         "authors": "Ada Lovelace", "venue": "ICML 2024", "paper_title": "Weak <b>attacks</b>",
         "link": "https://example.org/weak", "footnote": "<script>alert('x')</script>", "additional_data": True,
         "external": {"robust_accuracy": 0.01, "footnote": "Broken by B.", "link": "javascript:alert(1)"}}))
-    _make_unreliable(root / "strong", root / "zz-unreliable")
+    _make_unreliable(root / "other", root / "zz-unreliable")
+    shutil.rmtree(root / "other")
     (root / "zz-unreliable" / "leaderboard.json").write_text(json.dumps({"name": "Flagged2024Run"}))
     return root
 
@@ -86,8 +95,14 @@ def test_static_build(runs, tmp_path, capsys, monkeypatch):
     index = (site / "index.html").read_text()
     pages = sorted((site / "entries").glob("*.html"))
     assert len(pages) == 5 and (site / "board.js").read_text().startswith("// robustkit leaderboard")
-    assert index.count('<table class="board"') == 2
-    assert 'id="board-digits-Linf"' in index and 'id="board-digits-L2"' in index
+    # one board per (dataset, threat model, eps); RobustBench's rules rank none of these tiny runs
+    for board in ("board-digits-Linf-0p05", "board-digits-Linf-0p1", "board-digits-L2-0p5"):
+        assert f'<section class="board-section" id="{board}"' in index
+    assert index.count('<section class="board-section"') == 3
+    assert index.count('class="board ranked"') == 0 and index.count('class="board unranked"') == 3
+    assert index.count("No entry meets the ranking rules yet.") == 3
+    assert "n = 16 of the test split, not the full digits test set (360)" in index
+    assert "sanity checks skipped (--no-checks)" in index and "sanity check(s) failed: adversarial_validity" in index
     assert index.count('class="badge stochastic"') == 1 and index.count('class="badge unreliable"') == 1
     # hostile strings are escaped; non-http links are not links
     weak = next(p for p in pages if p.name.startswith("Lovelace2024Weak")).read_text()
@@ -96,8 +111,63 @@ def test_static_build(runs, tmp_path, capsys, monkeypatch):
     assert 'href="https://example.org/weak"' in weak
     flagged = next(p for p in pages if p.name.startswith("Flagged2024Run")).read_text()
     assert "Unreliable: a blocking sanity check failed (adversarial_validity)" in flagged
+    assert "Not ranked on the board digits · Linf · eps = 0.1: " in flagged
     noisy = next(p for p in pages if p.name.startswith("Noisy")).read_text()
     assert "Not admissible on RobustBench: randomized defense" in noisy and "Ranked by <b>worst of M</b>" in noisy
+
+
+def test_the_same_rules_rank_on_both_sites(runs, tmp_path):
+    """Under TINY_RULES the eps-0.1 board ranks two entries (ordered by board accuracy) and lists the flagged
+    one below with its reason; the server's page, given the same rules, shows the same boards."""
+    site = tmp_path / "site"
+    build_site(runs, site, strict=True, rules=TINY_RULES)
+    index = (site / "index.html").read_text()
+    ranked = index.split('id="board-digits-Linf-0p1-ranked"')[1].split("</table>")[0]
+    unranked = index.split('id="board-digits-Linf-0p1-unranked"')[1].split("</table>")[0]
+    assert ranked.count("<tr data-name=") == 2 and unranked.count("<tr data-name=") == 1
+    assert 'data-name="Flagged2024Run" data-problems="checks_failed"' in unranked
+    rows = [load_run_entry(runs / r)[0] for r in ("strong", "noisy")]
+    first, second = sorted(rows, key=lambda e: -e.board_accuracy)
+    assert ranked.index(f'data-name="{first.name}"') < ranked.index(f'data-name="{second.name}"')
+    assert 'id="board-digits-Linf-0p05-ranked"' not in index  # checks skipped: not ranked, whatever the rules
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from robustkit.leaderboard.server import create_app
+
+    app = create_app(tmp_path / "board.db", rules=TINY_RULES)
+    token = app.state.store.create_token("site")
+    with TestClient(app) as client:
+        for run in ("weak", "strong", "noisy", "l2", "zz-unreliable"):
+            entry, examples = load_run_entry(runs / run)
+            r = client.post("/api/submissions", content=dumps(build_submission(entry, examples)),
+                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+            assert r.status_code == 201, r.text
+        served = client.get("/").text
+    for table in ("board-digits-Linf-0p1-ranked", "board-digits-Linf-0p1-unranked", "board-digits-Linf-0p05-unranked",
+                  "board-digits-L2-0p5-unranked"):
+        rows_static = index.split(f'id="{table}"')[1].split("</table>")[0].count("<tr data-name=")
+        assert served.split(f'id="{table}"')[1].split("</table>")[0].count("<tr data-name=") == rows_static, table
+
+
+def test_score_model_and_classifier_tell_purification_rows_apart(runs):
+    """Two purification entries that differ only by their score model must not look identical."""
+    import dataclasses
+
+    e, _ = load_run_entry(runs / "strong")
+    a = dataclasses.replace(e, name="Purified", classifier="tiny_cnn.digits", score_model="tiny_unet.digits")
+    b = dataclasses.replace(a, score_model="tiny_dit.digits", defense_digest="c" * 64)
+    page = render_index([{"entry": a.to_dict()}, {"entry": b.to_dict()}, {"entry": e.to_dict()}], link=lambda r: "#",
+                        script_url="board.js")
+    rows = [r for r in page.split("<tr ")[1:] if 'data-name="Purified"' in r]
+    plain = [r for r in page.split("<tr ")[1:] if f'data-name="{e.name}"' in r]
+    assert len(plain) == 1 and "score model" not in plain[0] and "classifier:" not in plain[0]
+    assert len(rows) == 2 and rows[0] != rows[1]
+    assert sum("score model: tiny_unet.digits" in r for r in rows) == 1
+    assert sum("score model: tiny_dit.digits" in r for r in rows) == 1
+    assert all("classifier: tiny_cnn.digits" in r for r in rows)
+    entry_page = render_entry({"entry": b.to_dict()}, index_url="/", script_url="board.js")
+    assert "<td>Score model</td><td>tiny_dit.digits</td>" in entry_page and b.identity() in entry_page
 
 
 def test_static_build_skips_and_errors(runs, tmp_path, capsys):
@@ -154,7 +224,7 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--disable-extensions", "--window-size=1400,1000",
+                "--disable-extensions", "--window-size=1280,1000",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -193,24 +263,47 @@ def _click_header(driver, table_id: str, header: str) -> None:
     raise AssertionError(f"no header {header!r} in #{table_id}")
 
 
-def _check_board_and_entry(driver, url: str, expect_rows: int) -> None:
+def _check_layout(driver, shots: str | None = None) -> None:
+    """At 1280 px: no horizontal scrolling, one board per eps, the unranked lists with their reasons."""
+    from selenium.webdriver.common.by import By
+
+    assert driver.execute_script("return window.innerWidth") == 1280
+    widths = driver.execute_script("return [document.documentElement.scrollWidth, document.body.scrollWidth, "
+                                   "Math.max.apply(null, Array.prototype.map.call(document.querySelectorAll('table'), "
+                                   "function (t) { return t.getBoundingClientRect().right; }))]")
+    assert max(widths) <= 1280, widths  # nothing sticks out: the page never scrolls sideways
+    sections = driver.find_elements(By.CSS_SELECTOR, "section.board-section")
+    boards = [(s.get_attribute("id"), s.get_attribute("data-eps")) for s in sections]
+    assert boards == [("board-digits-Linf-0p05", "0.05"), ("board-digits-Linf-0p1", "0.1"),
+                      ("board-digits-L2-0p5", "0.5")], boards  # Linf first, then by eps
+    for section in sections:  # every table of a board is that board's eps only
+        eps_cells = section.find_elements(By.CSS_SELECTOR, "table.ranked, table.unranked")
+        assert eps_cells, section.get_attribute("id")
+    title = driver.find_element(By.ID, "board-digits-Linf-0p1-unranked-title")
+    assert title.is_displayed() and title.text == "Not ranked (1)"
+    why = driver.find_element(By.CSS_SELECTOR, "#board-digits-Linf-0p1-unranked td.why")
+    assert why.is_displayed() and "sanity check(s) failed: adversarial_validity" in why.text
+    if shots:
+        driver.save_screenshot(shots)
+
+
+def _check_board_and_entry(driver, url: str, expect_rows: int, shots: str | None = None) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(url)
     _wait_ready(driver)
-    table = "board-digits-Linf"
+    _check_layout(driver, shots)
+    table = "board-digits-Linf-0p1-ranked"
     headers = [th.text.replace("\n", " ").strip() for th in driver.find_elements(By.CSS_SELECTOR, f"#{table} thead th")]
-    for h in ("Rank", "Model", "Paper", "Architecture", "Extra data", "Clean (%)", "Robust (%)", "External (%)",
-              "Reported (%)", "Forward passes", "Single draw (%)", "Majority (%)", "Worst of M (%)", "n (95% CI)",
-              "M", "EOT", "NFE", "GPU-h"):
-        assert h in headers, (h, headers)
+    assert headers == ["Rank", "Model", "Paper", "Clean (%)", "Robust (%)", "Worst of M (%)", "n", "Cost"], headers
     rows = driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
     assert len(rows) == expect_rows
-    assert len(driver.find_elements(By.CSS_SELECTOR, "#board-digits-L2 tbody tr")) == 1
     assert driver.find_element(By.CSS_SELECTOR, f"#{table} .badge.stochastic").is_displayed()
     robust = [float(v) for v in _column(driver, table, "Robust (%)")]
     assert robust == sorted(robust, reverse=True)  # served ranked
     assert _column(driver, table, "Rank") == [str(i) for i in range(1, expect_rows + 1)]
+    worst = _column(driver, table, "Worst of M (%)")  # only the stochastic entry has one
+    assert sorted(float(v) >= 0 for v in worst) == [False, True]
 
     assert len(set(robust)) > 1  # otherwise sorting could not be seen
     _click_header(driver, table, "Robust (%)")  # ascending
@@ -223,9 +316,6 @@ def _check_board_and_entry(driver, url: str, expect_rows: int) -> None:
     _click_header(driver, table, "Model")
     names = [n.lower() for n in _column(driver, table, "Model")]
     assert names == sorted(names)
-    _click_header(driver, table, "eps")
-    eps = [float(v) for v in _column(driver, table, "eps")]
-    assert eps == sorted(eps)
 
     # open the stochastic entry from the table
     link = driver.find_element(By.XPATH, f"//table[@id='{table}']//tr[.//span[contains(@class,'stochastic')]]"
@@ -235,8 +325,12 @@ def _check_board_and_entry(driver, url: str, expect_rows: int) -> None:
     _wait_ready(driver)
     assert driver.find_element(By.ID, "entry-name").text.startswith(name)
     assert "stochastic" in driver.find_element(By.ID, "entry-name").text
-    checks = driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")
-    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in checks] == ["adversarial_validity"]
+    assert driver.find_element(By.ID, "ranking").text == "Ranked on the board digits · Linf · eps = 0.1."
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= 1280
+    if shots:
+        driver.save_screenshot(shots.replace(".png", "-entry.png"))
+    checks = [r.find_elements(By.TAG_NAME, "td")[0].text for r in driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")]
+    assert "adversarial_validity" in checks and "stochasticity" in checks
     assert len(driver.find_elements(By.CSS_SELECTOR, "#attacks tbody tr")) == 1
     plot = driver.find_element(By.ID, "accuracy-plot")
     assert plot.is_displayed() and plot.size["width"] > 300 and len(plot.find_elements(By.TAG_NAME, "rect")) == 9
@@ -251,15 +345,17 @@ def _check_board_and_entry(driver, url: str, expect_rows: int) -> None:
 
 def test_static_site_in_browser(runs, tmp_path, browser):
     site = tmp_path / "site"
-    build_site(runs, site, strict=True)
-    _check_board_and_entry(browser, (site / "index.html").as_uri(), expect_rows=4)
+    build_site(runs, site, strict=True, rules=TINY_RULES)
+    _check_board_and_entry(browser, (site / "index.html").as_uri(), expect_rows=2,
+                           shots=os.environ.get("ROBUSTKIT_SCREENSHOTS") and
+                           os.path.join(os.environ["ROBUSTKIT_SCREENSHOTS"], "static.png"))
 
 
 @contextmanager
 def _server(db):
     from robustkit.leaderboard.server import bind_socket, create_app, make_server
 
-    app = create_app(db)
+    app = create_app(db, rules=TINY_RULES)
     sock = bind_socket("127.0.0.1", 0)
     server = make_server(app, sock)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -289,7 +385,7 @@ def test_served_pages_in_browser(runs, tmp_path, browser):
                          headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
             assert conn.getresponse().status == 201
             conn.close()
-        _check_board_and_entry(browser, f"http://127.0.0.1:{port}/", expect_rows=4)
+        _check_board_and_entry(browser, f"http://127.0.0.1:{port}/", expect_rows=2)
         from selenium.webdriver.common.by import By
 
         browser.get(f"http://127.0.0.1:{port}/entries/1")

@@ -6,9 +6,13 @@ writes ``DIR/<dataset>/<threat_model>/<Name>.json`` and prints its path. What a 
 (paper title, authors, venue, link, extra data, the paper's reported number, a stronger external
 result) comes from ``--metadata FILE`` (a JSON object with the fields of
 :class:`robustkit.leaderboard.EntryMetadata`, accuracies as fractions) and from the options below,
-which override the file (accuracies there in percent, as RobustBench writes them). A defense that
-RobustBench does not admit (randomized, or adapting at test time) is still exported, with a note on
-stderr: such entries belong on robustkit's board, not RobustBench's.
+which override the file (accuracies there in percent, as RobustBench writes them). Every RobustBench
+key is written, with RobustBench's placeholders where a value is unknown.
+
+A run that is not a standard RobustBench evaluation (a randomized, adapting or batch-dependent
+defense; a subset of the test set; AutoAttack below its full budget; sanity checks skipped or
+failed: :func:`robustkit.leaderboard.rules.ranking_problems`) is refused with the reasons, unless
+``--allow-nonstandard``, which exports it with those reasons in the footnote.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paper metadata (override --metadata)")
     g.add_argument("--metadata", default=None, metavar="FILE", help="JSON object of EntryMetadata fields")
     g.add_argument("--name", default=None, help="model name (default: AuthorYearFirstWord[_suffix] from the "
-                   "authors, year and title, else the defense's name)")
+                   "authors, year and title as RobustBench forms it, else the defense's name)")
     g.add_argument("--name-suffix", default=None, help="suffix of a formed name, e.g. the architecture WRN-28-10")
     g.add_argument("--paper-title", default=None)
     g.add_argument("--authors", default=None, help="comma-separated, first author first")
@@ -71,6 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="finished benchmark run directory")
     p.add_argument("--out", required=True, metavar="DIR", help="output root: DIR/<dataset>/<threat_model>/<Name>.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file with other content")
+    p.add_argument("--allow-nonstandard", action="store_true",
+                   help="export a run that breaks RobustBench's rules; the footnote says which and why")
     add_metadata_arguments(p)
     p.set_defaults(run=run)
 
@@ -78,9 +84,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..leaderboard.robustbench import export_robustbench
 
-    result = export_robustbench(args.run_dir, args.out, metadata_from_args(args), overwrite=args.overwrite)
+    result = export_robustbench(args.run_dir, args.out, metadata_from_args(args), overwrite=args.overwrite,
+                                allow_nonstandard=args.allow_nonstandard)
     if result.violations:
-        print(f"robustkit: note: {result.name} breaks RobustBench's rules ({'; '.join(result.violations)}): the "
-              "file is for robustkit's own board, not a RobustBench submission", file=sys.stderr)
+        print(f"robustkit: note: {result.name} is a non-standard evaluation ({'; '.join(result.violations)}); the "
+              "footnote says so", file=sys.stderr)
     print(result.path)
     return 0

@@ -6,6 +6,11 @@ checked against its per-example records; paper metadata may sit next to the reco
 same page the server shows), ``SITE/entries/*.html`` and ``SITE/board.js``, and prints the index
 path. Unfinished or inconsistent runs are skipped with a warning, or refused with ``--strict``.
 
+``robustkit leaderboard import MODEL_INFO --into DIR`` reads RobustBench's ``model_info`` files
+(``MODEL_INFO/<dataset>/<threat_model>/<Name>.json``, strictly: one bad file refuses the import and
+names it) and copies them to ``DIR/robustbench_claims/``, where ``build`` shows them on their boards
+as claims robustkit did not re-evaluate.
+
 ``robustkit leaderboard withdraw ID --server URL [--token T]`` takes entry ``ID`` off a server's board
 (only its submitter's token may; the server's audit log keeps the record).
 """
@@ -24,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, metavar="SITE", help="output directory")
     b.add_argument("--strict", action="store_true", help="fail on an unfinished or inconsistent run")
     b.set_defaults(run=run)
+    i = actions.add_parser("import", help="import RobustBench's model_info files as (not re-evaluated) claims")
+    i.add_argument("model_info", metavar="MODEL_INFO", help="RobustBench's model_info directory (or a copy of part "
+                   "of it): MODEL_INFO/<dataset>/<threat_model>/<Name>.json")
+    i.add_argument("--into", required=True, metavar="DIR", help="the run directory tree that 'build' reads")
+    i.set_defaults(run=run_import)
     w = actions.add_parser("withdraw", help="withdraw one of your entries from a leaderboard server")
     w.add_argument("entry_id", metavar="ID", type=int, help="the entry's id (as printed by robustkit submit)")
     w.add_argument("--server", required=True, metavar="URL", help="e.g. http://127.0.0.1:8000")
@@ -52,4 +62,20 @@ def run_withdraw(args: argparse.Namespace) -> int:
         raise InputError("no API token: pass --token or set ROBUSTKIT_TOKEN")
     answer = withdraw_entry(args.server, token, args.entry_id)
     print(f"withdrew entry {answer['id']} ({args.server.rstrip('/')}/api/entries/{answer['id']})")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..eval.runner import atomic_write_text
+    from ..leaderboard.robustbench import load_claims
+    from ..leaderboard.site import CLAIMS_DIR
+
+    claims = load_claims(args.model_info)  # every file checked before anything is written
+    dest = Path(args.into) / CLAIMS_DIR
+    for c in claims:
+        atomic_write_text(dest / c.dataset / c.threat_model / f"{c.name}.json",
+                          Path(c.source).read_text(encoding="utf-8"))
+    print(f"imported {len(claims)} RobustBench claim(s) into {dest}")
     return 0

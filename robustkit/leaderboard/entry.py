@@ -186,22 +186,36 @@ def _external(d: dict[str, Any], where: str) -> ExternalResult:
                                                                                    optional=True))
 
 
-def _ascii_word(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode())
+def _ascii_word(text: str, keep: str = "") -> str:
+    return re.sub(rf"[^A-Za-z0-9{keep}]", "", unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode())
+
+
+LEADING_ARTICLES = ("a", "an", "the")
 
 
 def robustbench_name(authors: str, year: int, paper_title: str, suffix: str | None = None) -> str:
-    """RobustBench's model name ``AuthorYearFirstWord[_suffix]``.
+    """RobustBench's model name ``AuthorYearFirstWord[_suffix]``: the first author's surname (a
+    hyphenated surname kept whole), the year, and the title's first word after a leading article, a
+    hyphenated word cut at its first hyphen ("Geometry-aware" → "Geometry"); accents are dropped.
 
     >>> robustbench_name("Weili Nie, Brandon Guo, Yujia Huang", 2022, "Diffusion Models for Adversarial Purification")
     'Nie2022Diffusion'
     >>> robustbench_name("Jürgen Müller and A. B.", 2024, "(Robust) diffusion", "WRN-28-10")
     'Muller2024Robust_WRN-28-10'
+    >>> robustbench_name("Souvik Kundu, Mahdi Nazemi", 2021, "A Tunable Robust Pruning Framework")
+    'Kundu2021Tunable'
+    >>> robustbench_name("Seyed-Mohsen Moosavi-Dezfooli", 2019, "Robustness via Curvature Regularization")
+    'Moosavi-Dezfooli2019Robustness'
+    >>> robustbench_name("Jingfeng Zhang, Jianing Zhu", 2021, "Geometry-aware Instance-reweighted Training")
+    'Zhang2021Geometry'
     """
     first_author = re.split(r",|;| and ", authors.strip())[0].strip()
-    surname = _ascii_word(first_author.split()[-1]) if first_author.split() else ""
-    words = [_ascii_word(w) for w in paper_title.split()]
-    word = next((w for w in words if w), "")
+    surname = _ascii_word(first_author.split()[-1], keep="-").strip("-") if first_author.split() else ""
+    words = [_ascii_word(w.split("-")[0]) for w in paper_title.split() if _ascii_word(w)]
+    words = [w for w in words if w]
+    while len(words) > 1 and words[0].lower() in LEADING_ARTICLES:
+        words = words[1:]
+    word = words[0] if words else ""
     if not surname or not word:
         raise EntryError(f"cannot form a name from authors {authors!r} and title {paper_title!r}: need a first "
                          "author's surname and a title word in Latin letters; give a name explicitly")
@@ -321,11 +335,12 @@ class Entry:
                  "eps": self.eps, "protocol": protocol}
         return hashlib.sha256(canonical_json(ident).encode()).hexdigest()
 
-    def ranking_problems(self) -> list:
-        """Why the board does not rank this entry (:func:`robustkit.leaderboard.rules.ranking_problems`)."""
-        from .rules import ranking_problems
+    def ranking_problems(self, rules: Any = None) -> list:
+        """Why the board does not rank this entry: :func:`robustkit.leaderboard.rules.ranking_problems`
+        under ``rules`` (a :class:`~robustkit.leaderboard.rules.RankingRules`; default RobustBench's)."""
+        from .rules import ROBUSTBENCH_RULES, ranking_problems
 
-        return ranking_problems(self)
+        return ranking_problems(self, rules or ROBUSTBENCH_RULES)
 
     def robustbench_violations(self) -> list[str]:
         """Why RobustBench would not list this defense (it admits only deterministic, static models)."""

@@ -17,7 +17,8 @@ RobustBench's (Croce et al., "RobustBench: a standardized adversarial robustness
    test time), a stronger adaptive protocol: PGD-EOT or BPDA+EOT with at least 200 steps and 20 EOT
    samples (Lee & Kim, "Robust evaluation of diffusion-based adversarial purification", ICCV 2023).
    A stochastic defense must also be re-classified at least twice (worst-of-M, M >= 2).
-3. **Sanity checks**: run (an entry without checks was made with ``--no-checks``), and none failed.
+3. **Sanity checks**: run (an entry whose only check is ``adversarial_validity``, which every run
+   gets, was made with ``--no-checks``), and none failed.
 
 Everything else is listed below the ranking with the reasons (:class:`Problem`, whose ``code`` is one
 of :data:`PROBLEM_CODES`).
@@ -26,14 +27,17 @@ Example::
 
     >>> from robustkit.leaderboard.rules import full_autoattack
     >>> from robustkit.leaderboard import AttackSpec
-    >>> full_autoattack(AttackSpec("autoattack", "Linf", 8 / 255, steps=10, options={"version": "standard"}))
+    >>> full = {"version": "standard", "target_classes": 9, "fab_steps": 100, "square_queries": 5000}
+    >>> full_autoattack(AttackSpec("autoattack-standard", "Linf", 8 / 255, steps=100, options=full))
+    []
+    >>> full_autoattack(AttackSpec("autoattack-standard", "Linf", 8 / 255, steps=10, options=full))
     ['AutoAttack with 10 APGD steps (full budget: 100)']
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
     from .entry import AttackSpec, Entry
@@ -42,15 +46,45 @@ if TYPE_CHECKING:
 TEST_SET_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360, "imagenet": 50_000}
 # subsets a benchmark declares standard: RobustBench evaluates ImageNet on 5,000 validation images
 STANDARD_SUBSETS = {"imagenet": (5_000,)}
-# AutoAttack's full budget (pyautoattack's defaults for version "standard" / "rand")
-AA_STEPS, AA_TARGET_CLASSES, AA_FAB_STEPS, AA_SQUARE_QUERIES, AA_RAND_EOT = 100, 9, 100, 5000, 20
 AA_STANDARD_SUBS = ("apgd-ce", "apgd-t", "fab-t", "square")
 AA_RAND_SUBS = ("apgd-ce", "apgd-dlr")
-# the adaptive protocol of Lee & Kim (ICCV 2023) for stochastic / non-differentiable defenses
-ADAPTIVE_ATTACKS = ("pgd-eot", "bpda-eot")
-ADAPTIVE_STEPS, ADAPTIVE_EOT = 200, 20
-MIN_REEVAL_STOCHASTIC = 2
 
+
+@dataclass(frozen=True)
+class RankingRules:
+    """The numbers behind :func:`ranking_problems`; the defaults are RobustBench's (module docstring).
+
+    Attributes:
+        test_set_sizes: images in each dataset's test split (a run of all of them is a standard sample).
+        standard_subsets: other sample sizes a benchmark declares standard, per dataset.
+        aa_steps, aa_target_classes, aa_fab_steps, aa_square_queries, aa_rand_eot: AutoAttack's full
+            budget (pyautoattack's defaults: 100, 9, 100, 5,000, 20).
+        adaptive_attacks, adaptive_steps, adaptive_eot: the adaptive protocol that replaces AutoAttack
+            for stochastic, non-differentiable or test-time-adapting defenses (Lee & Kim: PGD-EOT, 200
+            steps, EOT 20).
+        adaptive_always: accept the adaptive protocol for every defense (RobustBench: no; a board of
+            tiny models may say yes).
+        min_reeval_stochastic: re-classifications (M of worst-of-M) a stochastic defense needs.
+    """
+
+    test_set_sizes: Mapping[str, int] = field(default_factory=lambda: dict(TEST_SET_SIZES))
+    standard_subsets: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: dict(STANDARD_SUBSETS))
+    aa_steps: int = 100
+    aa_target_classes: int = 9
+    aa_fab_steps: int = 100
+    aa_square_queries: int = 5000
+    aa_rand_eot: int = 20
+    adaptive_attacks: tuple[str, ...] = ("pgd-eot", "bpda-eot")
+    adaptive_steps: int = 200
+    adaptive_eot: int = 20
+    adaptive_always: bool = False
+    min_reeval_stochastic: int = 2
+
+
+ROBUSTBENCH_RULES = RankingRules()
+
+# checks the harness runs on every result, --no-checks or not; the sanity checks are all the others
+ALWAYS_RUN_CHECKS = ("adversarial_validity",)
 PROBLEM_CODES = ("sample", "budget", "reeval", "checks_skipped", "checks_failed")
 
 
@@ -72,9 +106,9 @@ def board_key(dataset: str, threat_model: str, eps: float) -> tuple[str, str, st
     return dataset, threat_model, eps_string(eps, threat_model)
 
 
-def full_autoattack(a: "AttackSpec") -> list[str]:
-    """Why ``a`` is not AutoAttack at its full budget (empty: it is). Only ``autoattack`` attacks qualify."""
-    if a.name != "autoattack":
+def full_autoattack(a: "AttackSpec", rules: RankingRules = ROBUSTBENCH_RULES) -> list[str]:
+    """Why ``a`` is not AutoAttack at its full budget (empty: it is). Only AutoAttack (``autoattack-standard`` / ``-rand`` / ``-custom``) qualifies."""
+    if not a.name.startswith("autoattack"):
         return [f"{a.name} is not AutoAttack"]
     o = a.options
     version = o.get("version")
@@ -85,66 +119,66 @@ def full_autoattack(a: "AttackSpec") -> list[str]:
     want = AA_STANDARD_SUBS if version == "standard" else AA_RAND_SUBS
     if isinstance(subs, list) and not set(want) <= set(subs):
         out.append(f"AutoAttack without {', '.join(sorted(set(want) - set(subs)))}")
-    if a.steps is None or a.steps < AA_STEPS:
-        out.append(f"AutoAttack with {a.steps} APGD steps (full budget: {AA_STEPS})")
+    if a.steps is None or a.steps < rules.aa_steps:
+        out.append(f"AutoAttack with {a.steps} APGD steps (full budget: {rules.aa_steps})")
     if version == "standard":
-        for key, need, what in (("target_classes", AA_TARGET_CLASSES, "target classes"),
-                                ("fab_steps", AA_FAB_STEPS, "FAB steps"),
-                                ("square_queries", AA_SQUARE_QUERIES, "Square queries")):
+        for key, need, what in (("target_classes", rules.aa_target_classes, "target classes"),
+                                ("fab_steps", rules.aa_fab_steps, "FAB steps"),
+                                ("square_queries", rules.aa_square_queries, "Square queries")):
             v = o.get(key)
             if not isinstance(v, int) or v < need:
                 out.append(f"AutoAttack with {v} {what} (full budget: {need})")
-    elif a.eot < AA_RAND_EOT:
-        out.append(f"AutoAttack-rand with EOT {a.eot} (full budget: {AA_RAND_EOT})")
+    elif a.eot < rules.aa_rand_eot:
+        out.append(f"AutoAttack-rand with EOT {a.eot} (full budget: {rules.aa_rand_eot})")
     return out
 
 
-def adaptive_enough(a: "AttackSpec") -> list[str]:
+def adaptive_enough(a: "AttackSpec", rules: RankingRules = ROBUSTBENCH_RULES) -> list[str]:
     """Why ``a`` is not the adaptive protocol at its budget (empty: it is)."""
-    if a.name not in ADAPTIVE_ATTACKS:
-        return [f"{a.name} is not an adaptive EOT attack ({', '.join(ADAPTIVE_ATTACKS)})"]
+    if a.name not in rules.adaptive_attacks:
+        return [f"{a.name} is not an adaptive EOT attack ({', '.join(rules.adaptive_attacks)})"]
     out = []
-    if a.steps is None or a.steps < ADAPTIVE_STEPS:
-        out.append(f"{a.name} with {a.steps} steps (adaptive budget: {ADAPTIVE_STEPS})")
-    if a.eot < ADAPTIVE_EOT:
-        out.append(f"{a.name} with EOT {a.eot} (adaptive budget: {ADAPTIVE_EOT})")
+    if a.steps is None or a.steps < rules.adaptive_steps:
+        out.append(f"{a.name} with {a.steps} steps (adaptive budget: {rules.adaptive_steps})")
+    if a.eot < rules.adaptive_eot:
+        out.append(f"{a.name} with EOT {a.eot} (adaptive budget: {rules.adaptive_eot})")
     return out
 
 
-def ranking_problems(entry: "Entry") -> list[Problem]:
-    """Why ``entry`` may not be ranked on its board (empty: it is ranked). See the module docstring."""
+def ranking_problems(entry: "Entry", rules: RankingRules = ROBUSTBENCH_RULES) -> list[Problem]:
+    """Why ``entry`` may not be ranked on its board (empty: it is ranked). See the module docstring.
+
+    The server, the static site and ``robustkit export robustbench`` all decide with this function."""
     out = []
-    full = TEST_SET_SIZES.get(entry.dataset)
-    standard = STANDARD_SUBSETS.get(entry.dataset, ())
+    full = rules.test_set_sizes.get(entry.dataset)
+    standard = tuple(rules.standard_subsets.get(entry.dataset, ()))
     if entry.split != "test" or full is None or (entry.n_examples != full and entry.n_examples not in standard):
         what = (f"the full {entry.dataset} test set ({full:,})" if full is not None and entry.split == "test"
                 else f"a {entry.dataset} test split of known size")
         out.append(Problem("sample", f"n = {entry.n_examples:,} of the {entry.split} split, not {what}"
                                      + (f" or a standard subset ({', '.join(f'{n:,}' for n in standard)})"
                                         if standard else "")))
-    adaptive_needed = entry.stochastic or entry.gradient != "exact" or entry.adapts_at_test_time
+    adaptive_ok = rules.adaptive_always or entry.stochastic or entry.gradient != "exact" or entry.adapts_at_test_time
     reasons: list[str] = []
     for a in entry.attacks:
-        aa = full_autoattack(a)
-        if not aa:
+        aa = full_autoattack(a, rules)
+        adapt = adaptive_enough(a, rules) if adaptive_ok else ["not accepted for this defense"]
+        if not aa or not adapt:
             break
-        adapt = adaptive_enough(a) if adaptive_needed else ["AutoAttack is faithful here"]
-        if not adapt:
-            break
-        if a.name == "autoattack":
+        if a.name.startswith("autoattack"):
             reasons += aa
-        elif adaptive_needed and a.name in ADAPTIVE_ATTACKS:
+        elif adaptive_ok and a.name in rules.adaptive_attacks:
             reasons += adapt
     else:
+        alt = (f" nor {'/'.join(rules.adaptive_attacks)} with >= {rules.adaptive_steps} steps and EOT >= "
+               f"{rules.adaptive_eot}") if adaptive_ok else ""
         budget = "; ".join(reasons) if reasons else (
-            "no AutoAttack at full budget" + (f" nor {'/'.join(ADAPTIVE_ATTACKS)} with >= {ADAPTIVE_STEPS} steps "
-                                              f"and EOT >= {ADAPTIVE_EOT}" if adaptive_needed else "")
-            + f" among {', '.join(a.name for a in entry.attacks)}")
+            f"no AutoAttack at full budget{alt} (attacks: {', '.join(a.describe() for a in entry.attacks)})")
         out.append(Problem("budget", f"reduced attack budget: {budget}"))
-    if entry.stochastic and entry.n_reeval < MIN_REEVAL_STOCHASTIC:
+    if entry.stochastic and entry.n_reeval < rules.min_reeval_stochastic:
         out.append(Problem("reeval", f"stochastic defense re-classified {entry.n_reeval} time(s); worst-of-M "
-                                     f"needs M >= {MIN_REEVAL_STOCHASTIC}"))
-    if not entry.checks:
+                                     f"needs M >= {rules.min_reeval_stochastic}"))
+    if not any(c.name not in ALWAYS_RUN_CHECKS for c in entry.checks):
         out.append(Problem("checks_skipped", "sanity checks skipped (--no-checks)"))
     failed = [c.name for c in entry.checks if c.status == "fail"]
     if failed:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RobustkitError
+from .rules import ROBUSTBENCH_RULES, RankingRules
 from .store import ConflictError, Store, StoreError
 from .submission import SubmissionError, board_columns, parse_submission
 
@@ -142,12 +143,13 @@ def _str_param(value: str | None, name: str) -> str | None:
 
 def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
                limits: dict[str, RateLimit] | None = None, pages: bool = True,
-               body_timeout: float = DEFAULT_BODY_TIMEOUT):
+               body_timeout: float = DEFAULT_BODY_TIMEOUT, rules: RankingRules = ROBUSTBENCH_RULES):
     """The ASGI app serving the database at ``db_path`` (created when missing).
 
     ``body_timeout``: a request body that sends nothing for this many seconds is answered 408 (a
     stalled client cannot hold a worker). A client that disconnects mid-upload is logged at INFO in
-    one line, never as a traceback.
+    one line, never as a traceback. ``rules`` decide which entries the page ranks (the static site's
+    function, :func:`robustkit.leaderboard.rules.ranking_problems`).
     """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -341,7 +343,7 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
             return too_many(wait, "requests")
         rows, _ = await run_in_threadpool(lambda: store.list_entries(limit=10**6))
         return HTMLResponse(render_index([r.to_dict() for r in rows], link=lambda r: f"/entries/{r['id']}",
-                                         script_url="/static/board.js"), headers=_PAGE_HEADERS)
+                                         script_url="/static/board.js", rules=rules), headers=_PAGE_HEADERS)
 
     async def entry_page(request: Request) -> Response:
         from .site import render_entry
@@ -354,7 +356,7 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         if row is None or row.withdrawn:
             return HTMLResponse("<!doctype html><title>Not found</title><p>No such entry.</p>", status_code=404)
         return HTMLResponse(render_entry(row.to_dict(with_summary=True), index_url="/",
-                                         script_url="/static/board.js"), headers=_PAGE_HEADERS)
+                                         script_url="/static/board.js", rules=rules), headers=_PAGE_HEADERS)
 
     async def script(request: Request) -> Response:
         from .site import BOARD_JS

@@ -35,12 +35,13 @@ from ..eval.runner import canonical_json
 from ._fields import Fields, json_depth_ok
 from .entry import Entry, EntryError, verify_examples
 from .examples import summarize_examples
+from .rules import ROBUSTBENCH_RULES
 
 SUBMISSION_FORMAT = "robustkit-submission"
 SUBMISSION_VERSION = 1
 MAX_JSON_DEPTH = 32
-# worst-of-M with M = 1 is the single draw: a stochastic defense must be re-evaluated to be ranked
-MIN_REEVAL_STOCHASTIC = 2
+# worst-of-M with M = 1 is the single draw: a stochastic defense must be re-evaluated to be accepted
+MIN_REEVAL_STOCHASTIC = ROBUSTBENCH_RULES.min_reeval_stochastic
 
 
 class SubmissionError(RobustkitError, ValueError):
