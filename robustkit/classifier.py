@@ -222,7 +222,7 @@ class WrappedClassifier(Classifier):
 
 def wrap_classifier(module: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-                    traits: DefenseTraits | None = None) -> Classifier:
+                    traits: DefenseTraits | None = None, name: str | None = None) -> Classifier:
     """Make any ``nn.Module`` a :class:`Classifier` with normalisation inside.
 
     Args:
@@ -231,6 +231,8 @@ def wrap_classifier(module: nn.Module, *, mean: Sequence[float] | None = None, s
         num_classes: number of logits; inferred by one forward on zeros when omitted.
         input_shape: ``(C, H, W)``; taken from ``module.input_shape`` when omitted, else required.
         traits: declared traits (default: deterministic, exact gradients, one forward pass).
+        name: what records, reports and the leaderboard call the model (default: the module's class
+            name, e.g. ``"ResNet"``); e.g. ``wrap_classifier(net, name="resnet50-at", ...)``.
 
     The module is put in eval mode; wrapping a :class:`Classifier` again is an error (its
     normalisation and validation already live inside).
@@ -243,11 +245,15 @@ def wrap_classifier(module: nn.Module, *, mean: Sequence[float] | None = None, s
         input_shape = getattr(module, "input_shape", None)
         if input_shape is None:
             raise InputError("input_shape=(C, H, W) is required: it cannot be read from the module")
+    if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 128
+                             or not name.isprintable()):
+        raise InputError(f"name must be a non-empty printable string of at most 128 characters, got {name!r:.80}")
     input_shape = tuple(int(s) for s in input_shape)
     if num_classes is None:
         num_classes = _infer_num_classes(module, input_shape, mean, std)
     clf = WrappedClassifier(module, num_classes=num_classes, input_shape=input_shape, mean=mean, std=std,
                             traits=traits)
+    clf.name = name if name is not None else type(module).__name__
     return clf.eval()
 
 

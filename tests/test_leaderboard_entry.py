@@ -301,3 +301,19 @@ def test_attack_spec_keeps_every_setting():
     assert Entry.from_dict(d).attacks[0].options == spec.options
     # a protocol without a budget takes the record's
     assert AttackSpec.from_protocol("x", {}, norm="L2", eps=0.5) == AttackSpec("x", "L2", 0.5, None, 1, {})
+
+
+def test_wrap_classifier_name_reaches_the_entry(tmp_path):
+    from robustkit import InputError, wrap_classifier
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    clf = wrap_classifier(net, input_shape=(1, 8, 8), name="Linear-AT")
+    robustkit.benchmark(clf, dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 1}},
+                        n_examples=4, batch_size=4, checks=False, run_dir=tmp_path / "run", progress=False)
+    e = Entry.from_run_dir(tmp_path / "run")
+    assert (e.name, e.defense) == ("Linear-AT", "Linear-AT")
+    assert wrap_classifier(net, input_shape=(1, 8, 8)).name == "Sequential"  # not "WrappedClassifier"
+    for bad in ("", "  ", 7, "a\nb", "x" * 129):
+        with pytest.raises(InputError, match="name must be"):
+            wrap_classifier(net, input_shape=(1, 8, 8), name=bad)
