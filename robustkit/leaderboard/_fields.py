@@ -8,6 +8,7 @@ schemas), and NaN / infinity are never accepted anywhere.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -172,3 +173,19 @@ def json_depth_ok(value: Any, max_depth: int) -> bool:
                 return False
             stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
     return True
+
+
+def no_json_constant(name: str) -> Any:
+    """``json.loads(parse_constant=...)``: NaN and infinity are not JSON."""
+    raise ValueError(f"{name} is not allowed (JSON has no NaN or infinity)")
+
+
+def loads_strict(text: str, where: str, error: type[RobustkitError]) -> Any:
+    """JSON text → value, or ``error`` in one line: invalid JSON, NaN / Infinity, or nesting so deep that
+    the parser would recurse out (which Python's ``json`` raises as a bare RecursionError)."""
+    try:
+        return json.loads(text, parse_constant=no_json_constant)
+    except RecursionError:
+        raise error(f"{where} nests too deeply to be a robustkit file") from None
+    except ValueError as e:  # JSONDecodeError and _no_constant's
+        raise error(f"{where} is not valid JSON ({e})") from e

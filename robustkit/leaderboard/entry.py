@@ -44,7 +44,7 @@ from typing import Any, Sequence
 from ..errors import RobustkitError
 from ..eval.record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult, RecordError
 from ..eval.runner import canonical_json
-from ._fields import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, Fields, check_name
+from ._fields import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, Fields, check_name, loads_strict
 from .examples import (MAX_EXAMPLES, MAX_REEVAL, ExamplesError, aggregate_examples, compare_stats,
                        load_run_examples, validate_examples)
 
@@ -162,20 +162,16 @@ class EntryMetadata:
     def load(cls, path: str | Path) -> "EntryMetadata":
         p = Path(path)
         try:
-            d = json.loads(p.read_text(), parse_constant=_reject_constant)
+            text = p.read_text(encoding="utf-8")
         except FileNotFoundError as e:
             raise EntryError(f"metadata file {p} does not exist") from e
-        except (json.JSONDecodeError, ValueError) as e:
-            raise EntryError(f"metadata file {p} is not valid JSON ({e})") from e
-        return cls.from_dict(d, where=str(p))
+        except (OSError, UnicodeDecodeError) as e:
+            raise EntryError(f"metadata file {p} cannot be read as UTF-8 text ({e})") from e
+        return cls.from_dict(loads_strict(text, f"metadata file {p}", EntryError), where=str(p))
 
     def merged(self, **overrides: Any) -> "EntryMetadata":
         """A copy with every non-None override applied (CLI options over a metadata file)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed (JSON has no NaN or infinity)")
 
 
 def _external(d: dict[str, Any], where: str) -> ExternalResult:
@@ -373,15 +369,15 @@ class Entry:
 
     @classmethod
     def from_json(cls, text: str) -> "Entry":
-        try:
-            d = json.loads(text, parse_constant=_reject_constant)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise EntryError(f"entry is not valid JSON ({e})") from e
-        return cls.from_dict(d)
+        return cls.from_dict(loads_strict(text, "entry", EntryError))
 
     @classmethod
     def load(cls, path: str | Path) -> "Entry":
-        return cls.from_json(Path(path).read_text())
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise EntryError(f"entry file {path} cannot be read as UTF-8 text ({e})") from e
+        return cls.from_json(text)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "entry") -> "Entry":

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.runner import atomic_write_text
-from ._fields import DIR_NAME_RE, MAX_SHORT, MAX_TEXT, Fields, check_name
+from ._fields import DIR_NAME_RE, MAX_SHORT, MAX_TEXT, Fields, check_name, loads_strict
 from .entry import THREAT_MODELS, Entry, EntryError, EntryMetadata, load_run_entry
 
 log = logging.getLogger(__name__)
@@ -246,9 +246,10 @@ def load_claims(root: str | os.PathLike) -> list[ImportedClaim]:
     claims = []
     for p in files:
         try:
-            d = json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise EntryError(f"{p} is not valid JSON ({e})") from e
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise EntryError(f"{p} cannot be read as UTF-8 text ({e})") from e
+        d = loads_strict(text, str(p), EntryError)
         claim = ImportedClaim.from_model_info(d, name=p.stem, threat_model=p.parent.name, source=str(p))
         if claim.dataset != p.parent.parent.name:  # RobustBench's own tools go by the directory; so do we
             log.warning("%s: its dataset field says %r, its directory %r; filed under the directory", p,
@@ -258,6 +259,3 @@ def load_claims(root: str | os.PathLike) -> list[ImportedClaim]:
         claims.append(claim)
     return claims
 
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed (JSON has no NaN or infinity)")

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import RobustkitError
 from ..eval.runner import canonical_json
-from ._fields import Fields, json_depth_ok
+from ._fields import Fields, json_depth_ok, no_json_constant
 from .entry import Entry, EntryError, verify_examples
 from .examples import summarize_examples
 from .rules import ROBUSTBENCH_RULES
@@ -66,10 +66,6 @@ def build_submission(entry: Entry, examples: list[dict[str, Any]]) -> dict[str, 
             "examples": examples}
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed (JSON has no NaN or infinity)")
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     d = dict(pairs)
     if len(d) != len(pairs):
@@ -86,7 +82,7 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise SubmissionError(f"body is not UTF-8 ({e.reason} at byte {e.start})", 400) from e
     try:
-        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_constant=no_json_constant, object_pairs_hook=_no_duplicates)
     except RecursionError as e:
         raise SubmissionError(f"body nests deeper than {MAX_JSON_DEPTH} levels", 400) from e
     except ValueError as e:  # JSONDecodeError is a ValueError, and so are our hooks' errors
