@@ -155,6 +155,8 @@ def test_submit_read_filter_and_idempotency(runs, valid, tmp_path):
 
         status, data, _ = request(port, "GET", f"/api/entries/{first['id']}")
         assert status == 200 and data["submitter"] == "alice"
+        assert data["board"] == ["digits", "Linf", "0.1"] and data["ranked"] is False  # 12 images, --no-checks
+        assert {p["code"] for p in data["not_ranked_because"]} == {"sample", "budget", "checks_skipped"}
         assert Entry.from_dict(data["entry"]) == Entry.from_dict(valid["entry"])
         s = data["examples_summary"]
         assert s["n_examples"] == 12 and sum(s["outcomes"].values()) == 12

@@ -6,6 +6,8 @@ Endpoints (JSON unless noted)::
                                       adapts_at_test_time, batch_dependent, unreliable (true/false);
                                       sort board|robust|clean|submitted|name; limit (1-500), offset
     GET  /api/entries/{id}            one entry with its per-example summary (410 once withdrawn)
+                                      (every entry shown with "board" [dataset, threat model, eps],
+                                      "ranked" and "not_ranked_because" [{code, message}])
     GET  /api/entries/{id}/examples   its per-example records
     POST /api/submissions             upload (Authorization: Bearer <token>); 201 new entry, 200 with
                                       "action": "update" / "reinstate" / "unchanged" when the entry's
@@ -47,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RobustkitError
-from .rules import ROBUSTBENCH_RULES, RankingRules
+from .entry import Entry
+from .rules import ROBUSTBENCH_RULES, RankingRules, board_key, ranking_problems
 from .store import ConflictError, Store, StoreError
 from .submission import SubmissionError, board_columns, parse_submission
 
@@ -170,6 +173,13 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
         secs = max(1, int(wait + 0.999))
         return error(429, f"rate limit: too many {what}; retry in {secs} s", {"Retry-After": str(secs)})
 
+    def ranked(d: dict[str, Any]) -> dict[str, Any]:
+        """A stored row as the API shows it: with its board and the ranking decision of ``rules``."""
+        e = Entry.from_dict(d["entry"])
+        problems = ranking_problems(e, rules)
+        return {**d, "board": list(board_key(e.dataset, e.threat_model, e.eps)), "ranked": not problems,
+                "not_ranked_because": [{"code": p.code, "message": p.message} for p in problems]}
+
     def client_key(request: Request) -> str:
         return request.client.host if request.client else "unknown"
 
@@ -196,7 +206,7 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
                       limit=_int_param(q.get("limit"), "limit", 100, 1, MAX_PAGE),
                       offset=_int_param(q.get("offset"), "offset", 0, 0, 2**31))
         rows, total = await run_in_threadpool(lambda: store.list_entries(**kwargs))
-        return JSONResponse({"entries": [r.to_dict() for r in rows], "count": len(rows), "total": total})
+        return JSONResponse({"entries": [ranked(r.to_dict()) for r in rows], "count": len(rows), "total": total})
 
     async def get_entry(request: Request) -> Response:
         wait = readers.retry_after(client_key(request))
@@ -208,7 +218,7 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
             return error(404, f"no entry with id {str(entry_id)[:40]}")
         if row.withdrawn:
             return error(410, f"entry {entry_id} was withdrawn by its submitter (see /api/audit)")
-        return JSONResponse(row.to_dict(with_summary=True))
+        return JSONResponse(ranked(row.to_dict(with_summary=True)))
 
     async def get_examples(request: Request) -> Response:
         wait = readers.retry_after(client_key(request))
