@@ -544,7 +544,7 @@ def test_rate_limits(valid, tmp_path):
         status, data, _ = post(port, dumps(valid), patient)
         assert status == 200 and data["action"] == "unchanged", data
         status, data, _ = post(port, dumps(valid), token)  # eager's own write budget is spent, not a lockout
-        assert status == 429 and "submissions by eager" in data["error"]
+        assert status == 429 and "writes by eager" in data["error"]
         assert store.count() == 1
 
 

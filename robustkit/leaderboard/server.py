@@ -276,13 +276,19 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def submit(request: Request) -> Response:
+    async def writer(request: Request) -> str | Response:
+        """The authenticated submitter within their write budget, or the error response."""
         submitter = await authenticate(request)
+        if isinstance(submitter, str):
+            wait = writers.retry_after(submitter)
+            if wait:
+                return too_many(wait, f"writes by {submitter}")
+        return submitter
+
+    async def submit(request: Request) -> Response:
+        submitter = await writer(request)
         if not isinstance(submitter, str):
             return submitter
-        wait = writers.retry_after(submitter)
-        if wait:
-            return too_many(wait, f"submissions by {submitter}")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             return error(415, f"Content-Type must be application/json, got {ctype[:60] or 'none'!r}")
@@ -313,12 +319,9 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
                             status_code=201 if created else 200)
 
     async def withdraw(request: Request) -> Response:
-        submitter = await authenticate(request)
+        submitter = await writer(request)
         if not isinstance(submitter, str):
             return submitter
-        wait = writers.retry_after(submitter)
-        if wait:
-            return too_many(wait, f"writes by {submitter}")
         entry_id = request.path_params["entry_id"]
         if entry_id > MAX_ID:
             return error(404, f"no entry with id {str(entry_id)[:40]}")
