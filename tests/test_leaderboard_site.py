@@ -75,7 +75,7 @@ def runs(tmp_path_factory):
     robustkit.benchmark(clf, eps=0.1, attacks=["pgd"], attack_options={"pgd": {"steps": 4}}, run_dir=root / "other",
                         **CHEAP_CHECKS, **common)
     (root / "weak" / "leaderboard.json").write_text(json.dumps({
-        "authors": "Ada Lovelace", "venue": "ICML 2024", "paper_title": "Weak <b>attacks</b>",
+        "authors": "Ada Lovelace", "venue": "ICML 2024", "paper_title": "Weak <b>attacks</b> " + "Unbreakable" * 12,  # a long word must wrap, not widen
         "link": "https://example.org/weak", "footnote": "<script>alert('x')</script>", "additional_data": True,
         "external": {"robust_accuracy": 0.01, "footnote": "Broken by B.", "link": "javascript:alert(1)"}}))
     _make_unreliable(root / "other", root / "zz-unreliable")

@@ -86,17 +86,18 @@ _STYLE = """\
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1240px;padding:0 1em;color:#222;box-sizing:border-box}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}
 table.board{width:100%}
-th,td{border:1px solid #ccc;padding:0.3em 0.5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #ccc;padding:0.3em 0.5em;text-align:left;vertical-align:top;overflow-wrap:break-word}
+td.col-model{min-width:9em;overflow-wrap:anywhere} td.col-paper{min-width:7em;overflow-wrap:anywhere}
 th button{font:inherit;font-weight:bold;background:none;border:0;cursor:pointer;padding:0;text-align:left}
 th[aria-sort=ascending] button::after{content:" \\25B2"} th[aria-sort=descending] button::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .sub{display:block;font-size:0.8em;color:#666;white-space:normal}
-.badge{display:inline-block;border-radius:3px;padding:0 0.4em;margin:0 0.2em;font-size:0.8em;color:#fff}
+.badge{display:inline-block;border-radius:3px;padding:0 0.4em;margin:0 0.2em;font-size:0.8em;color:#fff;white-space:nowrap}
 .badge.stochastic{background:#6a4c93}.badge.adaptive{background:#1982c4}.badge.unreliable{background:#d62828}
 .badge.batch{background:#8a5a00}.badge.imported{background:#555}
 .muted{color:#777}.warn{background:#fff3cd;padding:0.5em;border:1px solid #e0c060}
 section.board-section{margin-bottom:2em} h3{font-size:1em;margin:0.8em 0 0.2em}
-table.unranked td.why{color:#8a2a00;font-size:0.85em}
+table.unranked td.why{color:#8a2a00;font-size:0.85em;width:30%}
 """
 
 
@@ -205,10 +206,10 @@ def _board_table(table_id: str, css: str, columns: Sequence[tuple[str, str, Cell
     body = []
     for rank, (e, row, problems) in enumerate(items, 1):
         cells = []
-        for _, t, cell in columns:
+        for header, t, cell in columns:
             text, key = cell(rank, e, link(row))
-            cls = ' class="num"' if t == "number" else ""
-            cells.append(f'<td{cls} data-sort="{_e(key)}">{text}</td>')
+            cls = ("num " if t == "number" else "") + "col-" + header.split(" ")[0].lower()
+            cells.append(f'<td class="{cls}" data-sort="{_e(key)}">{text}</td>')
         if why:
             reasons = "; ".join(p.message for p in problems)
             cells.append(f'<td class="why" data-sort="{_e(reasons)}">{_e(reasons)}</td>')
