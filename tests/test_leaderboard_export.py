@@ -289,6 +289,17 @@ def test_import_robustbench_claims_onto_the_board(runs, tmp_path, capsys):
     assert '<td class="num" data-sort="12.3">12.30</td>' in claims
     assert 'id="board-digits-Linf-8-255-imported"' in index and "Standardly trained model" in index
     assert 'id="board-digits-Linf-8-255-ranked"' not in index
+    pytest.importorskip("starlette")  # the live server shows the same claims
+    from starlette.testclient import TestClient
+
+    from robustkit.leaderboard.robustbench import load_claims
+    from robustkit.leaderboard.server import create_app
+
+    with TestClient(create_app(tmp_path / "board.db", claims=load_claims(mi))) as client:
+        page = client.get("/").text
+    assert page.count('class="badge imported"') == 3 and 'id="board-digits-Linf-0p3-imported"' in page
+    assert cli.main(["serve", "--db", str(tmp_path / "b2.db"), "--port", "0", "--claims", str(tmp_path)]) == 2
+    assert "not a model_info directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [

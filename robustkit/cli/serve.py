@@ -7,7 +7,8 @@ missing). Admin commands work on the same file and exit without serving::
     robustkit serve --db board.db --revoke-token alice
     robustkit serve --db board.db --list-tokens
 
-When serving, the first line printed is ``serving http://HOST:PORT`` (with the real port when
+``--claims MODEL_INFO`` shows RobustBench's rows (its ``model_info`` directory) on their boards, marked
+as claims robustkit did not re-evaluate. When serving, the first line printed is ``serving http://HOST:PORT`` (with the real port when
 ``--port 0`` asks for a free one); stop with Ctrl-C or SIGTERM.
 """
 
@@ -22,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", required=True, metavar="PATH", help="SQLite database file (created when missing)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--claims", default=None, metavar="MODEL_INFO",
+                   help="RobustBench's model_info directory: its rows are shown on their boards as imported claims")
     admin = p.add_mutually_exclusive_group()
     admin.add_argument("--create-token", metavar="NAME", help="create an API token for submitter NAME, print it, exit")
     admin.add_argument("--revoke-token", metavar="NAME", help="revoke NAME's token and exit")
@@ -52,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
         for t in store.list_tokens():
             print(f"{t['name']}\t{t['created_utc']}\t{'revoked' if t['revoked'] else 'active'}")
         return 0
+    from ..leaderboard.robustbench import load_claims
     from ..leaderboard.server import bind_socket, serve
 
+    claims = load_claims(args.claims) if args.claims is not None else []  # checked before the port is taken
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving http://{shown}:{port}", flush=True)
-    serve(args.db, sock)
+    serve(args.db, sock, claims)
     return 0

@@ -46,10 +46,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import RobustkitError
 from .entry import Entry
+from .robustbench import ImportedClaim
 from .rules import ROBUSTBENCH_RULES, RankingRules, board_key, ranking_problems
 from .store import ConflictError, Store, StoreError
 from .submission import SubmissionError, board_columns, parse_submission
@@ -146,13 +147,16 @@ def _str_param(value: str | None, name: str) -> str | None:
 
 def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
                limits: dict[str, RateLimit] | None = None, pages: bool = True,
-               body_timeout: float = DEFAULT_BODY_TIMEOUT, rules: RankingRules = ROBUSTBENCH_RULES):
+               body_timeout: float = DEFAULT_BODY_TIMEOUT, rules: RankingRules = ROBUSTBENCH_RULES,
+               claims: Sequence[ImportedClaim] = ()):
     """The ASGI app serving the database at ``db_path`` (created when missing).
 
     ``body_timeout``: a request body that sends nothing for this many seconds is answered 408 (a
     stalled client cannot hold a worker). A client that disconnects mid-upload is logged at INFO in
     one line, never as a traceback. ``rules`` decide which entries the page ranks (the static site's
-    function, :func:`robustkit.leaderboard.rules.ranking_problems`).
+    function, :func:`robustkit.leaderboard.rules.ranking_problems`). ``claims``: RobustBench rows
+    (:func:`robustkit.leaderboard.robustbench.load_claims`) the page shows on their boards, marked as
+    not re-evaluated.
     """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -356,7 +360,8 @@ def create_app(db_path: str | Path, *, max_body: int = DEFAULT_MAX_BODY,
             return too_many(wait, "requests")
         rows, _ = await run_in_threadpool(lambda: store.list_entries(limit=10**6))
         return HTMLResponse(render_index([r.to_dict() for r in rows], link=lambda r: f"/entries/{r['id']}",
-                                         script_url="/static/board.js", rules=rules), headers=_PAGE_HEADERS)
+                                         script_url="/static/board.js", rules=rules, claims=claims),
+                            headers=_PAGE_HEADERS)
 
     async def entry_page(request: Request) -> Response:
         from .site import render_entry
@@ -439,10 +444,10 @@ def make_server(app: Any, sock: socket.socket):
     return uvicorn.Server(config)
 
 
-def serve(db_path: str | Path, sock: socket.socket) -> None:
+def serve(db_path: str | Path, sock: socket.socket, claims: Sequence[ImportedClaim] = ()) -> None:
     """Serve the database at ``db_path`` on ``sock`` until interrupted (SIGINT / SIGTERM)."""
     try:
-        app = create_app(db_path)
+        app = create_app(db_path, claims=claims)
     except ImportError as e:
         raise ServeError(f"the server needs the web extras ({e.name} is missing): pip install "
                          "'robustkit[leaderboard]'") from e
