@@ -1,9 +1,9 @@
 """DiffPure purification cost: wall time against NFE × one backbone forward, and the peak memory of exact
 gradients against the number of solver steps.
 
-Reproduce (CPU, one thread, a few minutes)::
+Reproduce (CPU, one thread, about 10 minutes on an idle machine)::
 
-    ROBUSTKIT_SHARED=/work/shared PYTHONPATH=. .venv/bin/python bench/bench_purification.py
+    ROBUSTKIT_SHARED=../shared OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/bench_purification.py
     PYTHONPATH=. python bench/bench_purification.py --device cuda --batch 64 --threads 0      # on a GPU
 
 Backbone: score_sde's NCSN++ code path in the ``cifar10_ddpmpp_deep_continuous_small`` config (nf = 16, two
@@ -12,21 +12,25 @@ res-blocks per level, 0.62M parameters, 32×32), with the weights of
 initialisation otherwise): small enough for a CPU, the same layers and call pattern as the published 107M model.
 
 Time. ``overhead = t_purify / (NFE · t_forward) − 1`` with both measured at the same batch and grad mode
-(target ≤ 20 %). For the exact (checkpointed) gradient the reference is ``NFE · (t_forward_graph +
-t_forward_backward)``: each step's forward records the graph (without keeping activations) and is run
-again, then differentiated, in the backward pass; naive backprop is timed against ``NFE ·
-t_forward_backward``, and the torchsde adjoint (DiffPure's own gradient path) against the exact gradient.
+(target ≤ 20 %). The exact (checkpointed) gradient runs each step once without a graph, then again with
+one inside the backward pass, and differentiates it: its reference is ``NFE · (t_forward +
+t_forward_backward)``, and its ratio to naive backprop through the same steps (target ≤ 1.3) has the floor
+``1 + t_forward / t_forward_backward`` when naive backprop costs no more than NFE isolated forward/backward
+passes. Naive backprop is timed against ``NFE · t_forward_backward``, and the torchsde adjoint (DiffPure's
+own gradient path) against the exact gradient.
 Timings interleave the measured calls and keep the best of the repeats; on a CPU they are process-CPU
 seconds (one thread), which other processes on a shared machine disturb far less than wall time.
 
-Memory. Each (steps, mode) point runs in a fresh subprocess that resets the kernel's peak-RSS mark
-(``/proc/self/clear_refs``) after building the model and inputs, runs purification + backward once, and
-reports ``VmHWM − VmRSS(before)`` (on CUDA: ``max_memory_allocated`` growth). ``checkpoint`` is the library's
-exact mode; ``naive`` is plain autograd through every step (``checkpoint=False``). The slope per step is the
-number that matters: naive backprop stores every layer's activations of every step; the checkpointed graph
-stores one state (and its noise) per step. ``--method contrastive --skip-time`` measures the same for
-contrastive-guided purification, whose guidance (a classifier forward and backward per step, differentiated
-twice by the attack) is checkpointed alongside the score step.
+Memory. Each (steps, mode, allocator) point runs in a fresh subprocess that resets the kernel's peak-RSS
+mark (``/proc/self/clear_refs``) after building the model and inputs, runs purification + backward once,
+and reports ``VmHWM − VmRSS(before)`` (on CUDA: ``max_memory_allocated`` growth). ``checkpoint`` is the
+library's exact mode; ``naive`` is plain autograd through every step (``checkpoint=False``). The allocator
+``default`` is glibc as users run it (the RSS they read); ``live`` sets ``MALLOC_MMAP_THRESHOLD_=65536``,
+so large blocks are returned to the kernel on free and RSS follows the live tensors. The slope per step is
+the number that matters (target: ≤ 1 % of the 100-step peak): naive backprop stores every layer's
+activations of every step; the exact gradient stores one state per step. ``--method contrastive
+--skip-time`` measures the same for contrastive-guided purification, whose guidance (a classifier forward
+and backward per step, differentiated twice by the attack) is checkpointed alongside the score step.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def bench_time(model, batch: int, repeats: int, device: str, adjoint: bool, grad
         with torch.no_grad():
             purifier.purify(x, torch.Generator().manual_seed(2))
 
-    def fwd_graph():  # a forward that records the graph (what a checkpointed step does first)
+    def fwd_graph():  # a forward that records the graph (what the backward's recomputation does)
         model(x_t.clone().requires_grad_(), t)
 
     def fwd_bwd():
@@ -147,7 +151,8 @@ def bench_time(model, batch: int, repeats: int, device: str, adjoint: bool, grad
            "forward_backward_s": sec("forward_backward"), "exact_grad_s": sec("exact_grad"),
            "exact_grad_s_per_image": sec("exact_grad") / batch,
            "forward_graph_s": sec("forward_graph"), "naive_grad_s": sec("naive_grad"),
-           "exact_grad_overhead": sec("exact_grad") / (nfe_g * (sec("forward_graph") + sec("forward_backward"))) - 1,
+           "exact_grad_overhead": sec("exact_grad") / (nfe_g * (sec("forward") + sec("forward_backward"))) - 1,
+           "exact_over_naive": sec("exact_grad") / sec("naive_grad"),
            "naive_grad_overhead": sec("naive_grad") / (nfe_g * sec("forward_backward")) - 1}
     if adjoint:
         out.update({"adjoint_grad_s": sec("adjoint_grad"),
@@ -198,26 +203,31 @@ def measure_memory(steps: int, checkpoint: bool, batch: int, device: str, method
             "grad_norm": float(x.grad.norm())}
 
 
+#: ``default``: the C allocator as users run it (what they read as RSS); ``live``: large blocks straight from
+#: mmap and returned on free, so RSS follows the live tensors rather than what glibc keeps cached.
+ALLOCATORS = {"default": {}, "live": {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}}
+
+
 def bench_memory(step_counts: list[int], naive_max: int, batch: int, device: str, threads: int,
-                 method: str = "diffpure") -> list[dict]:
+                 method: str = "diffpure", allocators: tuple[str, ...] = ("default", "live")) -> list[dict]:
     rows = []
-    for steps in step_counts:
-        for ckpt in (True, False):
-            if not ckpt and steps > naive_max:
-                continue
-            cmd = [sys.executable, __file__, "--_measure", str(steps), "--_checkpoint", str(int(ckpt)),
-                   "--batch", str(batch), "--device", device, "--threads", str(threads), "--method", method]
-            # Large blocks straight from mmap, returned on free: RSS then follows live tensors, not what
-            # glibc keeps cached after the recomputed activations of each checkpointed step are freed.
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for allocator in allocators:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        env.update(ALLOCATORS[allocator])
+        for steps in step_counts:
+            for ckpt in (True, False):
+                if not ckpt and steps > naive_max:
+                    continue
+                cmd = [sys.executable, __file__, "--_measure", str(steps), "--_checkpoint", str(int(ckpt)),
+                       "--batch", str(batch), "--device", device, "--threads", str(threads), "--method", method]
+                res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                rows.append({**json.loads(res.stdout.strip().splitlines()[-1]), "allocator": allocator})
     return rows
 
 
-def _slope(rows: list[dict], mode: str, what: str) -> float | None:
+def _slope(rows: list[dict], mode: str, what: str, allocator: str) -> float | None:
     """Least-squares MiB per solver step of ``what`` over the measured step counts."""
-    pts = [(r["steps"], r[what]) for r in rows if r["mode"] == mode]
+    pts = [(r["steps"], r[what]) for r in rows if r["mode"] == mode and r["allocator"] == allocator]
     if len(pts) < 2:
         return None
     n = len(pts)
@@ -232,8 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--grad-t-star", type=float, default=0.02, help="t* of the gradient timings (0.02: 20 NFE)")
-    ap.add_argument("--memory-steps", default="10,25,50,100")
-    ap.add_argument("--naive-max-steps", type=int, default=50, help="largest step count for naive backprop")
+    ap.add_argument("--memory-steps", default="10,50,100,200")
+    ap.add_argument("--allocator", default="both", choices=[*ALLOCATORS, "both"],
+                    help="glibc settings of the memory subprocesses (default: as users run; live: RSS follows live "
+                         "tensors)")
+    ap.add_argument("--naive-max-steps", type=int, default=10, help="largest step count for naive backprop")
     ap.add_argument("--no-adjoint", action="store_true", help="skip timing the torchsde adjoint")
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
@@ -268,32 +281,46 @@ def main(argv: list[str] | None = None) -> None:
         print(f"backbone forward+backward       {r['forward_backward_s'] * 1e3:9.2f} ms / batch")
         print(f"exact gradient ({r['grad_nfe']} NFE)        {r['exact_grad_s']:9.3f} s  / batch = "
               f"{r['exact_grad_s_per_image'] * 1e3:.1f} ms / image;"
-              f"  overhead vs NFE x (fwd with graph + fwd/bwd): {100 * r['exact_grad_overhead']:+.1f} %")
+              f"  overhead vs NFE x (no-grad fwd + fwd/bwd): {100 * r['exact_grad_overhead']:+.1f} %")
         print(f"naive backprop ({r['grad_nfe']} NFE)        {r['naive_grad_s']:9.3f} s  / batch;"
               f"  overhead vs NFE x fwd/bwd: {100 * r['naive_grad_overhead']:+.1f} %")
+        print(f"exact gradient / naive backprop   {r['exact_over_naive']:9.3f} x  (target <= 1.3; floor of recomputing "
+              f"each step: 1 + fwd / (fwd/bwd) = {1 + r['forward_s'] / r['forward_backward_s']:.3f})")
         if "adjoint_grad_s" in r:
             print(f"torchsde adjoint ({r['grad_nfe']} NFE)      {r['adjoint_grad_s']:9.3f} s  / batch "
                   f"({r['adjoint_over_exact']:.2f}x exact)")
     if not args.skip_memory:
         steps = [int(s) for s in args.memory_steps.split(",")]
-        rows = bench_memory(steps, args.naive_max_steps, args.batch, args.device, args.threads, args.method)
+        allocators = tuple(ALLOCATORS) if args.allocator == "both" else (args.allocator,)
+        rows = bench_memory(steps, args.naive_max_steps, args.batch, args.device, args.threads, args.method,
+                            allocators)
         results["memory"] = rows
         state_mib = args.batch * 3 * 32 * 32 * 4 / 2 ** 20
-        print(f"\n-- {args.method}: exact-gradient peak memory (batch {args.batch}; one state = {state_mib:.3f} MiB) --")
-        print(f"{'steps':>6} {'checkpoint graph':>17} {'checkpoint peak':>16} {'naive graph':>12} "
-              f"{'naive peak':>11}  (MiB)")
-        for s in steps:
-            got = {r["mode"]: r for r in rows if r["steps"] == s}
-            c = got["checkpoint"]
-            naive = (f"{got['naive']['graph_mib']:12.1f} {got['naive']['peak_mib']:11.1f}" if "naive" in got
-                     else f"{'-':>12} {'-':>11}")
-            print(f"{s:>6} {c['graph_mib']:17.1f} {c['peak_mib']:16.1f} {naive}")
-        for mode in ("checkpoint", "naive"):
-            for what in ("graph_mib", "peak_mib"):
-                slope = _slope(rows, mode, what)
-                if slope is not None:
-                    results[f"{mode}_{what}_per_step"] = slope
-                    print(f"{mode} {what[:-4]}: {slope:.3f} MiB per step ({slope / state_mib:.1f} states of the batch)")
+        for allocator in allocators:
+            print(f"\n-- {args.method}: exact-gradient peak RSS growth, allocator {allocator!r} (batch {args.batch}; "
+                  f"one state = {state_mib:.3f} MiB) --")
+            print(f"{'steps':>6} {'checkpoint graph':>17} {'checkpoint peak':>16} {'naive graph':>12} "
+                  f"{'naive peak':>11}  (MiB)")
+            for s in steps:
+                got = {r["mode"]: r for r in rows if r["steps"] == s and r["allocator"] == allocator}
+                c = got["checkpoint"]
+                naive = (f"{got['naive']['graph_mib']:12.1f} {got['naive']['peak_mib']:11.1f}" if "naive" in got
+                         else f"{'-':>12} {'-':>11}")
+                print(f"{s:>6} {c['graph_mib']:17.1f} {c['peak_mib']:16.1f} {naive}")
+            for mode in ("checkpoint", "naive"):
+                for what in ("graph_mib", "peak_mib"):
+                    slope = _slope(rows, mode, what, allocator)
+                    if slope is not None:
+                        results[f"{allocator}_{mode}_{what}_per_step"] = slope
+                        print(f"{mode} {what[:-4]}: {slope:.3f} MiB per step ({slope / state_mib:.1f} states of "
+                              "the batch)")
+            at100 = [r["peak_mib"] for r in rows if r["mode"] == "checkpoint" and r["allocator"] == allocator
+                     and r["steps"] == 100]
+            slope = _slope(rows, "checkpoint", "peak_mib", allocator)
+            if at100 and slope is not None:
+                results[f"{allocator}_checkpoint_growth_per_step_over_peak100"] = slope / at100[0]
+                print(f"checkpoint peak growth per step / 100-step peak: {100 * slope / at100[0]:.2f} % "
+                      "(target <= 1 %)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -508,11 +508,22 @@ def _saved_bytes(fn) -> int:
     return total
 
 
+def _graph_nodes(out: torch.Tensor) -> int:
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    return len(seen)
+
+
 def test_checkpointing_keeps_only_the_step_inputs():
-    """Saved-for-backward bytes: per step, plain autograd keeps every activation of the network;
-    checkpointing keeps only the step's inputs (state and noise), whatever the network's width."""
+    """Per step, plain autograd keeps every activation of the network and a graph node per op;
+    checkpointing keeps one graph node in all, nothing saved through autograd, and one buffer that holds
+    each step's input state (each step also keeps its noise draw), whatever the network's width."""
     torch.manual_seed(0)
-    nets = {h: TinyScoreNet(hidden=h, num_classes=None) for h in (16, 64)}
+    nets = {h: TinyScoreNet(hidden=h, num_classes=None).requires_grad_(False) for h in (16, 64)}
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     x_bytes = x.numel() * x.element_size()
 
@@ -521,12 +532,49 @@ def test_checkpointing_keeps_only_the_step_inputs():
                                       generator=torch.Generator().manual_seed(0))
 
     plain = {n: _saved_bytes(em(nets[64], n, False)) for n in (10, 40)}
-    ckpt = {(h, n): _saved_bytes(em(nets[h], n, True)) for h in (16, 64) for n in (10, 40)}
     # without checkpointing the graph grows with the steps (~4x from 10 to 40 steps) ...
     assert 3.8 < plain[40] / plain[10] < 4.2
-    # ... with it, each step adds exactly its input state and its noise draw, independent of width
-    assert ckpt[(16, 10)] == ckpt[(64, 10)] == 10 * 2 * x_bytes
-    assert ckpt[(16, 40)] - ckpt[(16, 10)] == 30 * 2 * x_bytes
-    assert (plain[40] - plain[10]) > 20 * (ckpt[(64, 40)] - ckpt[(64, 10)])
-    pf = _saved_bytes(lambda: probability_flow_euler(nets[64], SDE, x, 0.1, 1e-5, steps=40, checkpoint=True))
-    assert pf == 40 * x_bytes
+    # ... with it, the graph is one node on x, nothing is saved through autograd, and the step inputs
+    # sit in one buffer of exactly one state per step
+    one = em(nets[16], 10, True)()
+    for h in (16, 64):
+        for n in (10, 40):
+            outs = []
+            assert _saved_bytes(lambda: outs.append(em(nets[h], n, True)())) == 0
+            assert _graph_nodes(outs[0]) == _graph_nodes(one) <= 2
+            states = outs[0].grad_fn.states
+            assert states.numel() * states.element_size() == n * x_bytes
+    pf = probability_flow_euler(nets[64], SDE, x, 0.1, 1e-5, steps=40, checkpoint=True)
+    assert pf.grad_fn.states.numel() * pf.grad_fn.states.element_size() == 40 * x_bytes
+
+
+def test_checkpointing_falls_back_where_it_cannot_see_the_closure(net):
+    """A model that is not an nn.Module (a closure) gets torch's per-step checkpoint: exact as well; an
+    nn.Module that differentiates into a tensor that is not its parameter is refused, not given a silent
+    zero; the flat-memory path is once-differentiable and says so."""
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+                    requires_grad=True)
+    net = net.double()
+    grads = []
+    for ck in (False, True):
+        out = euler_maruyama(lambda a, t, y: net(a, t, y), SDE, x, 0.1, 1e-5, steps=5, checkpoint=ck,
+                             generator=torch.Generator().manual_seed(0))
+        grads.append(torch.autograd.grad(out.sum(), x)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
+
+    scale = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+
+    class Closes(nn.Module):
+        def forward(self, a, t, y=None):
+            return scale * a
+
+    out = euler_maruyama(Closes(), SDE, x, 0.1, 1e-5, steps=3, checkpoint=True,
+                         generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="neither x nor a parameter"):
+        out.sum().backward()
+
+    out = euler_maruyama(net.requires_grad_(False), SDE, x, 0.1, 1e-5, steps=3, checkpoint=True,
+                         generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="once-differentiable"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+

@@ -24,30 +24,28 @@ import torch
 
 from ..errors import DatasetError, InputError
 from ..hub import data_dir as default_data_dir
-from . import cifar10, cifar10c, digits
+from . import cifar10, cifar10c, cifar100, digits, imagenet
 
 __all__ = ["DATASETS", "DatasetError", "load_dataset", "default_data_dir"]
 
 
-def _select(x: np.ndarray, y: np.ndarray, n_examples: int | None, indices: Sequence[int] | None,
-            name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick rows (first n or given indices) and convert uint8/float HWC or CHW arrays to tensors."""
-    total = len(y)
+def _rows(total: int, n_examples: int | None, indices: Sequence[int] | None, name: str, split: str) -> np.ndarray:
+    """The rows to take: the first ``n_examples``, or ``indices`` (cut to ``n_examples``), validated."""
     if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer))
                                    or not 1 <= n_examples <= total):
         raise InputError(f"n_examples must be an int in [1, {total}] for {name}/{split}, got {n_examples!r}")
-    if indices is not None:
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise InputError(f"indices must be a 1-D sequence of ints, got shape {idx.shape} dtype {idx.dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= total):
-            raise InputError(f"indices must lie in [0, {total - 1}] for {name}/{split}, got "
-                             f"[{idx.min()}, {idx.max()}]")
-        if n_examples is not None:
-            idx = idx[:n_examples]
-    else:
-        idx = np.arange(total if n_examples is None else n_examples)
-    xs, ys = x[idx], y[idx]
+    if indices is None:
+        return np.arange(total if n_examples is None else n_examples)
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise InputError(f"indices must be a 1-D sequence of ints, got shape {idx.shape} dtype {idx.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= total):
+        raise InputError(f"indices must lie in [0, {total - 1}] for {name}/{split}, got [{idx.min()}, {idx.max()}]")
+    return idx if n_examples is None else idx[:n_examples]
+
+
+def _tensors(xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 or float HWC/CHW arrays → float32 ``[N,C,H,W]`` in [0, 1] and int64 labels."""
     xt = torch.from_numpy(np.ascontiguousarray(xs))
     xt = xt.float() / 255.0 if xt.dtype == torch.uint8 else xt.float()
     return xt.contiguous(), torch.from_numpy(ys.astype(np.int64))
@@ -55,13 +53,17 @@ def _select(x: np.ndarray, y: np.ndarray, n_examples: int | None, indices: Seque
 
 # name -> loader(split, data_dir, **options) returning (x [N,C,H,W] uint8 or float in [0,1], y int) numpy
 # arrays; a loader's keyword-only parameters are the dataset's options (cifar10c: corruption, severity).
+# A loader too large to decode whole (imagenet) has a ``count(split, data_dir, **options)`` attribute and a
+# ``rows`` keyword: the rows are chosen first and only they are decoded.
 Loader = Callable[..., "tuple[np.ndarray, np.ndarray]"]
 DATASETS: dict[str, Loader] = {"cifar10": cifar10.load_arrays, "cifar10c": cifar10c.load_arrays,
-                               "digits": digits.load_arrays}
+                               "cifar100": cifar100.load_arrays, "digits": digits.load_arrays,
+                               "imagenet": imagenet.load_arrays}
 
 
 def _options(loader: Loader) -> tuple[str, ...]:
-    return tuple(n for n, p in inspect.signature(loader).parameters.items() if p.kind is p.KEYWORD_ONLY)
+    return tuple(n for n, p in inspect.signature(loader).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and n != "rows")
 
 
 def load_dataset(name: str, *, split: str = "test", n_examples: int | None = None,
@@ -70,13 +72,16 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
     """Load a dataset as ``(x, y)`` tensors.
 
     Args:
-        name: ``"cifar10"``, ``"cifar10c"`` or ``"digits"`` (see ``DATASETS``).
+        name: ``"cifar10"``, ``"cifar10c"``, ``"cifar100"``, ``"imagenet"`` (validation) or ``"digits"``
+            (see ``DATASETS``).
         split: ``"test"`` or ``"train"``.
         n_examples: keep the first n (in the official order, or of ``indices``).
         data_dir: where the files are (see module docstring); ignored by bundled datasets.
         indices: explicit rows to take, in the given order.
         options: the dataset's own keywords; ``cifar10c`` needs ``corruption`` (one of
-            ``robustkit.data.corruptions.CORRUPTIONS``) and ``severity`` (1..5).
+            ``robustkit.data.corruptions.CORRUPTIONS``) and ``severity`` (1..5); ``cifar100`` takes ``labels``
+            (``"fine"``, the default, or ``"coarse"``); ``imagenet`` takes ``subset`` (``"robustbench"``, the
+            default 5,000 images, ``"all"`` or a list file; :mod:`robustkit.data.imagenet`).
 
     Example::
 
@@ -91,6 +96,12 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
     if unknown:
         allowed = ", ".join(_options(loader)) or "none"
         raise InputError(f"dataset {name!r} takes no option {', '.join(unknown)} (its options: {allowed})")
-    x, y = loader(split, Path(data_dir).expanduser() if data_dir is not None else None, **options)
-    return _select(x, y, n_examples, indices, name, split)
+    where = Path(data_dir).expanduser() if data_dir is not None else None
+    count = getattr(loader, "count", None)
+    if count is not None:
+        rows = _rows(count(split, where, **options), n_examples, indices, name, split)
+        return _tensors(*loader(split, where, rows=rows.tolist(), **options))
+    x, y = loader(split, where, **options)
+    rows = _rows(len(y), n_examples, indices, name, split)
+    return _tensors(x[rows], y[rows])
 

@@ -139,6 +139,33 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return _check(x.transpose(0, 3, 1, 2), y, path)
 
 
+def read_pickled_batch(path: Path, md5: str, *, label_key: bytes, rows: int, num_classes: int,
+                       what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one official python batch of a CIFAR dataset: md5-checked before it is unpickled (with an
+    unpickler that builds nothing but numpy arrays), ``b"data"`` uint8 ``[rows, 3072]`` and the labels
+    under ``label_key``; returns ``(x uint8 [rows,3,32,32], y int64 [rows])`` validated."""
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    got = hub.file_digest(path, "md5")
+    if got != md5:
+        raise DatasetError(f"{path} is not the official {what} (md5 {got}, expected {md5}); refusing to "
+                           "unpickle it. Delete it and try again")
+    try:
+        with open(path, "rb") as f:
+            d = _BatchUnpickler(f, encoding="bytes").load()
+        data, y = np.asarray(d[b"data"]), np.asarray(d[label_key])
+    except Exception as e:  # UnpicklingError, EOFError, KeyError, TypeError, ...: all mean "bad file"
+        raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    row = int(np.prod(IMAGE_SHAPE))
+    if data.dtype != np.uint8 or data.shape != (rows, row):
+        raise DatasetError(f"{path}: data must be uint8 [{rows}, {row}], got {data.dtype} {list(data.shape)}")
+    if y.shape != (rows,) or not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{path}: labels must be {rows} ints, got {y.dtype} {list(y.shape)}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DatasetError(f"{path}: labels must lie in 0..{num_classes - 1}, got [{y.min()}, {y.max()}]")
+    return np.ascontiguousarray(data.reshape(-1, *IMAGE_SHAPE)), y.astype(np.int64)
+
+
 def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read the official pickled batches of ``split`` from ``folder``, each md5-checked first."""
     parts = []
@@ -146,21 +173,8 @@ def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         path = folder / name
         if not path.is_file():
             raise DatasetError(f"{path} is missing; accepted layouts: {LAYOUTS}")
-        got = hub.file_digest(path, "md5")
-        if got != BATCH_MD5[name]:
-            raise DatasetError(f"{path} is not the official CIFAR-10 {name} (md5 {got}, expected "
-                               f"{BATCH_MD5[name]}); refusing to unpickle it. Delete it and try again")
-        try:
-            with open(path, "rb") as f:
-                d = _BatchUnpickler(f, encoding="bytes").load()
-            data, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
-        except Exception as e:  # UnpicklingError, EOFError, KeyError, TypeError, ...: all mean "bad file"
-            raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-        row = int(np.prod(IMAGE_SHAPE))
-        if data.dtype != np.uint8 or data.shape != (ROWS_PER_FILE, row):
-            raise DatasetError(f"{path}: data must be uint8 [{ROWS_PER_FILE}, {row}], got {data.dtype} "
-                               f"{list(data.shape)}")
-        parts.append(_check(data.reshape(-1, *IMAGE_SHAPE), y, path))
+        parts.append(read_pickled_batch(path, BATCH_MD5[name], label_key=b"labels", rows=ROWS_PER_FILE,
+                                        num_classes=NUM_CLASSES, what=f"CIFAR-10 {name}"))
     log.debug("read CIFAR-10 %s from %s", split, folder)
     return _concat(parts)
 

@@ -14,11 +14,22 @@ so an attack can fix the randomness. Supplying ``noise`` equal to what ``generat
 gives the identical result. With neither, a fresh generator is seeded from OS entropy; the global RNG
 is never used.
 
-Memory. ``checkpoint=True`` wraps each step in ``torch.utils.checkpoint.checkpoint(...,
-use_reentrant=False)``: the network's activations are recomputed during the backward pass instead of
-being stored, so the graph holds only each step's input state (one ``x``-sized tensor per step) instead
-of every layer's activations at every step. The step's noise is drawn before the checkpointed function
-and passed in, so recomputation is exact and the generator is not advanced twice.
+Memory. ``checkpoint=True`` (exact gradients at memory flat in the number of steps) runs the solver
+forward without recording a graph, keeping only each step's input state in one buffer allocated up
+front (one ``x``-sized slot per step); the backward pass walks the steps in reverse, recomputes each
+step's forward with a graph and differentiates it at once, so at any time at most one step's
+activations exist. This is the segment-wise forwarding-backwarding of DiffAttack (Kang et al., NeurIPS
+2023) with segments of one step, written as one :class:`torch.autograd.Function` rather than one
+``torch.utils.checkpoint`` per step: the forward builds no per-step autograd graph (whose thousands of
+small nodes, interleaved with the freed activations of each step, made the C allocator's heap, and so
+the process's RSS, grow by megabytes per step), and no saved-tensor hooks run. Its cost is one extra
+no-grad forward per step: ``(F_nograd + F_graph + B) / (F_graph + B)`` of naive backprop
+(``bench/bench_purification.py``, ``docs/results/performance.md``). The gradients reach ``x`` and the
+parameters of ``model`` (an ``nn.Module``); they are once-differentiable (a second-order derivative
+through the solver needs ``checkpoint=False``). A ``model`` that is not an ``nn.Module`` (whose closure
+robustkit cannot see), labels or noise that require grad fall back to ``torch.utils.checkpoint`` per step,
+exact as well. The step's noise is drawn before the loop and bound to its step, so recomputation is
+exact and the generator is not advanced twice.
 
 Reference:
     Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", ICLR 2021
@@ -181,11 +192,100 @@ class _Noise:
         return z.to(self._x.device)
 
 
-def _run(step: Callable[..., torch.Tensor], use_checkpoint: bool, *args) -> torch.Tensor:
-    """One solver step, checkpointed when asked and when a graph is being recorded."""
-    if use_checkpoint and torch.is_grad_enabled():
-        return _torch_checkpoint(step, *args, use_reentrant=False)
-    return step(*args)
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _RecomputedSteps(torch.autograd.Function):
+    """``x ← step_k(x)`` for every step: no graph in the forward, each step recomputed and differentiated
+    in reverse in the backward (module docstring, "Memory"). Inputs: the steps, ``x`` and the tensors the
+    steps close over that need gradients (the model's trainable parameters)."""
+
+    @staticmethod
+    def forward(ctx, steps: Sequence[Step], x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        # One buffer for every step's input, allocated before any activation: the states never sit
+        # between freed activation blocks, and nothing else outlives a step.
+        states = x.new_empty((len(steps), *x.shape))
+        for k, step in enumerate(steps):
+            states[k].copy_(x)
+            x = step(x)
+        ctx.steps, ctx.states = steps, states
+        ctx.save_for_backward(*params)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: the recomputed steps start from detached states
+            raise RuntimeError("a solver run with checkpoint=True is once-differentiable: a second derivative "
+                               "through it needs checkpoint=False")
+        params = ctx.saved_tensors
+        param_grads: list[torch.Tensor | None] = [None] * len(params)
+        for k in range(len(ctx.steps) - 1, -1, -1):
+            with torch.enable_grad():
+                xk = ctx.states[k].detach().requires_grad_(True)
+                out = ctx.steps[k](xk)
+                if k == len(ctx.steps) - 1:
+                    _check_closure(out, (xk, *params))
+                grads = torch.autograd.grad(out, (xk, *params), grad, allow_unused=True)
+            grad = grads[0] if grads[0] is not None else torch.zeros_like(xk)
+            for i, g in enumerate(grads[1:]):
+                if g is not None:
+                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+        del ctx.states, ctx.steps
+        return (None, grad, *param_grads)
+
+
+def _check_closure(out: torch.Tensor, known: Sequence[torch.Tensor]) -> None:
+    """Refuse a step whose graph reaches a leaf that requires grad but is not among ``known``: its
+    gradient would be silently lost (the model closes over a tensor that is not one of its parameters)."""
+    ids = {id(t) for t in known}
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)  # AccumulateGrad: a leaf that requires grad
+        if var is not None and id(var) not in ids:
+            raise RuntimeError(f"a solver step reaches a tensor of shape {list(var.shape)} that requires grad "
+                               "but is neither x nor a parameter of the model, so checkpoint=True cannot give it "
+                               "a gradient: register it as a parameter of the model or use checkpoint=False")
+        stack.extend(f for f, _ in fn.next_functions)
+
+
+def _integrate(model: EpsModel, y: torch.Tensor | None, x: torch.Tensor, num_steps: int,
+               step: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor],
+               draw: Callable[[int], torch.Tensor | None], checkpoint: bool) -> torch.Tensor:
+    """``x ← step(k, x, draw(k))`` for ``k < num_steps``; with ``checkpoint`` and a graph being recorded, at
+    memory flat in the number of steps (module docstring, "Memory"). Without one, each draw is made just
+    before its step, so a long no-grad sampling run never holds all its noise at once."""
+    if not (checkpoint and torch.is_grad_enabled()):
+        for k in range(num_steps):
+            x = step(k, x, draw(k))
+        return x
+    zs = [draw(k) for k in range(num_steps)]  # bound to their steps: recomputation must not redraw
+    steps = [functools.partial(step, k, z=zs[k]) for k in range(num_steps)]
+    params = _differentiable_closure(model, y, zs)
+    if params is None:
+        for s in steps:
+            x = _torch_checkpoint(s, x, use_reentrant=False)
+        return x
+    if not (x.requires_grad or params):
+        for s in steps:
+            x = s(x)
+        return x
+    return _RecomputedSteps.apply(steps, x, *params)
+
+
+def _differentiable_closure(model: EpsModel, y: torch.Tensor | None,
+                            noise: Sequence[torch.Tensor | None]) -> list[torch.Tensor] | None:
+    """The tensors besides ``x`` that a step differentiates into: the model's trainable parameters, or
+    None when robustkit cannot see them all (a model that is not an ``nn.Module``; labels or noise that
+    require grad)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    if (isinstance(y, torch.Tensor) and y.requires_grad) or any(z is not None and z.requires_grad for z in noise):
+        return None
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _time_batch(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -242,11 +342,11 @@ def euler_maruyama(model: EpsModel, sde: VPSDE, x: torch.Tensor, t_start: float,
     grid = time_grid(t_start, t_end, dt=1e-3 if dt is None and steps is None else dt, steps=steps)
     draws = _Noise(x, len(grid) - 1, generator, noise)
     betas, stds = _step_coefficients(sde, grid[:-1])
-    for k in range(len(grid) - 1):
-        z = draws.draw(k)  # drawn outside the checkpointed step: recomputation must not redraw
-        step = functools.partial(_em_step, model, y, grid[k], grid[k] - grid[k + 1], betas[k], stds[k])
-        x = _run(step, checkpoint, x, z)
-    return x
+
+    def step(k: int, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return _em_step(model, y, grid[k], grid[k] - grid[k + 1], betas[k], stds[k], x, z)
+
+    return _integrate(model, y, x, len(grid) - 1, step, draws.draw, checkpoint)
 
 
 def _pf_step(model: EpsModel, y: torch.Tensor | None, t: float, h: float, beta: float, std: float,
@@ -278,10 +378,11 @@ def probability_flow_euler(model: EpsModel, sde: VPSDE, x: torch.Tensor, t_start
     _check_times(t_start, t_end)
     grid = time_grid(t_start, t_end, dt=1e-3 if dt is None and steps is None else dt, steps=steps)
     betas, stds = _step_coefficients(sde, grid[:-1])
-    for k in range(len(grid) - 1):
-        step = functools.partial(_pf_step, model, y, grid[k], grid[k + 1] - grid[k], betas[k], stds[k])
-        x = _run(step, checkpoint, x)
-    return x
+
+    def step(k: int, x: torch.Tensor, z: None) -> torch.Tensor:
+        return _pf_step(model, y, grid[k], grid[k + 1] - grid[k], betas[k], stds[k], x)
+
+    return _integrate(model, y, x, len(grid) - 1, step, lambda k: None, checkpoint)
 
 
 # -- discrete time: DDPM ancestral sampling and DDIM ------------------------------------------------------------
@@ -341,17 +442,19 @@ def ddpm_ancestral(model: EpsModel, schedule: DiscreteVPSchedule, x: torch.Tenso
     betas, acps = schedule.betas64.tolist(), schedule.alphas_cumprod64.tolist()
     times = schedule.timesteps.tolist()  # = schedule.time_of(i), read once instead of per step
     draws = _Noise(x, start_index, generator, noise)
-    for i in range(start_index, -1, -1):
+
+    def step(k: int, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        i = start_index - k
         beta, acp = betas[i], acps[i]
         acp_prev = acps[i - 1] if i > 0 else 1.0
         c_x0 = math.sqrt(acp_prev) * beta / (1.0 - acp)
         c_xt = math.sqrt(1.0 - beta) * (1.0 - acp_prev) / (1.0 - acp)
         var = beta * (1.0 - acp_prev) / (1.0 - acp) if variance == "posterior" else beta
-        z = draws.draw(start_index - i) if i > 0 else None
-        step = functools.partial(_ddpm_step, model, y, times[i], c_x0, c_xt, math.sqrt(var), acp,
-                                 clip_denoised)
-        x = _run(step, checkpoint, x, z)
-    return x
+        return _ddpm_step(model, y, times[i], c_x0, c_xt, math.sqrt(var), acp, clip_denoised, x, z)
+
+    # Step k goes from i = start_index − k to i − 1; the last (i = 0) adds no noise.
+    return _integrate(model, y, x, start_index + 1, step, lambda k: draws.draw(k) if k < start_index else None,
+                      checkpoint)
 
 
 def _ddim_step(model: EpsModel, y: torch.Tensor | None, t: float, acp: float, acp_prev: float, sigma: float,
@@ -393,11 +496,13 @@ def ddim(model: EpsModel, schedule: DiscreteVPSchedule, x: torch.Tensor, start_i
     acps, times = schedule.alphas_cumprod64.tolist(), schedule.timesteps.tolist()
     stochastic = eta > 0
     draws = _Noise(x, len(taus) - 1 if stochastic else 0, generator, noise)
-    for j, i in enumerate(taus):
+
+    def step(j: int, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        i = taus[j]
         acp = acps[i]
         acp_prev = acps[taus[j + 1]] if j + 1 < len(taus) else 1.0
         sigma = eta * math.sqrt((1.0 - acp_prev) / (1.0 - acp) * (1.0 - acp / acp_prev))
-        z = draws.draw(j) if stochastic and j + 1 < len(taus) else None
-        step = functools.partial(_ddim_step, model, y, times[i], acp, acp_prev, sigma, clip_denoised)
-        x = _run(step, checkpoint, x, z)
-    return x
+        return _ddim_step(model, y, times[i], acp, acp_prev, sigma, clip_denoised, x, z)
+
+    return _integrate(model, y, x, len(taus), step,
+                      lambda j: draws.draw(j) if stochastic and j + 1 < len(taus) else None, checkpoint)
