@@ -374,3 +374,45 @@ def _check_aggregates(clean: dict[str, AccuracyStat], robust: dict[str, Accuracy
             raise RecordError(f"record.robust.{p}.correct: {r}, but the "
                               + ("cascade's last per-attack accuracy" if per_attack else "clean accuracy (no attacks)")
                               + f" is {lowest}; they must be equal")
+
+
+def load_run_record(run_dir: str | os.PathLike) -> BenchmarkRecord:
+    """``record.json`` of a finished run directory, validated and checked against its per-example results.
+
+    Beyond :meth:`BenchmarkRecord.load`, every shard's per-example results are read and checked
+    (:func:`robustkit.leaderboard.examples.validate_examples`), the clean, robust and per-attack accuracies
+    are recomputed from them in the run's attack order and compared with the record's, and the
+    ``adversarial_validity`` check must have failed exactly when some adversarial example is marked invalid.
+
+    Raises:
+        RecordError: naming ``record.json`` and what disagrees (claimed vs recomputed), or the shard file
+            and field that cannot be read.
+    """
+    from ..leaderboard.examples import (ExamplesError, aggregate_examples, compare_stats, load_run_examples,
+                                        validate_examples)
+
+    path = Path(run_dir)
+    record_file = path / "record.json"
+    record = BenchmarkRecord.load(record_file)
+    try:
+        manifest, raw = load_run_examples(path)
+        order = manifest["config"]["attacks"]
+        if not isinstance(order, list) or sorted(map(str, order)) != sorted(record.per_attack):
+            raise ExamplesError(f"{path / 'manifest.json'}: config.attacks {order!r:.200} are not the record's "
+                                f"attacks {sorted(record.per_attack)}")
+        examples = validate_examples(raw, order, n_reeval=record.n_reeval, eps=record.eps, cascade=record.cascade,
+                                     n_examples=record.n_examples)
+    except ExamplesError as e:
+        raise RecordError(f"{record_file}: its per-example results cannot be checked: {e}") from e
+    agg = aggregate_examples(examples, order, cascade=record.cascade, n_reeval=record.n_reeval, eps=record.eps)
+    problems = compare_stats(record.clean, agg.clean, "clean") + compare_stats(record.robust, agg.robust, "robust")
+    for name in order:
+        problems += compare_stats(record.per_attack[name], agg.per_attack[name], f"per_attack.{name}")
+    failed = any(c.name == "adversarial_validity" and c.is_blocking_failure for c in record.checks)
+    if bool(agg.n_invalid) != failed:
+        problems.append(f"checks: adversarial_validity {'failed' if failed else 'passed'} but "
+                        f"{agg.n_invalid} adversarial example(s) are marked invalid")
+    if problems:
+        raise RecordError(f"{record_file}: the record disagrees with the per-example results of its run "
+                          f"({len(problems)} problem(s)): " + "; ".join(problems[:4]))
+    return record
