@@ -248,11 +248,10 @@ def _parse_record(raw: Any) -> BenchmarkRecord:
     checks = []
     for i, c in enumerate(f.list("checks", MAX_CHECKS)):
         cf = Fields(c, f"record.checks[{i}]", RecordError)
-        cf.exact_keys({"name", "status", "message"}, {"blocking", "details"})
+        cf.exact_keys({"name", "status", "message", "blocking", "details"})
         checks.append(CheckResult(name=cf.str("name"), status=cf.str("status", choices=CHECK_STATUSES),
-                                  message=cf.str("message", max_len=MAX_TEXT),
-                                  blocking=bool(cf.bool("blocking", optional=True)),
-                                  details=cf.obj("details", optional=True) or {}))
+                                  message=cf.str("message", max_len=MAX_TEXT), blocking=cf.bool("blocking"),
+                                  details=cf.obj("details")))
     unreliable = f.bool("unreliable")
     if unreliable != any(c.is_blocking_failure for c in checks):
         raise RecordError(f"record.unreliable: {unreliable}, but a blocking check "
@@ -326,7 +325,8 @@ def _attack_protocol(d: Any, where: str, threat_model: str, eps: float, names: s
     if "eps" in d and not math.isclose(f.float("eps", 0.0, math.inf), eps, rel_tol=1e-6, abs_tol=1e-12):
         raise RecordError(f"{where}.eps: {d['eps']!r} differs from the record's eps {eps!r}")
     for key, lo in (("steps", 0), ("eot", 1), ("restarts", 0)):
-        f.int(key, lo, 10**9, optional=True)
+        if key in d:  # optional, but never null
+            f.int(key, lo, 10**9)
     return dict(d)
 
 
@@ -334,11 +334,12 @@ def _cost(d: dict[str, Any], max_len: int) -> dict[str, Any]:
     from ..leaderboard._fields import Fields
 
     f = Fields(d, "record.cost", RecordError)
-    for key in _COST_COUNTS:
-        f.int(key, 0, 2**63 - 1, optional=True)
-    for key in _COST_SECONDS:
-        f.float(key, 0.0, 1e12, optional=True)
-    f.str("device", max_len=max_len, optional=True)
+    for key in (k for k in _COST_COUNTS if k in d):  # optional keys, but never null
+        f.int(key, 0, 2**63 - 1)
+    for key in (k for k in _COST_SECONDS if k in d):
+        f.float(key, 0.0, 1e12)
+    if "device" in d:
+        f.str("device", max_len=max_len)
     return dict(d)
 
 

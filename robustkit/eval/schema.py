@@ -52,7 +52,7 @@ def loads_strict(text: str, where: str, error: type[RobustkitError]) -> Any:
     except RecursionError as e:
         raise error(f"{where}: nests deeper than {MAX_JSON_DEPTH} levels") from e
     except json.JSONDecodeError as e:
-        if e.pos >= len(text.rstrip()):
+        if e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string"):
             raise error(f"{where}: truncated: the JSON ends at character {e.pos} inside a value ({e.msg}); "
                         "the file was cut off (an interrupted write or copy?)") from e
         raise error(f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
