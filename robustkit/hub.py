@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import tempfile
 import urllib.error
 import urllib.request
@@ -115,7 +116,7 @@ def verify_file(path: Path, digest: str | None, algorithm: str = "sha256",
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # first byte of a pickle (protocol >= 2): torch's legacy, pre-1.6 format
-_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class) ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class) (\w+(?:\.\w+)+)")
 
 
 def _sniff(head: bytes, size: int) -> str:
@@ -167,7 +168,8 @@ def _read_error(path: Path, kind: str, size: int, e: Exception) -> CheckpointErr
             return CheckpointError(f"cannot read checkpoint {path}: truncated safetensors file: {why}")
         return CheckpointError(f"cannot read checkpoint {path}: corrupt safetensors file "
                                f"({text.splitlines()[0][:200] if text else type(e).__name__})")
-    if kind == "pickle" and isinstance(e, (EOFError, IndexError)) or "truncated" in text:
+    cut_short = isinstance(e, (EOFError, IndexError, struct.error)) or "EOF" in text or "unpack requires" in text
+    if kind == "pickle" and cut_short or "truncated" in text:
         return CheckpointError(f"cannot read checkpoint {path}: truncated: the data ends early ({size} bytes); "
                                "an interrupted download or copy? Fetch the file again")
     m = _UNSUPPORTED_GLOBAL.search(text)
