@@ -110,8 +110,7 @@ def test_messages_name_file_and_field(tmp_path):
     path = _write(tmp_path / "r.json", d)
     with pytest.raises(RecordError) as exc:
         BenchmarkRecord.load(path)
-    assert str(exc.value) == (f"{path}: record.robust.majority.n: 31 examples behind this accuracy, but "
-                              "n_examples is 32")
+    assert str(exc.value) == f"{path}: record.robust.majority.n: 31 differs from n_examples=32"
 
 
 def test_wilson_interval_is_recomputed(tmp_path):

@@ -5,7 +5,7 @@ Numbers are numbers (fractions in [0, 1], counts as ints); every accuracy carrie
 
 Validation. :meth:`BenchmarkRecord.load` (and ``from_json`` / ``from_dict``) accept only a record that
 benchmark() could have written; anything else raises :class:`RecordError` naming the file and the field
-(``runs/a/record.json: record.robust.majority.n: 6 examples behind this accuracy, but n_examples is 8``):
+(``runs/a/record.json: record.robust.majority.n: 6 differs from n_examples=8``):
 
 * the file: UTF-8 JSON without NaN / Infinity or duplicate keys; an empty or cut-off file says "truncated";
 * the fields: exactly the dataclass's fields, each of its type and range (counts are integers, not
@@ -232,13 +232,13 @@ def _parse_record(raw: Any) -> BenchmarkRecord:
         raise RecordError(f"record.n_reeval: {n_reeval} re-evaluations of a deterministic defense "
                           "(traits.stochastic is false); benchmark() records 1")
     cascade = f.bool("cascade")
-    clean = _stats(f.obj("clean"), "record.clean", n)
-    robust = _stats(f.obj("robust"), "record.robust", n)
+    clean = parse_accuracy_stats(f.obj("clean"), "record.clean", n)
+    robust = parse_accuracy_stats(f.obj("robust"), "record.robust", n)
     per_attack_raw = f.obj("per_attack")
     per_attack = {}
     for name, stats in per_attack_raw.items():
         check_name(name, f"record.per_attack[{name[:60]!r}]", RecordError, ATTACK_NAME_RE)
-        per_attack[name] = _stats(stats, f"record.per_attack.{name}", n)
+        per_attack[name] = parse_accuracy_stats(stats, f"record.per_attack.{name}", n)
     attacks = []
     for i, a in enumerate(f.list("attacks", MAX_ATTACKS)):
         attacks.append(_attack_protocol(a, f"record.attacks[{i}]", threat_model, eps, set(per_attack)))
@@ -285,31 +285,41 @@ def _traits(d: dict[str, Any]) -> dict[str, Any]:
             "forward_passes": f.int("forward_passes", 1, 10**9), "batch_dependent": f.bool("batch_dependent")}
 
 
-def _stats(d: Any, where: str, n_examples: int) -> dict[str, AccuracyStat]:
+def parse_accuracy_stats(d: Any, where: str, n_examples: int, error: type[RobustkitError] = RecordError,
+                         max_examples: int = MAX_EXAMPLES) -> dict[str, AccuracyStat]:
+    """Strictly read ``{protocol: AccuracyStat}`` at ``where`` (a record's or an entry's ``clean`` etc.).
+
+    Exactly the three protocols; each accuracy has ``n == n_examples`` and its ``value`` and Wilson
+    interval recomputed from ``correct`` and ``n`` (to ``STAT_TOL``). Raises ``error`` naming the field.
+    """
     from ..leaderboard._fields import Fields
 
-    Fields(d, where, RecordError).exact_keys(set(PROTOCOLS))
-    return {p: _stat(d[p], f"{where}.{p}", n_examples) for p in PROTOCOLS}
+    Fields(d, where, error).exact_keys(set(PROTOCOLS))
+    return {p: _stat(d[p], f"{where}.{p}", n_examples, error, max_examples) for p in PROTOCOLS}
 
 
-def _stat(d: Any, where: str, n_examples: int) -> AccuracyStat:
-    """An accuracy whose value and Wilson interval are recomputed from ``correct`` and ``n`` and compared."""
+def _stat(d: Any, where: str, n_examples: int, error: type[RobustkitError], max_examples: int) -> AccuracyStat:
     from ..leaderboard._fields import Fields
 
-    f = Fields(d, where, RecordError)
+    f = Fields(d, where, error)
     f.exact_keys({"correct", "n", "value", "ci_low", "ci_high", "confidence"})
-    n = f.int("n", 1, MAX_EXAMPLES)
+    n = f.int("n", 1, max_examples)
     if n != n_examples:
-        raise RecordError(f"{where}.n: {n} examples behind this accuracy, but n_examples is {n_examples}")
+        raise error(f"{where}.n: {n} differs from n_examples={n_examples}")
     correct = f.int("correct", 0, n)
-    confidence = f.float("confidence", 0.5, 0.999999)
-    s = AccuracyStat(correct, n, f.float("value", 0.0, 1.0), f.float("ci_low", 0.0, 1.0), f.float("ci_high", 0.0, 1.0),
-                     confidence)
-    lo, hi = wilson_interval(correct, n, confidence)
-    for key, got, want in (("value", s.value, correct / n), ("ci_low", s.ci_low, lo), ("ci_high", s.ci_high, hi)):
+    value = f.float("value", 0.0, 1.0)
+    if abs(value - correct / n) > STAT_TOL:
+        raise error(f"{where}.value: {value} is not correct/n = {correct}/{n}")
+    lo, hi = f.float("ci_low", 0.0, 1.0), f.float("ci_high", 0.0, 1.0)
+    if not lo <= value <= hi:
+        raise error(f"{where}: the interval [{lo}, {hi}] does not contain the value {value}")
+    confidence = f.float("confidence", 0.0, 1.0)
+    if not 0 < confidence < 1:
+        raise error(f"{where}.confidence: expected a level in (0, 1), got {confidence}")
+    for key, got, want in zip(("ci_low", "ci_high"), (lo, hi), wilson_interval(correct, n, confidence)):
         if abs(got - want) > STAT_TOL:
-            raise RecordError(f"{where}.{key}: {got!r} but {correct}/{n} gives {want!r}"
-                              + ("" if key == "value" else f" (Wilson {confidence:g} interval)"))
+            raise error(f"{where}.{key}: {got!r} but {correct}/{n} gives {want!r} (Wilson {confidence:g} interval)")
+    s = AccuracyStat(correct, n, value, lo, hi, confidence)
     return s
 
 
