@@ -261,3 +261,19 @@ def test_pickle_protocol_2_file_is_refused_without_running_code(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"x": _Opaque()}, f, protocol=2)
     refused(path, "cannot read checkpoint")
+
+
+def test_training_checkpoint_and_diffusers_config_name_the_cause(tmp_path, state):
+    from robustkit.diffusion.diffusers_loader import _read_json
+    from robustkit.diffusion.train import _load_checkpoint
+
+    good = save({"format": "x", **state}, tmp_path / "checkpoint", "zip")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated") as exc:
+        _load_checkpoint(cut)
+    assert "weights_only" not in str(exc.value) and str(cut) in str(exc.value)
+    config = tmp_path / "config.json"
+    config.write_text('{"_class_name": "UNet2DModel", "sample_size": 3')
+    with pytest.raises(CheckpointError, match=r"config\.json: truncated"):
+        _read_json(config)

@@ -349,10 +349,9 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for unreadable files
-        raise CheckpointError(f"cannot read training checkpoint {path}: {type(e).__name__}: {e}") from e
+    from .. import hub
+
+    state = hub.load_state_dict_file(path)  # one CheckpointError line for a truncated or unreadable file
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a robustkit diffusion training checkpoint "
                               f"(expected format {CHECKPOINT_FORMAT!r})")
