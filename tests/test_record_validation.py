@@ -148,6 +148,10 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         bad.save(tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()
     assert BenchmarkRecord.load(rec.save(tmp_path / "good.json")) == rec
+    # a check's diagnostic that could not be measured is kept as text, not refused (documented in to_json)
+    checks = [dataclasses.replace(c, details={**c.details, "gap": math.nan, "ratio": [math.inf]}) for c in rec.checks]
+    saved = BenchmarkRecord.load(dataclasses.replace(rec, checks=checks).save(tmp_path / "nan_details.json"))
+    assert saved.checks[0].details["gap"] == "nan" and saved.checks[0].details["ratio"] == ["inf"]
 
 
 def test_sweep_result_is_validated(tmp_path):

@@ -133,16 +133,28 @@ class BenchmarkRecord:
         return dataclasses.asdict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+        """JSON text; a NaN / infinite number in a check's free-form ``details`` (a diagnostic that could not
+        be measured, e.g. on NaN logits) is written as the string ``"nan"`` / ``"inf"`` / ``"-inf"``, since
+        JSON has no such numbers. Any other non-finite number makes :meth:`save` refuse the record."""
+        d = self.to_dict()
+        for c in d["checks"]:
+            c["details"] = _nonfinite_as_text(c["details"])
+        return json.dumps(d, indent=indent, sort_keys=True, allow_nan=False)
 
     def save(self, path: str | Path) -> Path:
         """Validate (as :meth:`load` would) and write atomically: a record robustkit cannot read is never written."""
         from .runner import atomic_write_text
 
-        validate_fields(path, lambda: check_finite(self.to_dict(), "record", RecordError), RecordError)
-        text = self.to_json()
+        text = validate_fields(path, self._finite_json, RecordError)
         BenchmarkRecord.from_json(text, source=path)
         return atomic_write_text(Path(path), text + "\n")
+
+    def _finite_json(self) -> str:
+        try:
+            return self.to_json()
+        except ValueError:  # allow_nan=False: name the field
+            check_finite(self.to_dict(), "record", RecordError)
+            raise
 
     @classmethod
     def from_dict(cls, d: Any, *, source: str | os.PathLike | None = None) -> "BenchmarkRecord":
@@ -187,6 +199,16 @@ class BenchmarkRecord:
         lines.append(f"cost: {c.get('forward_nfe', 0)} forward / {c.get('backward_nfe', 0)} backward example-passes, "
                      f"{c.get('wall_seconds', 0):.1f}s wall on {c.get('device', '?')}")
         return "\n".join(lines)
+
+
+def _nonfinite_as_text(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # "nan", "inf", "-inf"
+    if isinstance(v, dict):
+        return {k: _nonfinite_as_text(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_nonfinite_as_text(x) for x in v]
+    return v
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(BenchmarkRecord))
