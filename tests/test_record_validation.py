@@ -439,3 +439,72 @@ def test_fuzz_aggregates_against_examples(run_dirs, tmp_path):
             raise AssertionError(f"case {i} ({what}): accepted")
     print(f"aggregate fuzz: tried {tried}, typed {typed}, converted 0")
     assert tried == typed == 60
+
+
+def _mutate_sweep(rng: random.Random, base: dict) -> tuple[str, str]:
+    d = copy.deepcopy(base)
+    cat = rng.choice(["wrong type", "out of range", "unknown name", "inconsistent aggregate", "wrong keys",
+                      "NaN/Inf", "truncation", "version"])
+    cell = rng.choice(d["cells"])
+    if cat == "wrong type":
+        path = rng.choice([("severity",), ("methods",), ("corruptions",), ("cells",), ("schema_version",)]
+                          + [("cells", d["cells"].index(cell), k) for k in cell])
+        _put(d, path, rng.choice(_TYPE_SWAPS[_kind(_get(d, path))]))
+    elif cat == "out of range":
+        key, value = rng.choice([("correct", cell["n"] + 1), ("correct", -1), ("n", 0), ("low", -0.1),
+                                 ("high", 1.5), ("seconds", -1.0)])
+        cell[key] = value
+    elif cat == "unknown name":
+        if rng.random() < 0.5:
+            cell["corruption"] = "gaussian_blur_v2"
+        else:
+            d["corruptions"][rng.randrange(len(d["corruptions"]))] = "not_a_corruption"
+    elif cat == "inconsistent aggregate":
+        kind = rng.choice(["ci", "severity", "duplicate", "missing"])
+        if kind == "ci":
+            cell["low"] = max(0.0, cell["low"] - 0.02)
+        elif kind == "severity":
+            cell["severity"] = 3
+        elif kind == "duplicate":
+            d["cells"].append(copy.deepcopy(cell))
+        else:
+            d["cells"].remove(cell)
+    elif cat == "wrong keys":
+        container = rng.choice([d, cell])
+        key = rng.choice(sorted(k for k in container if k not in ("protocol", "method_info")))
+        if rng.random() < 0.5:
+            del container[key]
+        else:
+            container["extra_" + key] = 1
+    elif cat == "NaN/Inf":
+        cell[rng.choice(["low", "high", "seconds"])] = rng.choice([math.nan, math.inf])
+    elif cat == "truncation":
+        text = json.dumps(d)
+        return cat, text[: rng.randrange(len(text))]
+    else:
+        d["schema_version"] = rng.choice([SCHEMA_VERSION + 1, 0])
+    return cat, json.dumps(d)
+
+
+def test_fuzz_sweep_result_files(tmp_path):
+    """200 seeded bad corruption-sweep files: each a RecordError naming the file; 0 raw, 0 accepted."""
+    base = json.loads((RECORDS / "tea_sweep_resnet56.json").read_text())
+    rng = random.Random(3)
+    figures: dict[str, list[int]] = {}
+    for i in range(200):
+        cat, text = _mutate_sweep(rng, base)
+        path = tmp_path / f"sweep_{i:03d}.json"
+        path.write_text(text)
+        fig = figures.setdefault(cat, [0, 0])
+        fig[0] += 1
+        try:
+            SweepResult.from_json(path)
+        except RecordError as e:
+            _one_line_naming(e, path)
+            fig[1] += 1
+        except Exception as e:  # noqa: BLE001 - a raw traceback is the defect this fuzz looks for
+            raise AssertionError(f"case {i} ({cat}): raw {type(e).__name__}: {e}") from e
+        else:
+            raise AssertionError(f"case {i} ({cat}): silently accepted")
+    print("sweep fuzz (tried/typed):", figures)
+    assert all(t == ok for t, ok in figures.values()) and sum(t for t, _ in figures.values()) == 200
