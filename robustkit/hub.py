@@ -248,7 +248,9 @@ def _value_problems(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, ob
             dtypes.append(f"{k}: {v.dtype}")
         elif o.is_floating_point() != v.is_floating_point():
             dtypes.append(f"{k}: {v.dtype} where the model has {o.dtype}")
-        elif v.is_floating_point() and v.numel() and v.device.type != "meta":
+        elif v.is_floating_point() and v.numel() and v.device.type != "meta" and not bool(torch.isfinite(v.sum())):
+            # a NaN or an infinity makes the sum non-finite (one cheap pass); only then count exactly (a sum
+            # that merely overflows counts 0 here and passes)
             bad = int((~torch.isfinite(v)).sum())
             if bad:
                 nan = int(torch.isnan(v).sum())
