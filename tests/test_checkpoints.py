@@ -277,3 +277,26 @@ def test_training_checkpoint_and_diffusers_config_name_the_cause(tmp_path, state
     config.write_text('{"_class_name": "UNet2DModel", "sample_size": 3')
     with pytest.raises(CheckpointError, match=r"config\.json: truncated"):
         _read_json(config)
+
+
+def test_training_resume_refuses_nan_weights(tmp_path):
+    """A training checkpoint whose EMA weights hold a NaN is refused on resume, not trained on."""
+    import importlib
+
+    from robustkit.diffusion import UNetConfig
+    from robustkit.diffusion.train import DiffusionTrainConfig
+
+    train = importlib.import_module("robustkit.diffusion.train").train
+    cfg = DiffusionTrainConfig(model=UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
+                                                num_res_blocks=1, attention_resolutions=(4,), num_groups=4,
+                                                num_classes=10),
+                               dataset="digits", n_examples=32, steps=4, batch_size=16, seed=0)
+    out = tmp_path / "run"
+    train(cfg, out, checkpoint_every=2, stop_after=2, samples_per_class=1, sample_steps=2, progress=False)
+    path = out / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    key = next(k for k, v in state["ema"].items() if v.is_floating_point())
+    state["ema"][key].view(-1)[0] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=rf"\['ema'\] does not match .*NaN/Inf values: {key}: 1 NaN"):
+        train(cfg, out, checkpoint_every=2, samples_per_class=1, sample_steps=2, progress=False)

@@ -672,11 +672,19 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         if diff:
             raise InputError(f"the checkpoint in {out} was made with another config ({'; '.join(diff)}); "
                              "use the same config to resume, or another folder")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-        step = int(state["step"])
-        losses = state["losses"].tolist()
+        from .. import hub
+
+        for key, module in (("model", model), ("ema", ema)):  # strict: keys, shapes, dtypes, no NaN/Inf
+            if not isinstance(state.get(key), dict):
+                raise CheckpointError(f"{ckpt_path} has no {key!r} state dict")
+            hub.load_strict(module, state[key], source=f"{ckpt_path} [{key!r}]")
+        try:
+            opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+            step = int(state["step"])
+            losses = state["losses"].tolist()
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt_path}: its optimizer state, step or losses cannot be restored "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
         log.info("resuming %s from step %d", out, step)
     start_step = step
     if step < cfg.steps:  # a finished run needs no data: it only (re)exports its weights
