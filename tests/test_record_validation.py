@@ -508,3 +508,15 @@ def test_fuzz_sweep_result_files(tmp_path):
             raise AssertionError(f"case {i} ({cat}): silently accepted")
     print("sweep fuzz (tried/typed):", figures)
     assert all(t == ok for t, ok in figures.values()) and sum(t for t, _ in figures.values()) == 200
+
+
+def test_every_record_field_is_checked():
+    """Each field of this schema version has its own check: a wrong type in any of them is refused, named."""
+    from robustkit.eval import record as record_module
+
+    d = json.loads(STOCHASTIC_RECORD.read_text())
+    assert set(record_module._RECORD_FIELDS) == set(BenchmarkRecord.__dataclass_fields__)
+    for name in record_module._RECORD_FIELDS:
+        bad = {**d, name: "x" if isinstance(d[name], list) else [["x"]]}
+        with pytest.raises(RecordError, match=rf"record\.{name}\b"):
+            BenchmarkRecord.from_dict(bad)
