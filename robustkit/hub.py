@@ -6,6 +6,9 @@ name, verified, then renamed, so a killed download never leaves a file that look
 with ``ROBUSTKIT_OFFLINE=1``, the error names the file to put where.
 
 Checkpoints are read only with ``torch.load(weights_only=True)`` or safetensors: never arbitrary pickles.
+:func:`load_state_dict_file` says in one line why a file cannot be read (empty, truncated, pickled objects,
+not a checkpoint); :func:`load_strict` refuses keys, shapes and dtypes that do not match the module and
+NaN / infinite values, all listed in one :class:`~robustkit.errors.CheckpointError`.
 """
 
 from __future__ import annotations

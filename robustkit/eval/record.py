@@ -27,6 +27,15 @@ Versions. ``schema_version`` 1 is the only layout so far. Records written before
 ``batch_dependent`` trait existed (early schema-1 files) lack ``traits.batch_dependent`` and are read with
 ``batch_dependent=False``, which is what those defenses were. A record with a higher ``schema_version``
 than this robustkit knows is refused ("upgrade robustkit"), never half-read.
+
+Example::
+
+    >>> from robustkit.eval.record import BenchmarkRecord, RecordError
+    >>> try:
+    ...     BenchmarkRecord.from_json('{"schema_version": 2, "defense": "x"}')
+    ... except RecordError as e:
+    ...     print(e)
+    record.schema_version: 2 is newer than this robustkit reads (1); upgrade robustkit to read it
 """
 
 from __future__ import annotations
