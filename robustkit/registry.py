@@ -209,8 +209,7 @@ def create_classifier(name: str, *, pretrained: bool = False,
         path = resolve_weights(name)
     if path is not None:
         state = hub.load_state_dict_file(path)
-        if cfg.adapt_state_dict is not None:
-            state = cfg.adapt_state_dict(state)
+        state = hub.adapt_state_dict(cfg.adapt_state_dict, state, source=str(path))
         hub.load_strict(net, state, source=str(path))
     clf = wrap_classifier(net, mean=cfg.mean, std=cfg.std, num_classes=cfg.num_classes,
                           input_shape=cfg.input_shape, traits=cfg.traits)

@@ -13,6 +13,7 @@ import torch
 import robustkit
 from robustkit import Classifier, DefenseTraits
 from robustkit.eval.record import PROTOCOLS
+from robustkit.eval.stats import wilson_interval
 from robustkit.leaderboard import (ENTRY_SCHEMA_VERSION, Entry, EntryError, EntryMetadata, ExternalResult,
                                    aggregate_examples, load_run_entry, robustbench_name, summarize_examples)
 from robustkit.leaderboard.examples import ExamplesError, validate_examples
@@ -196,10 +197,13 @@ def test_from_dict_is_strict(mutate, message):
 def test_tampered_run_dir_is_refused(runs, tmp_path):
     run = shutil.copytree(runs["det"], tmp_path / "tampered")
     rec = _raw(run)
-    rec["robust"]["single_draw"]["correct"] += 1
-    rec["robust"]["single_draw"]["value"] = rec["robust"]["single_draw"]["correct"] / 24
+    for stat in rec["clean"].values():  # one more clean-correct example under every protocol, self-consistent
+        # (value and Wilson interval too: record.json alone is checked on load), so only the examples refute it
+        stat["correct"] -= 1 if stat["correct"] == 24 else -1
+        stat["value"] = stat["correct"] / 24
+        stat["ci_low"], stat["ci_high"] = wilson_interval(stat["correct"], 24)
     (run / "record.json").write_text(json.dumps(rec))
-    with pytest.raises(EntryError, match=r"aggregates disagree.*robust\.single_draw: claimed"):
+    with pytest.raises(EntryError, match=r"aggregates disagree.*clean\.single_draw: claimed"):
         Entry.from_run_dir(run)
 
     run2 = shutil.copytree(runs["det"], tmp_path / "unfinished")

@@ -25,6 +25,7 @@ import pytest
 
 import robustkit
 from robustkit import cli
+from robustkit.eval.stats import wilson_interval
 from robustkit.leaderboard import Entry, load_run_entry
 from robustkit.leaderboard.store import Store
 from robustkit.leaderboard.submission import MIN_REEVAL_STOCHASTIC, build_submission, dumps
@@ -296,14 +297,14 @@ def _bad_cases(valid: dict, revoked: str, token: str) -> list[tuple[str, bytes, 
                 s = d["entry"][g][p]
                 s["correct"] = s["correct"] - 1 if s["correct"] > 0 else 1
                 s["value"] = s["correct"] / s["n"]
-                s["ci_low"], s["ci_high"] = 0.0, 1.0
+                s["ci_low"], s["ci_high"] = wilson_interval(s["correct"], s["n"])  # recomputed on parse
             mutated(f"{group}-{p}-disagrees", shift, "aggregates disagree with the per-example records")
     for attack in valid["entry"]["per_attack"]:
         def shift_attack(d, a=attack):
             s = d["entry"]["per_attack"][a]["worst_of_m"]
             s["correct"] = s["correct"] + 1 if s["correct"] < s["n"] else 0
             s["value"] = s["correct"] / s["n"]
-            s["ci_low"], s["ci_high"] = 0.0, 1.0
+            s["ci_low"], s["ci_high"] = wilson_interval(s["correct"], s["n"])
         mutated(f"per-attack-{attack}-disagrees", shift_attack, f"per_attack.{attack}.worst_of_m: claimed")
 
     # 5. per-example records

@@ -54,6 +54,28 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _edit_shards(run: Path, edit) -> None:
+    for f in sorted((run / "shards").glob("shard_*.jsonl")):
+        lines = [edit(json.loads(s)) for s in f.read_text().splitlines() if s.strip()]
+        f.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _rerecord(run: Path, n_reeval: int) -> None:
+    """Rewrite record.json with the aggregates of the (edited) shards, as benchmark() would have."""
+    import dataclasses
+
+    from robustkit.eval.record import BenchmarkRecord
+    from robustkit.leaderboard.examples import aggregate_examples, load_run_examples
+
+    rec = BenchmarkRecord.load(run / "record.json")
+    manifest, examples = load_run_examples(run)
+    agg = aggregate_examples(examples, manifest["config"]["attacks"], cascade=rec.cascade, n_reeval=n_reeval,
+                             eps=rec.eps)
+    rec = dataclasses.replace(rec, n_reeval=n_reeval, traits={**rec.traits, "stochastic": n_reeval > 1},
+                              clean=agg.clean, robust=agg.robust, per_attack=agg.per_attack)
+    rec.save(run / "record.json")
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     """(width, height) after checking the signature and decoding the whole image."""
     from matplotlib.image import imread
@@ -265,10 +287,17 @@ def test_cli_report(runs, tmp_path, monkeypatch, capsys):
 
 def test_examples_use_the_strictest_protocol(runs, tmp_path):
     draws = _copy(runs["a"], tmp_path / "draws")
+
+    def two_draws(r: dict) -> dict:  # the deterministic run as a stochastic one with M = 2 identical draws
+        return {**r, "clean": r["clean"] * 2, "attacks": {a: v and {**v, "correct": v["correct"] * 2}
+                                                          for a, v in r["attacks"].items()}}
+
+    _edit_shards(draws, two_draws)
     f = draws / "shards" / "shard_00000.jsonl"
     lines = [json.loads(s) for s in f.read_text().splitlines()]
     lines[0]["clean"] = [True, False]  # right on one draw, wrong on the other: not clean under worst-of-M
     f.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _rerecord(draws, n_reeval=2)
     md = write_report(draws).read_text()
     row = next(line for line in md.splitlines() if line.startswith(f"| {lines[0]['index']} | {lines[0]['label']} |"))
     assert row.rstrip().endswith("| misclassified clean |")

@@ -37,7 +37,6 @@ Reference:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -273,10 +272,9 @@ class DiffusersScoreModel(ScoreModel):
 # --------------------------------------------------------------------------------------------------------
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    from ..eval.schema import read_json_file
+
+    obj = read_json_file(path, CheckpointError)  # names the file; says "truncated" for a cut-off one
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, expected an object")
     return obj

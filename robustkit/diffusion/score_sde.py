@@ -339,7 +339,8 @@ _PREFIX = "module."
 
 
 def _strip_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {(k[len(_PREFIX):] if k.startswith(_PREFIX) else k): v for k, v in state.items()}
+    # a non-string key stays as it is and is reported by load_strict as unexpected
+    return {(k[len(_PREFIX):] if isinstance(k, str) and k.startswith(_PREFIX) else k): v for k, v in state.items()}
 
 
 def _ema_state(network: NCSNpp, shadow: Any, raw: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

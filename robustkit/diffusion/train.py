@@ -349,10 +349,9 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for unreadable files
-        raise CheckpointError(f"cannot read training checkpoint {path}: {type(e).__name__}: {e}") from e
+    from .. import hub
+
+    state = hub.load_state_dict_file(path)  # one CheckpointError line for a truncated or unreadable file
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a robustkit diffusion training checkpoint "
                               f"(expected format {CHECKPOINT_FORMAT!r})")
@@ -673,11 +672,19 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         if diff:
             raise InputError(f"the checkpoint in {out} was made with another config ({'; '.join(diff)}); "
                              "use the same config to resume, or another folder")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-        step = int(state["step"])
-        losses = state["losses"].tolist()
+        from .. import hub
+
+        for key, module in (("model", model), ("ema", ema)):  # strict: keys, shapes, dtypes, no NaN/Inf
+            if not isinstance(state.get(key), dict):
+                raise CheckpointError(f"{ckpt_path} has no {key!r} state dict")
+            hub.load_strict(module, state[key], source=f"{ckpt_path} [{key!r}]")
+        try:
+            opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+            step = int(state["step"])
+            losses = state["losses"].tolist()
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt_path}: its optimizer state, step or losses cannot be restored "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
         log.info("resuming %s from step %d", out, step)
     start_step = step
     if step < cfg.steps:  # a finished run needs no data: it only (re)exports its weights

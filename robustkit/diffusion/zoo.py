@@ -195,8 +195,7 @@ def create_score_model(name: str, *, pretrained: bool = False,
         path = resolve_score_model_weights(name)
     if path is not None:
         state = hub.load_state_dict_file(path)
-        if cfg.adapt_state_dict is not None:
-            state = cfg.adapt_state_dict(state)
+        state = hub.adapt_state_dict(cfg.adapt_state_dict, state, source=str(path))
         hub.load_strict(model, {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                                 for k, v in state.items()}, source=str(path))
         model.eval().requires_grad_(False)

@@ -49,6 +49,8 @@ from ..classifier import Classifier
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..errors import InputError
 from ..utils import check_positive_int
+from .record import RecordError
+from .schema import check_finite, loads_strict, read_json_file, validate_fields
 from .stats import wilson_interval
 
 __all__ = ["ALL_15", "SCHEMA_VERSION", "RESET_POLICY", "SweepCell", "SweepResult", "corruption_sweep"]
@@ -116,26 +118,27 @@ class SweepResult:
                 "cells": [dataclasses.asdict(c) for c in self.cells]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SweepResult":
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"unsupported SweepResult schema_version {d.get('schema_version')!r} "
-                             f"(this robustkit reads {SCHEMA_VERSION})")
-        return cls(methods=list(d["methods"]), corruptions=list(d["corruptions"]), severity=int(d["severity"]),
-                   cells=[SweepCell(**c) for c in d["cells"]], protocol=dict(d.get("protocol", {})),
-                   method_info=dict(d.get("method_info", {})), schema_version=int(d["schema_version"]))
+    def from_dict(cls, d: Any, *, source: str | Path | None = None) -> "SweepResult":
+        """Validate and build (raises :class:`~robustkit.eval.record.RecordError` naming file and field).
 
+        Checked: exact fields and types; known corruptions and severity; one cell per (method,
+        corruption) at the sweep's severity; each cell's ``correct <= n`` and its Wilson interval recomputed.
+        """
+        return validate_fields(source, lambda: _parse_sweep(d), RecordError)
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         if path is not None:
             Path(path).expanduser().write_text(text)
         return text
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "SweepResult":
+        """From JSON text, or from the path of a file :meth:`to_json` wrote (validated as :meth:`from_dict`)."""
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text).expanduser().read_text()
-        return cls.from_dict(json.loads(text))
+        if text.lstrip().startswith("{"):
+            return cls.from_dict(loads_strict(text, "sweep result", RecordError))
+        path = Path(text).expanduser()
+        return cls.from_dict(read_json_file(path, RecordError), source=path)
 
     # ------------------------------------------------------------------------------------------- table
     def to_markdown(self, ci: bool = True) -> str:
@@ -155,6 +158,55 @@ class SweepResult:
         rows.append("| **mean** | " + " | ".join(f"**{100 * self.mean_accuracy(m):.1f}**" for m in self.methods)
                     + " |")
         return "\n".join(rows) + "\n"
+
+
+def _parse_sweep(d: Any) -> SweepResult:
+    from ..leaderboard._fields import Fields
+
+    f = Fields(d, "sweep", RecordError)
+    f.exact_keys({"schema_version", "methods", "corruptions", "severity", "cells"}, {"protocol", "method_info"})
+    version = f.int("schema_version", 0, 10**6)
+    if version != SCHEMA_VERSION:
+        raise RecordError(f"sweep.schema_version: {version} is not the version this robustkit reads ({SCHEMA_VERSION})"
+                          + ("; upgrade robustkit" if version > SCHEMA_VERSION else ""))
+    lists = {}
+    for key, allowed in (("methods", None), ("corruptions", CORRUPTIONS)):
+        items = f.list(key, 1000)
+        if not items or len(set(map(repr, items))) != len(items):
+            raise RecordError(f"sweep.{key}: expected a non-empty list of distinct names, got {items!r:.80}")
+        for i, v in enumerate(items):
+            if not isinstance(v, str) or (allowed is not None and v not in allowed):
+                raise RecordError(f"sweep.{key}[{i}]: expected " + ("a name" if allowed is None else
+                                  f"one of {list(allowed)}") + f", got {v!r:.60}")
+        lists[key] = list(items)
+    severity = f.int("severity", min(SEVERITIES), max(SEVERITIES))
+    cells, seen = [], set()
+    for i, c in enumerate(f.list("cells", 10**6)):
+        cf = Fields(c, f"sweep.cells[{i}]", RecordError)
+        cf.exact_keys({x.name for x in dataclasses.fields(SweepCell)})
+        method = cf.str("method", choices=tuple(lists["methods"]))
+        corruption = cf.str("corruption", choices=tuple(lists["corruptions"]))
+        if cf.int("severity", 0, 10**6) != severity:
+            raise RecordError(f"sweep.cells[{i}].severity: {c['severity']} differs from the sweep's {severity}")
+        if (method, corruption) in seen:
+            raise RecordError(f"sweep.cells[{i}]: a second result for ({method}, {corruption})")
+        seen.add((method, corruption))
+        n = cf.int("n", 1, 10**9)
+        correct = cf.int("correct", 0, n)
+        lo, hi = wilson_interval(correct, n, CONFIDENCE)
+        for key, want in (("low", lo), ("high", hi)):
+            if abs(cf.float(key, 0.0, 1.0) - want) > 1e-9:
+                raise RecordError(f"sweep.cells[{i}].{key}: {c[key]!r} but {correct}/{n} gives {want!r} "
+                                  f"(Wilson {CONFIDENCE:g} interval)")
+        cells.append(SweepCell(method=method, corruption=corruption, severity=severity, correct=correct, n=n,
+                               low=c["low"], high=c["high"], seconds=cf.float("seconds", 0.0, 1e12)))
+    missing = [(m, c) for m in lists["methods"] for c in lists["corruptions"] if (m, c) not in seen]
+    if missing:
+        raise RecordError(f"sweep.cells: no result for {len(missing)} (method, corruption) pair(s), first {missing[0]}")
+    protocol, info = f.obj("protocol", optional=True) or {}, f.obj("method_info", optional=True) or {}
+    check_finite([protocol, info], "sweep", RecordError)
+    return SweepResult(methods=lists["methods"], corruptions=lists["corruptions"], severity=severity, cells=cells,
+                       protocol=dict(protocol), method_info=dict(info), schema_version=version)
 
 
 def _method_info(name: str, clf: Classifier) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import InputError, RobustkitError
-from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, RecordError
+from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, RecordError, load_run_record
 from .runner import RunConfigError, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,9 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
     Raises:
         RunConfigError: ``run_dir`` does not exist or is not a robustkit run directory.
         RunNotFinishedError: there is no ``record.json`` yet (with the number of finished shards).
-        RecordError: ``record.json`` or the first shard does not match the schema.
+        RecordError: ``record.json`` or a shard does not match the schema, or the record's accuracies are
+            not those its per-example results give (:func:`~robustkit.eval.record.load_run_record`): the
+            report refuses to render it.
     """
     path = Path(run_dir)
     if not path.is_dir():
@@ -116,7 +118,7 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         done = sum((path / "shards" / f"shard_{i:05d}.jsonl").exists() for i in range(len(shards)))
         raise RunNotFinishedError(f"{path}: no record.json ({done}/{len(shards)} shards finished): run not "
                                   "finished — re-run robustkit bench with the same --run-dir to resume")
-    record = BenchmarkRecord.load(record_file)
+    record = load_run_record(path)  # refuses a record its per-example results do not give
     if not shards:
         raise RecordError(f"{manifest_file} lists no shards")
     lines_file = path / "shards" / "shard_00000.jsonl"
@@ -490,7 +492,8 @@ def write_report(run_dir: str | os.PathLike | Sequence[str | os.PathLike], out_d
     Raises:
         RunNotFinishedError: a run has no ``record.json`` yet (the message says how to resume).
         RunConfigError: a path is not a run directory.
-        RecordError: a record or shard does not match the schema.
+        RecordError: a record or shard does not match the schema, or a record disagrees with its
+            per-example results (nothing is written then).
         InputError: the runs are not comparable (different defense, dataset, ...) or share an eps.
     """
     if isinstance(run_dir, (str, os.PathLike)):

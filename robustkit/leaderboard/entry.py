@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RobustkitError
-from ..eval.record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult, RecordError
+from ..eval.record import (PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult, RecordError,
+                            parse_accuracy_stats)
 from ..eval.runner import canonical_json
 from ._fields import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, Fields, check_name, loads_strict
 from .examples import (MAX_EXAMPLES, MAX_REEVAL, ExamplesError, aggregate_examples, compare_stats,
@@ -537,8 +538,8 @@ def load_run_entry(path: str | Path, metadata: EntryMetadata | None = None) -> t
                          "--run-dir to resume)")
     try:
         record = BenchmarkRecord.load(record_file)
-    except RecordError as e:
-        raise EntryError(f"{record_file}: {e}") from e
+    except RecordError as e:  # its message names the file and the field
+        raise EntryError(str(e)) from e
     order = manifest["config"]["attacks"]
     if not isinstance(order, list) or set(order) != set(record.per_attack):
         raise EntryError(f"{path}: the manifest's attacks {order} do not match record.json's "
@@ -579,28 +580,8 @@ def verify_examples(entry: Entry, examples: Any) -> list[dict[str, Any]]:
 
 
 def _stats(d: Any, where: str, n_examples: int) -> dict[str, AccuracyStat]:
-    f = Fields(d, where, EntryError)
-    f.exact_keys(set(PROTOCOLS))
-    return {p: _stat(d[p], f"{where}.{p}", n_examples) for p in PROTOCOLS}
-
-
-def _stat(d: Any, where: str, n_examples: int) -> AccuracyStat:
-    f = Fields(d, where, EntryError)
-    f.exact_keys({"correct", "n", "value", "ci_low", "ci_high", "confidence"})
-    n = f.int("n", 1, MAX_EXAMPLES)
-    if n != n_examples:
-        raise EntryError(f"{where}.n: {n} differs from n_examples={n_examples}")
-    correct = f.int("correct", 0, n)
-    value = f.float("value", 0.0, 1.0)
-    if not math.isclose(value, correct / n, rel_tol=0, abs_tol=1e-9):
-        raise EntryError(f"{where}.value: {value} is not correct/n = {correct}/{n}")
-    lo, hi = f.float("ci_low", 0.0, 1.0), f.float("ci_high", 0.0, 1.0)
-    if not lo <= value <= hi:
-        raise EntryError(f"{where}: the interval [{lo}, {hi}] does not contain the value {value}")
-    conf = f.float("confidence", 0.0, 1.0)
-    if not 0 < conf < 1:
-        raise EntryError(f"{where}.confidence: expected a level in (0, 1), got {conf}")
-    return AccuracyStat(correct, n, value, lo, hi, conf)
+    # the record's strict reader: exact protocols, n == n_examples, value and Wilson interval recomputed
+    return parse_accuracy_stats(d, where, n_examples, EntryError, MAX_EXAMPLES)
 
 
 def _check(d: Any, where: str) -> CheckResult:
