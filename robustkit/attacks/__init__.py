@@ -8,10 +8,12 @@ from .apgd import APGD
 from .autoattack import AutoAttack
 from .base import Attack, AttackResult, Perturbation, eval_mode, perturbation_norm, project
 from .bpda_eot import BPDAEOT
+from .diffattack import DiffAttack
+from .diffhammer import DiffHammer
 from .pgd import PGD
 from .presets import PRESETS, list_attacks, make_attack
 from .torchattacks_adapter import TorchAttack
 from .transfer import TransferAttack
 
-__all__ = ["APGD", "Attack", "AttackResult", "AutoAttack", "BPDAEOT", "PGD", "PRESETS", "Perturbation", "TorchAttack", "TransferAttack", "eval_mode",
+__all__ = ["APGD", "Attack", "AttackResult", "AutoAttack", "BPDAEOT", "DiffAttack", "DiffHammer", "PGD", "PRESETS", "Perturbation", "TorchAttack", "TransferAttack", "eval_mode",
            "list_attacks", "make_attack", "perturbation_norm", "project"]

@@ -11,6 +11,10 @@
 ``apgd-ce`` / ``apgd-dlr``    APGD (pyautoattack), 100 steps, 1 restart
 ``apgd-eot``                  APGD-CE with EOT 20 (100 steps)
 ``bpda-eot``                  DiffPure's BPDA+EOT: 50 steps of 2/255, EOT 15, re-check with 150
+``diffhammer``                DiffHammer (NeurIPS 2024): 50 iterations, 10 evaluations each, λ 5, α 0.5,
+                              gradient grafting; records the N-evaluation protocol (diffusion purification)
+``diffattack``                DiffAttack (NeurIPS 2023): margin + deviated-reconstruction loss, 200 steps of
+                              0.007, EOT 20 (pgd-eot's budget), exact segment-wise gradients
 ``square``                    Square Attack (pyautoattack), 5000 queries: the black-box check
 ``torchattacks:<Name>``       any torchattacks attack, e.g. ``torchattacks:FAB``
 ============================  ==============================================================================
@@ -32,6 +36,8 @@ from .apgd import APGD
 from .autoattack import AutoAttack
 from .base import Attack
 from .bpda_eot import BPDAEOT
+from .diffattack import DiffAttack
+from .diffhammer import DiffHammer
 from .pgd import PGD
 from .torchattacks_adapter import TorchAttack
 
@@ -70,6 +76,10 @@ def _apgd_eot(**kw: Any) -> Attack:
     return APGD(**{"loss": "ce", "eot": 20, **kw})
 
 
+def _diffattack(**kw: Any) -> Attack:
+    return DiffAttack(**{"steps": 200, "step_size": 0.007, "eot": 20, **kw})
+
+
 def _square(**kw: Any) -> Attack:
     return AutoAttack(version="custom", attacks=("square",), **kw)
 
@@ -84,6 +94,8 @@ PRESETS: dict[str, Callable[..., Attack]] = {
     "apgd-dlr": _apgd_dlr,
     "apgd-eot": _apgd_eot,
     "bpda-eot": BPDAEOT,
+    "diffhammer": DiffHammer,
+    "diffattack": _diffattack,
     "square": _square,
 }
 

@@ -66,7 +66,8 @@ from ..errors import InputError
 from ..utils import check_positive_int
 from .purification import Purifier, SurrogatePurification
 
-__all__ = ["DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GaussianScoreModel", "SAMPLERS", "coarsen_noise"]
+__all__ = ["DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GaussianScoreModel", "PurificationTrajectory", "SAMPLERS",
+           "coarsen_noise"]
 
 SamplerArg = Literal["sde", "ode", "ddpm", "ddim"]
 SAMPLERS = ("sde", "ode", "ddpm", "ddim")
@@ -165,6 +166,17 @@ class DiffPureNoise:
 
     init: torch.Tensor
     steps: tuple[torch.Tensor, ...] = ()
+
+
+@dataclass(frozen=True)
+class PurificationTrajectory:
+    """One purification with its reverse process kept: ``purified`` ``[N, C, H, W]`` in [0, 1] (as
+    :meth:`DiffPurePurifier.purify_with_noise`), ``states[k]`` the VP state after step ``k`` (diffusion
+    resolution, [-1, 1] scaling) at time ``times[k]``."""
+
+    purified: torch.Tensor
+    states: tuple[torch.Tensor, ...]
+    times: tuple[float, ...]
 
 
 # ----------------------------------------------------------------------------------- an analytic model
@@ -529,6 +541,33 @@ class DiffPurePurifier(Purifier):
         x_t = self.diffuse(x, noise.init)
         x0 = self._sampler.run(self.score_model, x_t, noise.steps, checkpoint)
         return self._finish(x0, tuple(x.shape[-2:]))
+
+    def purify_trajectory(self, x: torch.Tensor, noise: DiffPureNoise) -> PurificationTrajectory:
+        """:meth:`purify_with_noise` step by step, keeping every intermediate state (differentiable).
+
+        For attacks that read the reverse process itself (DiffAttack's deviated-reconstruction loss): the
+        result's ``purified`` equals :meth:`purify_with_noise` of the same input and noise; ``states[k]`` is
+        the VP state after solver step ``k`` at time ``times[k]``. Each step is its own exact, flat-memory
+        segment (``config.checkpoint``), so the graph holds one state per step. ``sde`` and ``ode`` only.
+        """
+        self._check(x)
+        self._check_noise(x, noise)
+        sampler = self._sampler
+        if not isinstance(sampler, (_EulerMaruyama, _ProbabilityFlow)):
+            raise InputError(f"purify_trajectory needs the 'sde' or 'ode' sampler, got {self.config.sampler!r}")
+        c = self.config
+        grid = time_grid(c.t_star, c.t_end, dt=c.dt)
+        x_t = self.diffuse(x, noise.init)
+        states = []
+        for k in range(len(grid) - 1):
+            if isinstance(sampler, _EulerMaruyama):
+                x_t = euler_maruyama(self.score_model, sampler.sde, x_t, grid[k], grid[k + 1], steps=1,
+                                     noise=[noise.steps[k]], checkpoint=c.checkpoint)
+            else:
+                x_t = probability_flow_euler(self.score_model, sampler.sde, x_t, grid[k], grid[k + 1], steps=1,
+                                             checkpoint=c.checkpoint)
+            states.append(x_t)
+        return PurificationTrajectory(self._finish(x_t, tuple(x.shape[-2:])), tuple(states), tuple(grid[1:]))
 
     def purify(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Purify ``x`` (see the module docstring); exact gradients through checkpointed steps."""
