@@ -161,7 +161,7 @@ class SweepResult:
 
 
 def _parse_sweep(d: Any) -> SweepResult:
-    from ..leaderboard._fields import Fields
+    from .schema import Fields
 
     f = Fields(d, "sweep", RecordError)
     f.exact_keys({"schema_version", "methods", "corruptions", "severity", "cells"}, {"protocol", "method_info"})

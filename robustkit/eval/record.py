@@ -250,7 +250,7 @@ def _upgrade(d: Any) -> Any:
 
 
 def _parse_record(raw: Any) -> BenchmarkRecord:
-    from ..leaderboard._fields import ATTACK_NAME_RE, MAX_SHORT, MAX_TEXT, Fields, check_name
+    from .schema import ATTACK_NAME_RE, MAX_SHORT, MAX_TEXT, Fields, check_name
 
     d = _upgrade(raw)
     f = Fields(d, "record", RecordError)
@@ -315,7 +315,7 @@ def _parse_record(raw: Any) -> BenchmarkRecord:
 
 
 def _traits(d: dict[str, Any]) -> dict[str, Any]:
-    from ..leaderboard._fields import Fields
+    from .schema import Fields
 
     from ..classifier import DefenseTraits
 
@@ -336,14 +336,14 @@ def parse_accuracy_stats(d: Any, where: str, n_examples: int, error: type[Robust
     Exactly the three protocols; each accuracy has ``n == n_examples`` and its ``value`` and Wilson
     interval recomputed from ``correct`` and ``n`` (to ``STAT_TOL``). Raises ``error`` naming the field.
     """
-    from ..leaderboard._fields import Fields
+    from .schema import Fields
 
     Fields(d, where, error).exact_keys(set(PROTOCOLS))
     return {p: _stat(d[p], f"{where}.{p}", n_examples, error, max_examples) for p in PROTOCOLS}
 
 
 def _stat(d: Any, where: str, n_examples: int, error: type[RobustkitError], max_examples: int) -> AccuracyStat:
-    from ..leaderboard._fields import Fields
+    from .schema import Fields
 
     f = Fields(d, where, error)
     f.exact_keys({"correct", "n", "value", "ci_low", "ci_high", "confidence"})
@@ -368,7 +368,7 @@ def _stat(d: Any, where: str, n_examples: int, error: type[RobustkitError], max_
 
 
 def _attack_protocol(d: Any, where: str, threat_model: str, eps: float, names: set[str]) -> dict[str, Any]:
-    from ..leaderboard._fields import ATTACK_NAME_RE, Fields
+    from .schema import ATTACK_NAME_RE, Fields
 
     f = Fields(d, where, RecordError)
     name = f.str("name", pattern=ATTACK_NAME_RE)
@@ -385,7 +385,7 @@ def _attack_protocol(d: Any, where: str, threat_model: str, eps: float, names: s
 
 
 def _cost(d: dict[str, Any], max_len: int) -> dict[str, Any]:
-    from ..leaderboard._fields import Fields
+    from .schema import Fields
 
     f = Fields(d, "record.cost", RecordError)
     for key in (k for k in _COST_COUNTS if k in d):  # optional keys, but never null

@@ -45,7 +45,7 @@ from ..errors import RobustkitError
 from ..eval.record import (PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult, RecordError,
                             parse_accuracy_stats)
 from ..eval.runner import canonical_json
-from ._fields import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, Fields, check_name, loads_strict
+from ..eval.schema import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, Fields, check_name, loads_strict
 from .examples import (MAX_EXAMPLES, MAX_REEVAL, ExamplesError, aggregate_examples, compare_stats,
                        load_run_examples, validate_examples)
 

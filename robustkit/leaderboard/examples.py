@@ -33,7 +33,7 @@ import torch
 
 from ..errors import RobustkitError
 from ..eval.record import PROTOCOLS, AccuracyStat
-from ._fields import Fields
+from ..eval.schema import Fields
 
 MAX_EXAMPLES = 200_000
 MAX_REEVAL = 1000

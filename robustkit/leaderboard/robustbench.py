@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.runner import atomic_write_text
-from ._fields import DIR_NAME_RE, MAX_SHORT, MAX_TEXT, Fields, check_name, loads_strict
+from ..eval.schema import DIR_NAME_RE, MAX_SHORT, MAX_TEXT, Fields, check_name, loads_strict
 from .entry import THREAT_MODELS, Entry, EntryError, EntryMetadata, load_run_entry
 
 log = logging.getLogger(__name__)

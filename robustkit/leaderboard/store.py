@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import RobustkitError
-from ._fields import NAME_RE
+from ..eval.schema import NAME_RE
 
 STORE_VERSION = 3  # 2: entries.batch_dependent; 3: identity, withdrawal, audit log; older files migrate on open
 _TOKEN_RE = re.compile(r"^rk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import RobustkitError
 from ..eval.runner import canonical_json
-from ._fields import Fields, json_depth_ok, no_json_constant
+from ..eval.schema import Fields, json_depth_ok, no_duplicate_keys, no_json_constant
 from .entry import Entry, EntryError, verify_examples
 from .examples import summarize_examples
 from .rules import ROBUSTBENCH_RULES
@@ -66,15 +66,6 @@ def build_submission(entry: Entry, examples: list[dict[str, Any]]) -> dict[str, 
             "examples": examples}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"duplicate key {dup!r} in an object")
-    return d
-
-
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, no NaN / Infinity, no duplicate keys, nesting at most MAX_JSON_DEPTH."""
     try:
@@ -82,7 +73,7 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise SubmissionError(f"body is not UTF-8 ({e.reason} at byte {e.start})", 400) from e
     try:
-        value = json.loads(text, parse_constant=no_json_constant, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_constant=no_json_constant, object_pairs_hook=no_duplicate_keys)
     except RecursionError as e:
         raise SubmissionError(f"body nests deeper than {MAX_JSON_DEPTH} levels", 400) from e
     except ValueError as e:  # JSONDecodeError is a ValueError, and so are our hooks' errors
