@@ -73,7 +73,8 @@ class AutoAttack(Attack):
     Args:
         eps, norm, seed: threat model and the seed pyautoattack uses for every sub-attack.
         version: ``"standard"``, ``"rand"`` or ``"custom"``.
-        attacks: sub-attacks for ``version="custom"``.
+        attacks: sub-attacks for ``version="custom"``: a sequence of names, or one string of
+            comma-separated names (``"apgd-ce"``, ``"apgd-ce,square"``).
         eot: EOT iterations of APGD in ``rand`` (pyautoattack's default 20) and ``custom``.
         steps: iterations of APGD-CE / APGD-DLR / APGD-T (pyautoattack's default 100). A reduced budget
             for defenses too expensive for the real one; it is recorded in the protocol, and APGD's
@@ -91,13 +92,15 @@ class AutoAttack(Attack):
     name = "autoattack"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
-                 attacks: Sequence[str] | None = None, eot: int | None = None, steps: int | None = None,
+                 attacks: Sequence[str] | str | None = None, eot: int | None = None, steps: int | None = None,
                  square_queries: int | None = None, fab_steps: int | None = None,
                  target_classes: int | None = None, batch_size: int = 250, upstream_checks: bool = False,
                  seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if version not in VERSIONS:
             raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
+        if isinstance(attacks, str):  # "apgd-ce" or "apgd-ce,square": names, not characters
+            attacks = [a.strip() for a in attacks.split(",")]
         if version == "custom":
             if not attacks:
                 raise InputError("version='custom' needs attacks=(...) from " + ", ".join(SUB_ATTACKS))
