@@ -1,6 +1,8 @@
 """Projected gradient descent (Madry et al., ICLR 2018) with EOT gradient averaging.
 
-Each step ascends the loss along ``sign(g)`` (Linf) or ``g/||g||_2`` (L2), where ``g`` is the gradient
+Each step ascends the loss along ``sign(g)`` (Linf) or, for L2, ``g/||g||_2`` (``l2_step="normalized"``,
+Madry et al.) or ``sign(g)`` then the L2-ball projection (``l2_step="sign"``: Lee & Kim's official
+``PGDL2``, the ``pgd-eot`` preset's L2 rule), where ``g`` is the gradient
 averaged over ``eot`` forward-backward passes (Athalye et al., ICML 2018: expectation over
 transformation, for stochastic models), then projects onto the threat model. On a deterministic model
 the first iterate that is misclassified is kept, per example. On a stochastic one every step is taken and
@@ -41,6 +43,7 @@ from .base import Attack, Norm, Perturbation, project
 
 
 LOSSES = ("ce", "margin")
+L2_STEPS = ("normalized", "sign")
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,10 @@ class PGD(Attack):
             iterate (False; for crafting examples on a source model to transfer). ``"auto"``: True for a
             deterministic model, False for a stochastic one (``traits.stochastic``); the record states
             which ran.
+        l2_step: the L2 step rule: ``"normalized"`` (``step_size · g/||g||_2``, a Euclidean step of length
+            ``step_size``) or ``"sign"`` (``step_size · sign(g)``, a step of L2 length ``step_size·√d``,
+            then the projection onto the ball; Lee & Kim's official ``PGDL2``). Ignored for Linf, whose
+            step is always the sign.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
             The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
             hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
@@ -77,8 +84,11 @@ class PGD(Attack):
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
                  eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "ce",
-                 seed: int = 0):
+                 l2_step: str = "normalized", seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
+        if l2_step not in L2_STEPS:
+            raise InputError(f"l2_step must be one of {L2_STEPS}, got {l2_step!r}")
+        self.l2_step = l2_step
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
@@ -96,7 +106,8 @@ class PGD(Attack):
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss}
+                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss,
+                **({"l2_step": self.l2_step} if self.norm == "L2" else {})}
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.norm == "Linf":
@@ -119,7 +130,7 @@ class PGD(Attack):
         return grad / self.eot, correct
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf":
+        if self.norm == "Linf" or self.l2_step == "sign":
             return self.step_size * grad.sign()
         n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
         return self.step_size * grad / n
