@@ -40,6 +40,9 @@ Example::
 from __future__ import annotations
 
 import abc
+import logging
+import math
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -221,6 +224,27 @@ class _Counting(nn.Module):
         return out
 
 
+#: forward-equivalents of one forward + backward (the backward of a network costs about twice its forward)
+GRAD_COST = 3.0
+log = logging.getLogger(__name__)
+
+
+def _progress_range(n: int, what: str) -> Iterator[int]:
+    from ..utils import progress_bar
+
+    group = max(1, math.ceil(n / 10))
+    t0 = time.perf_counter()
+    bar = progress_bar(total=n, desc=what, unit="step")
+    try:
+        for i in range(n):
+            yield i
+            bar.update(1)
+            if (i + 1) % group == 0 or i + 1 == n:
+                log.info("%s: step %d/%d (%.0f s)", what, i + 1, n, time.perf_counter() - t0)
+    finally:
+        bar.close()
+
+
 class Attack(abc.ABC):
     """Base class of every attack; subclasses implement :meth:`perturb` only.
 
@@ -255,6 +279,17 @@ class Attack(abc.ABC):
     def protocol(self) -> dict[str, Any]:
         """The attack's settings as plain values, stored with every result."""
         return {"attack": self.name, "norm": self.norm, "eps": self.eps, "seed": self.seed}
+
+    def estimated_passes(self) -> float | None:
+        """Upper bound on the attack's cost per example, in forward-equivalents of the attacked model (a
+        forward counts 1, a forward with its backward ``GRAD_COST``), from its settings; None if unknown.
+        Used to size the sanity checks against the attack budget (:mod:`robustkit.eval.checks`)."""
+        return None
+
+    def _steps(self, n: int, what: str | None = None) -> Iterator[int]:
+        """``range(n)`` that shows progress: a tqdm bar on a terminal, and a log line (INFO, ``-v``) per
+        group of about a tenth of the steps, with the time spent."""
+        return _progress_range(n, what or self.name)
 
     def __call__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         if not isinstance(model, Classifier):

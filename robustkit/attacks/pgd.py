@@ -39,10 +39,19 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm, Perturbation, project
+from .base import GRAD_COST, Attack, Norm, Perturbation, project
 
 
 LOSSES = ("ce", "margin")
+LOSS_CHOICES = (*LOSSES, "auto")
+
+
+def resolve_loss(loss: str, traits: Any) -> str:
+    """``"auto"`` → ``"margin"`` for a generative classifier (``traits.generative``: logits that can
+    saturate the softmax), else ``"ce"``; other losses pass through."""
+    if loss != "auto":
+        return loss
+    return "margin" if traits is not None and getattr(traits, "generative", False) else "ce"
 L2_STEPS = ("normalized", "sign")
 
 
@@ -78,19 +87,21 @@ class PGD(Attack):
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
             The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
             hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
+            ``"auto"`` (the default): the margin for a generative classifier (``traits.generative``), else
+            the cross-entropy; the result's ``info["loss"]`` states which ran.
     """
 
     name = "pgd"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
-                 eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "ce",
+                 eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "auto",
                  l2_step: str = "normalized", seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if l2_step not in L2_STEPS:
             raise InputError(f"l2_step must be one of {L2_STEPS}, got {l2_step!r}")
         self.l2_step = l2_step
-        if loss not in LOSSES:
-            raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if loss not in LOSS_CHOICES:
+            raise InputError(f"loss must be one of {LOSS_CHOICES}, got {loss!r}")
         self.loss = loss
         check_positive_int("steps", steps)
         check_positive_int("eot", eot)
@@ -109,6 +120,9 @@ class PGD(Attack):
                 "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss,
                 **({"l2_step": self.l2_step} if self.norm == "L2" else {})}
 
+    def estimated_passes(self) -> float:
+        return self.steps * self.eot * GRAD_COST + 1  # + the last iterate's forward (early stopping)
+
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.norm == "Linf":
             delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * self.eps
@@ -119,13 +133,17 @@ class PGD(Attack):
             delta = (d * r * self.eps).view_as(x)
         return project(x + delta, x, self.eps, self.norm)
 
-    def _gradient(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """EOT-averaged loss gradient and the per-example correctness of the last draw."""
+    def _gradient(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
+                  loss: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """EOT-averaged loss gradient and the per-example correctness of the last draw (``loss``: the
+        resolved loss; None resolves ``self.loss`` for ``model``)."""
+        if loss is None:
+            loss = resolve_loss(self.loss, getattr(model, "traits", None))
         grad = torch.zeros_like(x_adv)
         for _ in range(self.eot):
             xa = x_adv.detach().requires_grad_(True)
             logits = model(xa)
-            grad += torch.autograd.grad(summed_loss(logits, y, self.loss), xa)[0]
+            grad += torch.autograd.grad(summed_loss(logits, y, loss), xa)[0]
             correct = logits.detach().argmax(1) == y
         return grad / self.eot, correct
 
@@ -137,27 +155,28 @@ class PGD(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:
+        traits = getattr(model, "traits", None)
         stop = self.early_stop
         if stop == "auto":
-            traits = getattr(model, "traits", None)
             stop = not (traits is not None and traits.stochastic)
-        return Perturbation(self._run(model, x, y, generator, stop), {"early_stop": stop})
+        loss = resolve_loss(self.loss, traits)
+        return Perturbation(self._run(model, x, y, generator, stop, loss), {"early_stop": stop, "loss": loss})
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-             early_stop: bool) -> torch.Tensor:
+             early_stop: bool, loss: str) -> torch.Tensor:
         x_adv = self._random_start(x, generator) if self.random_start else x.clone()
         if not early_stop:
             with torch.enable_grad():
-                for _ in range(self.steps):
-                    grad, _ = self._gradient(model, x_adv, y)
+                for _ in self._steps(self.steps):
+                    grad, _ = self._gradient(model, x_adv, y, loss)
                     x_adv = project(x_adv + self._step(grad), x, self.eps, self.norm).detach()
             return x_adv
         best = x_adv.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         expand = (-1, *([1] * (x.dim() - 1)))
         with torch.enable_grad():
-            for _ in range(self.steps):
-                grad, correct = self._gradient(model, x_adv, y)
+            for _ in self._steps(self.steps):
+                grad, correct = self._gradient(model, x_adv, y, loss)
                 # keep the first iterate seen misclassified (evaluated before this step moves it)
                 newly = ~correct & ~found
                 best = torch.where(newly.view(expand), x_adv, best)
