@@ -17,6 +17,9 @@ another model (Carlini & Wagner, S&P 2017, on high-confidence transfer).
 Reference:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
     Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
+    Lee & Kim, "Robust Evaluation of Diffusion-Based Adversarial Purification", ICCV 2023 (the ``pgd-eot``
+    preset; official code ml-postech/robust-evaluation-of-diffusion-based-purification, whose L2 iterates
+    ``tests/test_fidelity_lee_kim.py`` reproduces; ``docs/results/fidelity.md`` measures the L2 step rules).
 
 Example::
 

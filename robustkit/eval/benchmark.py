@@ -584,9 +584,16 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                     log.info("sanity checks on %d examples: %s ... (%.0f s in)", asked["probe_size"], name,
                              time.perf_counter() - t0)
 
-                log.info("sanity checks: %s", "budget sized to at most %.0f%% of the run's estimated cost: %s"
-                         % (100 * sizing["max_fraction"], budget) if sizing["attack_passes_estimate"] is not None
-                         else f"budget {budget} (the attacks' cost is unknown, so not sized to it)")
+                if sizing["attack_passes_estimate"] is None:
+                    log.info("sanity checks: budget %s (an attack's cost is unknown, so not sized to it)", budget)
+                elif sizing["estimated_fraction"] > sizing["max_fraction"]:
+                    log.warning("sanity checks: even their smallest budget %s is an estimated %.0f%% of this run "
+                                "(more than %.0f%%): the attack budget is small; pass --no-checks or a smaller "
+                                "--probe-size to save time", budget, 100 * sizing["estimated_fraction"],
+                                100 * sizing["max_fraction"])
+                else:
+                    log.info("sanity checks: budget %s, an estimated %.0f%% of this run", budget,
+                             100 * sizing["estimated_fraction"])
                 with _seeded(derive_seed(seed, 0, "checks"), dev):
                     check_results = run_checks(defense, x[probe].to(dev), y[probe].to(dev), eps=eps_value,
                                                norm=threat_model, seed=derive_seed(seed, 0, "checks-attacks"),
