@@ -140,8 +140,10 @@ def test_default_check_budget_is_sized_to_at_most_30_percent_of_the_run(base, tm
     attacks = c["forward_passes"] + 2 * c["backward_passes"]
     assert checks / (checks + attacks) <= 0.3
     # an explicit budget is kept as asked, and a rich attack budget keeps the defaults
-    asked = robustkit.benchmark(base, attack_options=cheap, check_options={"steps": 12}, run_dir=tmp_path / "b", **kw)
+    asked = robustkit.benchmark(base, attack_options=cheap, check_options={"steps": 12, "probe_size": 2},
+                                run_dir=tmp_path / "b", **kw)
     assert asked.checks[0].details["protocol"]["steps"] == 12
+    assert asked.checks[0].details["protocol"]["probe_size"] == 2  # the check option overrides probe_size=4
     rich = robustkit.benchmark(base, attack_options={"pgd": {"steps": 400}}, run_dir=tmp_path / "c", **kw)
     assert rich.checks[0].details["protocol"]["steps"] == 20 and not rich.checks[0].details["protocol"]["sizing"]["sized"]
 

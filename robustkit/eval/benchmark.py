@@ -490,7 +490,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             for a generative classifier, else ``"ce"``) (:func:`~robustkit.eval.checks.run_checks`). Keys
             not given are sized to the attack budget: halved in turn until the checks' estimated cost is
             at most 30% of the run's (:func:`~robustkit.eval.checks.plan_check_budget`). Recorded with
-            every check (``details["protocol"]``, with the sizing); their measured cost is in the
+            every check (``details["protocol"]``, with the sizing); key ``probe_size`` overrides the
+            argument of that name. Their measured cost is in the
             record's ``cost`` (``checks_seconds``, ``checks_forward_passes``, ``checks_fraction``).
         base_classifier: the undefended model, for the transfer check and the ``transfer`` attack
             (default: ``defense.base_classifier`` when present).
@@ -564,12 +565,12 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         checks_cost: dict[str, float] = {}
         if checks:
             checks_file = Path(run_dir) / "checks.json"
-            n_probe = min(probe_size, x.shape[0])
+            n_probe = min(int(check_options.get("probe_size", probe_size)), x.shape[0])
             budget, sizing = plan_check_budget(
                 stochastic=defense.traits.stochastic, probe_size=n_probe, asked=check_options,
                 attack_passes=_estimated_attack_passes(names, attack_options or {}, eps_value, threat_model,
                                                        x.shape[0], draws))
-            asked = {"probe_size": n_probe, **check_options, "budget": budget}
+            asked = {**check_options, "probe_size": n_probe, "budget": budget}
             stored = json.loads(checks_file.read_text()) if checks_file.exists() else None
             if stored is not None and stored.get("asked") == asked:  # other budgets: checked again
                 check_results = [CheckResult(**c) for c in stored["checks"]]

@@ -337,8 +337,9 @@ def _pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, nor
     return PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, eot=eot, seed=seed, loss=loss)(model, x, y)
 
 
-# the knobs of run_checks (benchmark's check_options): the attacks' budget, and their loss
-CHECK_OPTIONS = ("steps", "eot", "square_queries", "loss")
+# the knobs of the checks (benchmark's check_options): the attacks' budget and loss (run_checks's arguments),
+# and the probe size (the benchmark's probe_size, which this key overrides)
+CHECK_OPTIONS = ("steps", "eot", "square_queries", "loss", "probe_size")
 
 
 def validate_check_options(options: dict[str, object]) -> None:
