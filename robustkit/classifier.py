@@ -65,6 +65,10 @@ class DefenseTraits:
             state kept between forwards (e.g. contrastive-guided purification, whose negatives are the
             other images). The batch is then part of the defense: such a model is attacked and scored
             under the batch threat model (see :attr:`batch_threat_model`).
+        generative: the logits are class-conditional likelihoods (a generative classifier, e.g. RDC's
+            diffusion classifier): their gaps can run into the thousands and saturate the softmax, so
+            cross-entropy gradients vanish. Attacks and sanity checks with ``loss="auto"`` then use the
+            margin loss, and ``attacks="auto"`` relies on scale-free losses (margin / DLR).
     """
 
     stochastic: bool = False
@@ -72,12 +76,13 @@ class DefenseTraits:
     gradient: GradientMode = "exact"
     forward_passes: int = 1
     batch_dependent: bool = False
+    generative: bool = False
 
     def __post_init__(self) -> None:
         if self.gradient not in _GRADIENT_MODES:
             raise InputError(f"gradient must be one of {_GRADIENT_MODES}, got {self.gradient!r}")
         check_positive_int("forward_passes", self.forward_passes)
-        for name in ("stochastic", "adapts_at_test_time", "batch_dependent"):
+        for name in ("stochastic", "adapts_at_test_time", "batch_dependent", "generative"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be a bool, got {getattr(self, name)!r}")
 

@@ -113,7 +113,7 @@ def test_harness_attacks_the_whole_batch_of_a_batch_dependent_defense(tmp_path):
     assert "test_time_state" not in rec.attacks[0]
     from robustkit.eval.benchmark import resolve_attacks
 
-    assert resolve_attacks(model, "auto") == ["pgd-eot", "autoattack-rand"]
+    assert resolve_attacks(model, "auto") == ["pgd-eot", "autoattack-rand", "autoattack-standard"]  # issue 23 item 2
 
 
 def test_subset_queries_of_a_batch_dependent_model_are_flagged():

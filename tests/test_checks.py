@@ -190,8 +190,11 @@ def test_check_budgets_are_used_recorded_and_keyed_in_the_run_dir(clf, tmp_path)
     assert checks["more_steps"].details["steps"] == [3, 6]
     assert checks["black_box"].details["queries"] == 40
     for name in ("stochasticity", "monotone_eps", "transfer"):
-        assert checks[name].details["protocol"] == {"probe_size": 6, "steps": 3, "eot": 2, "square_queries": 40,
-                                                    "loss": "ce", "seed": checks[name].details["protocol"]["seed"]}
+        protocol = dict(checks[name].details["protocol"])
+        assert protocol.pop("sizing")["max_fraction"] == 0.3
+        assert protocol == {"probe_size": 6, "steps": 3, "eot": 2, "square_queries": 40, "loss": "ce",
+                            "seed": protocol["seed"]}
+    assert rec.cost["checks_forward_passes"] > 0 and rec.cost["checks_backward_passes"] > 0
     # resuming with the same budgets reuses the stored checks; other budgets run them again
     again = benchmark(clf, check_options={"steps": 3, "eot": 2, "square_queries": 40}, **kw)
     assert again.cost["checks_seconds"] == rec.cost["checks_seconds"]

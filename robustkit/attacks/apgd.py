@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm
+from .base import GRAD_COST, Attack, Norm
 
 LOSSES = ("ce", "dlr")
 
@@ -56,6 +56,9 @@ class APGD(Attack):
         return {**super().protocol(), "steps": self.steps, "loss": self.loss, "eot": self.eot,
                 "restarts": self.restarts, "rho": self.rho, "random_start": True,
                 "implementation": "pyautoattack APGDAttack"}
+
+    def estimated_passes(self) -> float:
+        return self.steps * self.eot * self.restarts * GRAD_COST
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:

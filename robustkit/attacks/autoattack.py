@@ -39,6 +39,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 import types
 from typing import Any, Iterator, Sequence
 
@@ -47,10 +48,11 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm, Perturbation
+from .base import GRAD_COST, Attack, Norm, Perturbation
 
 VERSIONS = ("standard", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_log = logging.getLogger(__name__)
 _ACC_AFTER = re.compile(r"robust accuracy after ([A-Z-]+):\s+([0-9.]+)%")
 
 
@@ -60,11 +62,14 @@ class _CascadeLog(logging.Handler):
     def __init__(self):
         super().__init__(level=logging.DEBUG)
         self.after: dict[str, float] = {}
+        self.t0 = time.perf_counter()
 
     def emit(self, record: logging.LogRecord) -> None:
         m = _ACC_AFTER.search(record.getMessage())
         if m:
             self.after[m.group(1).lower()] = float(m.group(2)) / 100.0
+            _log.info("autoattack: robust accuracy after %s: %s%% (%.0f s)", m.group(1), m.group(2),
+                      time.perf_counter() - self.t0)
 
 
 class AutoAttack(Attack):
@@ -73,7 +78,8 @@ class AutoAttack(Attack):
     Args:
         eps, norm, seed: threat model and the seed pyautoattack uses for every sub-attack.
         version: ``"standard"``, ``"rand"`` or ``"custom"``.
-        attacks: sub-attacks for ``version="custom"``.
+        attacks: sub-attacks for ``version="custom"``: a sequence of names, or one string of
+            comma-separated names (``"apgd-ce"``, ``"apgd-ce,square"``).
         eot: EOT iterations of APGD in ``rand`` (pyautoattack's default 20) and ``custom``.
         steps: iterations of APGD-CE / APGD-DLR / APGD-T (pyautoattack's default 100). A reduced budget
             for defenses too expensive for the real one; it is recorded in the protocol, and APGD's
@@ -91,13 +97,15 @@ class AutoAttack(Attack):
     name = "autoattack"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", version: str = "standard",
-                 attacks: Sequence[str] | None = None, eot: int | None = None, steps: int | None = None,
+                 attacks: Sequence[str] | str | None = None, eot: int | None = None, steps: int | None = None,
                  square_queries: int | None = None, fab_steps: int | None = None,
                  target_classes: int | None = None, batch_size: int = 250, upstream_checks: bool = False,
                  seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         if version not in VERSIONS:
             raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
+        if isinstance(attacks, str):  # "apgd-ce" or "apgd-ce,square": names, not characters
+            attacks = [a.strip() for a in attacks.split(",")]
         if version == "custom":
             if not attacks:
                 raise InputError("version='custom' needs attacks=(...) from " + ", ".join(SUB_ATTACKS))
@@ -162,6 +170,15 @@ class AutoAttack(Attack):
                                    else 0),
                 "upstream_checks": self.upstream_checks,
                 "implementation": f"pyautoattack {_pyautoattack_version()}"}
+
+    def estimated_passes(self) -> float:
+        """Every sub-attack on every example (the cascade only ever runs fewer): APGD-CE/DLR steps x EOT x
+        restarts gradients, APGD-T and FAB-T steps x targets, FAB steps x (restarts), Square its queries."""
+        p = self.protocol()
+        grad = {"apgd-ce": p["steps"] * p["eot"] * p["restarts"], "apgd-dlr": p["steps"] * p["eot"] * p["restarts"],
+                "apgd-t": p["steps"] * p["target_classes"], "fab": p["fab_steps"],
+                "fab-t": p["fab_steps"] * p["target_classes"]}
+        return sum(grad.get(s, 0) * GRAD_COST for s in p["sub_attacks"]) + p["square_queries"]
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:

@@ -4,6 +4,16 @@
 of test-time state, counting of forward/backward passes, projection of the result onto the threat
 model (norm ball ∩ [0, 1]), and verification with a fresh forward. Subclasses write only ``perturb``.
 
+An attack never changes the model it attacks. Every query runs in eval mode (the counting wrapper
+never passes a train/eval switch through to the classifier, and puts back in eval mode a model that an
+attack switched by reaching past it); the verification forward runs in eval mode; the training flag of
+every submodule is restored afterwards; and a state tensor that the attack changed on a model that does
+not adapt at test time (e.g. BatchNorm statistics updated by a forward in training mode) is restored
+before the verification, with a warning and ``info["model_state_restored"]``. Found with torchattacks,
+which saves and restores "the model's" mode: a fresh wrapper is in training mode, so its attacks left the
+classifier in training mode and the verification forward updated 57 BatchNorm tensors of a ResNet-20
+and scored it in training mode (``tests/test_attacks_model_state.py`` runs every registered attack).
+
 Models whose prediction depends on the batch (``traits.batch_threat_model``: they adapt at test time,
 or are ``batch_dependent``) are attacked under the batch threat model: the unit is the batch ``x`` as
 given. For a model that adapts, every query the attack makes, like the verification, is ``reset()``
@@ -30,6 +40,9 @@ Example::
 from __future__ import annotations
 
 import abc
+import logging
+import math
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,6 +148,23 @@ class AttackResult:
         return float(self.clean_correct.float().mean()) if self.clean_correct.numel() else float("nan")
 
 
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s state_dict (on the CPU, so a GPU run's memory is not doubled)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _restore(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> list[str]:
+    """Put back every state tensor of ``model`` that differs from ``snapshot``; return their names."""
+    state = model.state_dict()
+    changed = [k for k, v in state.items()
+               if k not in snapshot or v.shape != snapshot[k].shape or not torch.equal(v.detach().cpu(), snapshot[k])]
+    with torch.no_grad():
+        for k in changed:
+            if k in snapshot and state[k].shape == snapshot[k].shape:
+                state[k].copy_(snapshot[k])
+    return changed
+
+
 class _Counting(nn.Module):
     """Wraps a classifier and counts the examples it forwards and back-propagates.
 
@@ -148,6 +178,10 @@ class _Counting(nn.Module):
     def __init__(self, model: Classifier, batch_size: int):
         super().__init__()
         self.model = model
+        # A fresh nn.Module is in training mode; attacks that save and restore "the model's" mode
+        # (torchattacks) would then switch the classifier to training mode when they finish.
+        self.training = False
+        self.train_mode_queries = 0  # queries that found a submodule in training mode (put back in eval first)
         self.reset_per_query = bool(model.traits.adapts_at_test_time)
         self.per_batch = bool(model.traits.batch_threat_model)
         self.batch_size = batch_size
@@ -165,6 +199,11 @@ class _Counting(nn.Module):
         """The wrapped classifier's number of classes (e.g. AutoAttack validates its target count against it)."""
         return self.model.num_classes
 
+    def train(self, mode: bool = True) -> "_Counting":
+        """Set this wrapper's flag only: an attack never switches the wrapped classifier's mode."""
+        self.training = bool(mode)
+        return self
+
     def _count_backward(self, n: int):
         def hook(grad: torch.Tensor) -> None:
             self.backwards += n
@@ -175,11 +214,35 @@ class _Counting(nn.Module):
             self.model.reset()
         if self.per_batch:
             self.partial_batch_queries += int(x.shape[0] != self.batch_size)
+        if any(m.training for m in self.model.modules()):  # e.g. torchattacks' set_model_training_mode
+            self.train_mode_queries += 1
+            self.model.eval()
         out = self.model(x)
         self.forwards += x.shape[0]
         if out.requires_grad:
             out.register_hook(self._count_backward(x.shape[0]))
         return out
+
+
+#: forward-equivalents of one forward + backward (the backward of a network costs about twice its forward)
+GRAD_COST = 3.0
+log = logging.getLogger(__name__)
+
+
+def _progress_range(n: int, what: str) -> Iterator[int]:
+    from ..utils import progress_bar
+
+    group = max(1, math.ceil(n / 10))
+    t0 = time.perf_counter()
+    bar = progress_bar(total=n, desc=what, unit="step")
+    try:
+        for i in range(n):
+            yield i
+            bar.update(1)
+            if (i + 1) % group == 0 or i + 1 == n:
+                log.info("%s: step %d/%d (%.0f s)", what, i + 1, n, time.perf_counter() - t0)
+    finally:
+        bar.close()
 
 
 class Attack(abc.ABC):
@@ -217,6 +280,17 @@ class Attack(abc.ABC):
         """The attack's settings as plain values, stored with every result."""
         return {"attack": self.name, "norm": self.norm, "eps": self.eps, "seed": self.seed}
 
+    def estimated_passes(self) -> float | None:
+        """Upper bound on the attack's cost per example, in forward-equivalents of the attacked model (a
+        forward counts 1, a forward with its backward ``GRAD_COST``), from its settings; None if unknown.
+        Used to size the sanity checks against the attack budget (:mod:`robustkit.eval.checks`)."""
+        return None
+
+    def _steps(self, n: int, what: str | None = None) -> Iterator[int]:
+        """``range(n)`` that shows progress: a tqdm bar on a terminal, and a log line (INFO, ``-v``) per
+        group of about a tenth of the steps, with the time spent."""
+        return _progress_range(n, what or self.name)
+
     def __call__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         if not isinstance(model, Classifier):
             raise InputError(f"model must be a robustkit Classifier (see robustkit.wrap_classifier), "
@@ -224,6 +298,7 @@ class Attack(abc.ABC):
         check_images(x, model.input_shape)
         check_labels(y, x.shape[0], model.num_classes)
         with eval_mode(model):
+            entry_state = {} if model.traits.adapts_at_test_time else _snapshot(model)
             model.reset()
             counted = _Counting(model, x.shape[0])
             with torch.no_grad():
@@ -238,10 +313,24 @@ class Attack(abc.ABC):
                                    f"expected {tuple(x.shape)}")
             x_adv = project(x_adv, x, self.eps, self.norm)
             x_adv = torch.where(clean_correct.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+            # The verification scores the model as it was given, in eval mode: whatever the attack did to
+            # a model that does not adapt (BatchNorm statistics updated in training mode, ...) is undone.
+            # (A model that adapts at test time changes its state by design; reset() governs it.)
+            model.eval()
+            altered = [] if model.traits.adapts_at_test_time else _restore(model, entry_state)
             model.reset()
             with torch.no_grad():
                 robust = clean_correct & (model(x_adv).argmax(1) == y)
         info = self.protocol()
+        info["verification"] = "eval mode, reset(), one forward of the projected points"
+        if counted.train_mode_queries:
+            info["train_mode_queries_put_in_eval"] = counted.train_mode_queries
+        if altered:
+            info["model_state_restored"] = altered
+            warnings.warn(f"{type(self).__name__} changed {len(altered)} state tensor(s) of "
+                          f"{type(model).__name__} during the attack (first: {altered[0]}); they were restored "
+                          "before the verification forward, so the score is the given model's, but the attack's "
+                          "later queries saw a changed model", RuntimeWarning, stacklevel=2)
         info["n_examples"] = int(x.shape[0])
         info["gradient"] = model.traits.gradient
         if counted.reset_per_query:

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import check_positive_int
-from .base import Attack, Norm, Perturbation, project
+from .base import GRAD_COST, Attack, Norm, Perturbation, project
 
 
 class BPDAEOT(Attack):
@@ -50,6 +50,9 @@ class BPDAEOT(Attack):
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
                 "recheck": self.recheck, "random_start": False, "restarts": 1, "loss": "ce(mean logits)"}
 
+    def estimated_passes(self) -> float:
+        return self.steps * self.eot * GRAD_COST + self.recheck  # a broken point is re-checked once
+
     @staticmethod
     def _mean_logits(model: nn.Module, x: torch.Tensor, reps: int) -> torch.Tensor:
         # one batch of reps copies: rows r*N..(r+1)*N-1 are draw r of every example
@@ -62,7 +65,7 @@ class BPDAEOT(Attack):
         result = x.clone()
         defended = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         broken_at = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-        for step in range(self.steps + 1):
+        for step in self._steps(self.steps + 1):
             active = defended.nonzero().flatten()
             if active.numel() == 0:
                 break

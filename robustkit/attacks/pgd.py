@@ -1,6 +1,8 @@
 """Projected gradient descent (Madry et al., ICLR 2018) with EOT gradient averaging.
 
-Each step ascends the loss along ``sign(g)`` (Linf) or ``g/||g||_2`` (L2), where ``g`` is the gradient
+Each step ascends the loss along ``sign(g)`` (Linf) or, for L2, ``g/||g||_2`` (``l2_step="normalized"``,
+Madry et al.) or ``sign(g)`` then the L2-ball projection (``l2_step="sign"``: Lee & Kim's official
+``PGDL2``, the ``pgd-eot`` preset's L2 rule), where ``g`` is the gradient
 averaged over ``eot`` forward-backward passes (Athalye et al., ICML 2018: expectation over
 transformation, for stochastic models), then projects onto the threat model. On a deterministic model
 the first iterate that is misclassified is kept, per example. On a stochastic one every step is taken and
@@ -15,6 +17,9 @@ another model (Carlini & Wagner, S&P 2017, on high-confidence transfer).
 Reference:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
     Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
+    Lee & Kim, "Robust Evaluation of Diffusion-Based Adversarial Purification", ICCV 2023 (the ``pgd-eot``
+    preset; official code ml-postech/robust-evaluation-of-diffusion-based-purification, whose L2 iterates
+    ``tests/test_fidelity_lee_kim.py`` reproduces; ``docs/results/fidelity.md`` measures the L2 step rules).
 
 Example::
 
@@ -37,10 +42,20 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm, Perturbation, project
+from .base import GRAD_COST, Attack, Norm, Perturbation, project
 
 
 LOSSES = ("ce", "margin")
+LOSS_CHOICES = (*LOSSES, "auto")
+
+
+def resolve_loss(loss: str, traits: Any) -> str:
+    """``"auto"`` → ``"margin"`` for a generative classifier (``traits.generative``: logits that can
+    saturate the softmax), else ``"ce"``; other losses pass through."""
+    if loss != "auto":
+        return loss
+    return "margin" if traits is not None and getattr(traits, "generative", False) else "ce"
+L2_STEPS = ("normalized", "sign")
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -68,19 +83,28 @@ class PGD(Attack):
             iterate (False; for crafting examples on a source model to transfer). ``"auto"``: True for a
             deterministic model, False for a stochastic one (``traits.stochastic``); the record states
             which ran.
+        l2_step: the L2 step rule: ``"normalized"`` (``step_size · g/||g||_2``, a Euclidean step of length
+            ``step_size``) or ``"sign"`` (``step_size · sign(g)``, a step of L2 length ``step_size·√d``,
+            then the projection onto the ball; Lee & Kim's official ``PGDL2``). Ignored for Linf, whose
+            step is always the sign.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
             The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
             hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
+            ``"auto"`` (the default): the margin for a generative classifier (``traits.generative``), else
+            the cross-entropy; the result's ``info["loss"]`` states which ran.
     """
 
     name = "pgd"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
-                 eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "ce",
-                 seed: int = 0):
+                 eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "auto",
+                 l2_step: str = "normalized", seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
-        if loss not in LOSSES:
-            raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if l2_step not in L2_STEPS:
+            raise InputError(f"l2_step must be one of {L2_STEPS}, got {l2_step!r}")
+        self.l2_step = l2_step
+        if loss not in LOSS_CHOICES:
+            raise InputError(f"loss must be one of {LOSS_CHOICES}, got {loss!r}")
         self.loss = loss
         check_positive_int("steps", steps)
         check_positive_int("eot", eot)
@@ -96,7 +120,11 @@ class PGD(Attack):
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss}
+                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss,
+                **({"l2_step": self.l2_step} if self.norm == "L2" else {})}
+
+    def estimated_passes(self) -> float:
+        return self.steps * self.eot * GRAD_COST + 1  # + the last iterate's forward (early stopping)
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.norm == "Linf":
@@ -108,45 +136,50 @@ class PGD(Attack):
             delta = (d * r * self.eps).view_as(x)
         return project(x + delta, x, self.eps, self.norm)
 
-    def _gradient(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """EOT-averaged loss gradient and the per-example correctness of the last draw."""
+    def _gradient(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
+                  loss: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """EOT-averaged loss gradient and the per-example correctness of the last draw (``loss``: the
+        resolved loss; None resolves ``self.loss`` for ``model``)."""
+        if loss is None:
+            loss = resolve_loss(self.loss, getattr(model, "traits", None))
         grad = torch.zeros_like(x_adv)
         for _ in range(self.eot):
             xa = x_adv.detach().requires_grad_(True)
             logits = model(xa)
-            grad += torch.autograd.grad(summed_loss(logits, y, self.loss), xa)[0]
+            grad += torch.autograd.grad(summed_loss(logits, y, loss), xa)[0]
             correct = logits.detach().argmax(1) == y
         return grad / self.eot, correct
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf":
+        if self.norm == "Linf" or self.l2_step == "sign":
             return self.step_size * grad.sign()
         n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
         return self.step_size * grad / n
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:
+        traits = getattr(model, "traits", None)
         stop = self.early_stop
         if stop == "auto":
-            traits = getattr(model, "traits", None)
             stop = not (traits is not None and traits.stochastic)
-        return Perturbation(self._run(model, x, y, generator, stop), {"early_stop": stop})
+        loss = resolve_loss(self.loss, traits)
+        return Perturbation(self._run(model, x, y, generator, stop, loss), {"early_stop": stop, "loss": loss})
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-             early_stop: bool) -> torch.Tensor:
+             early_stop: bool, loss: str) -> torch.Tensor:
         x_adv = self._random_start(x, generator) if self.random_start else x.clone()
         if not early_stop:
             with torch.enable_grad():
-                for _ in range(self.steps):
-                    grad, _ = self._gradient(model, x_adv, y)
+                for _ in self._steps(self.steps):
+                    grad, _ = self._gradient(model, x_adv, y, loss)
                     x_adv = project(x_adv + self._step(grad), x, self.eps, self.norm).detach()
             return x_adv
         best = x_adv.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         expand = (-1, *([1] * (x.dim() - 1)))
         with torch.enable_grad():
-            for _ in range(self.steps):
-                grad, correct = self._gradient(model, x_adv, y)
+            for _ in self._steps(self.steps):
+                grad, correct = self._gradient(model, x_adv, y, loss)
                 # keep the first iterate seen misclassified (evaluated before this step moves it)
                 newly = ~correct & ~found
                 best = torch.where(newly.view(expand), x_adv, best)

@@ -7,7 +7,8 @@
 ``autoattack-rand``           AutoAttack rand (APGD-CE + APGD-DLR, 100 steps, EOT 20)
 ``autoattack-custom``         AutoAttack with ``attacks=(...)``
 ``pgd``                       PGD, 100 steps, step 2.5·eps/steps, random start
-``pgd-eot``                   Lee & Kim (ICCV 2023): PGD 200 steps, step 0.007, EOT 20, no random start
+``pgd-eot``                   Lee & Kim (ICCV 2023): PGD 200 steps, step 0.007, EOT 20, no random start;
+                              L2: sign steps then the ball projection (their ``PGDL2``)
 ``apgd-ce`` / ``apgd-dlr``    APGD (pyautoattack), 100 steps, 1 restart
 ``apgd-eot``                  APGD-CE with EOT 20 (100 steps)
 ``bpda-eot``                  DiffPure's BPDA+EOT: 50 steps of 2/255, EOT 15, re-check with 150
@@ -60,7 +61,8 @@ def _pgd(**kw: Any) -> Attack:
 
 
 def _pgd_eot(**kw: Any) -> Attack:
-    params = {"steps": 200, "step_size": 0.007, "eot": 20, "random_start": False, **kw}
+    # Lee & Kim's official code: sign steps for L2 too (PGDL2), then the projection onto the ball
+    params = {"steps": 200, "step_size": 0.007, "eot": 20, "random_start": False, "l2_step": "sign", **kw}
     return PGD(**params)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from .base import Attack, Norm
+from .base import Attack, Norm, Perturbation
 
 REFUSED = {"AutoAttack": "torchattacks' AutoAttack runs 10 iterations per attack, not AutoAttack's 100; "
                          "use robustkit.attacks.AutoAttack (pyautoattack, the original code)",
@@ -77,11 +77,45 @@ class TorchAttack(Attack):
                 "implementation": f"torchattacks {version('torchattacks')}"}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: torch.Generator) -> Perturbation:
         import torchattacks
 
-        atk = getattr(torchattacks, self.attack_name)(model, **self._constructor_kwargs())
+        boxed = _BoxedQueries(model)
+        atk = getattr(torchattacks, self.attack_name)(boxed, **self._constructor_kwargs())
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # torchattacks draws from the global RNG
             torch.manual_seed(self.seed)
-            return atk(x, y)
+            x_adv = atk(x, y)
+        return Perturbation(x_adv, {"queries_clamped_to_box": boxed.clamped,
+                                    "max_query_excursion_outside_box": boxed.max_excursion})
+
+
+class _BoxedQueries(nn.Module):
+    """Clamps each query into [0, 1] before the classifier sees it, counting the queries that needed it.
+
+    Some torchattacks attacks query slightly outside the box by design (NIFGSM's Nesterov look-ahead,
+    SPSA's finite differences, EAD's iterates: down to -1.5e-4), which the Classifier contract refuses.
+    The clamp is straight-through (identity gradient), so the attack's gradients are those it would get
+    without it; the number of clamped queries and the largest excursion go in the result's info.
+    Like the counting wrapper inside it, it never switches the classifier's train/eval mode.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.training = False
+        self.clamped = 0
+        self.max_excursion = 0.0
+
+    def train(self, mode: bool = True) -> "_BoxedQueries":
+        self.training = bool(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            excursion = float(torch.maximum(-x.min(), x.max() - 1).clamp_min(0)) if x.numel() else 0.0
+        if excursion > 0:
+            self.clamped += 1
+            self.max_excursion = max(self.max_excursion, excursion)
+            x = x + (x.clamp(0.0, 1.0) - x).detach()
+        return self.model(x)

@@ -43,6 +43,9 @@ class TransferAttack(Attack):
         inner = {f"source_{k}": v for k, v in self.attack.protocol().items()}
         return {**super().protocol(), **inner, "source": getattr(self.source, "name", type(self.source).__name__)}
 
+    def estimated_passes(self) -> float:
+        return 0.0  # the target only verifies; the source (an undefended model) is not the target's cost
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:
         res = self.attack(self.source, x, y)

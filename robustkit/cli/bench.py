@@ -86,14 +86,16 @@ def _option_value(text: str) -> Any:
 def add_check_arguments(p: argparse.ArgumentParser, *, loss_default: str | None = None) -> None:
     """The sanity checks' probe and budget flags; :func:`check_options_from_args` reads them back."""
     p.add_argument("--probe-size", type=int, default=16, help="examples the sanity checks run on (the first N)")
-    p.add_argument("--check-steps", type=int, default=None, help="PGD steps of the checks' attacks (default 20)")
+    sized = "; not given: sized with the others to at most 30%% of the run's estimated cost"
+    p.add_argument("--check-steps", type=int, default=None,
+                   help="PGD steps of the checks' attacks (default 20" + sized + ")")
     p.add_argument("--check-eot", type=int, default=None,
-                   help="EOT of the checks' attacks (default 8 for a stochastic defense, else 1)")
+                   help="EOT of the checks' attacks (default 8 for a stochastic defense, else 1" + sized + ")")
     p.add_argument("--check-square-queries", type=int, default=None,
-                   help="Square Attack queries of the black-box check (default 1000)")
-    p.add_argument("--check-loss", choices=["ce", "margin"], default=loss_default,
-                   help=f"PGD loss of the checks' attacks (default {loss_default or 'ce'}; margin when the logits "
-                        "saturate the softmax)")
+                   help="Square Attack queries of the black-box check (default 1000" + sized + ")")
+    p.add_argument("--check-loss", choices=["auto", "ce", "margin"], default=loss_default,
+                   help=f"PGD loss of the checks' attacks (default {loss_default or 'auto'}: the margin for a "
+                        "generative classifier, whose logits can saturate the softmax, else ce)")
 
 
 def check_options_from_args(args: argparse.Namespace) -> dict[str, int | str]:

@@ -314,7 +314,8 @@ class PurifiedClassifier(Classifier):
         traits = DefenseTraits(stochastic=bool(purifier.stochastic or ct.stochastic),
                                adapts_at_test_time=ct.adapts_at_test_time, gradient=mode,
                                forward_passes=n_samples * (nfe + ct.forward_passes),
-                               batch_dependent=bool(purifier.batch_dependent or ct.batch_dependent))
+                               batch_dependent=bool(purifier.batch_dependent or ct.batch_dependent),
+                               generative=ct.generative)
         super().__init__(classifier.num_classes, classifier.input_shape, traits)
         self.purifier = purifier
         self.classifier = classifier

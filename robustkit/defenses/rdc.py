@@ -265,7 +265,7 @@ class DiffusionClassifier(Classifier):
         else:
             passes = k * n_eval
         super().__init__(k, shape, DefenseTraits(stochastic=not fixed_noise, gradient="exact",
-                                                 forward_passes=passes))
+                                                 forward_passes=passes, generative=True))
         score_model.requires_grad_(False).eval()
         self.score_model = score_model
         self.config = config

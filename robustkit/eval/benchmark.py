@@ -12,6 +12,10 @@ Example (the embedded default; a few seconds on a CPU)::
 Protocols (``attacks="auto"``):
 
 * deterministic → AutoAttack ``standard``;
+* generative classifiers (``traits.generative``, logits that can saturate the softmax) get the same
+  attacks, whose scale-free losses carry them: ``pgd-eot`` ascends the margin (its ``loss="auto"``),
+  AutoAttack's APGD-DLR, APGD-T (targeted DLR), FAB-T and Square do not saturate, and the sanity checks
+  use the margin loss. APGD-CE is blind on such a model and is only ever one attack of several;
 * stochastic → AutoAttack ``rand`` + ``standard`` (+ ``pgd-eot`` when the defense has exact gradients),
   every final x_adv and every clean x re-classified ``n_reeval`` times and reported as single-draw,
   majority-of-M and worst-of-M accuracy; per example the minimum over all attacks;
@@ -23,7 +27,9 @@ Protocols (``attacks="auto"``):
   The record's attack protocols carry ``batch_threat_model`` and ``test_time_state``;
 * batch-dependent (``traits.batch_dependent``: an example's prediction depends on the rest of its batch,
   without state, e.g. contrastive-guided purification) → ``pgd-eot``, which queries whole batches, then
-  AutoAttack ``rand``. Both run under the same batch threat model (whole shards, no reset needed). APGD
+  AutoAttack ``rand`` and ``standard`` (Bai et al., ICML 2024, report min(rand, standard); here the
+  per-example minimum over all three). All run under the same batch threat model (whole shards, no reset
+  needed). APGD
   queries only the points it has not broken yet, so the defense sees a smaller batch than the one scored:
   the record counts those queries (``partial_batch_queries``). Its adversarial examples are still scored
   as the whole batch, so adding it can only lower the reported accuracy.
@@ -58,7 +64,7 @@ from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
 from ..errors import InputError
 from ..utils import check_positive_int, progress_bar, state_digest
-from .checks import run_checks, validate_check_options
+from .checks import plan_check_budget, run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import RunDir, Shard, atomic_write_text, make_shards
 
@@ -97,8 +103,8 @@ def resolve_attacks(defense: Classifier, attacks: str | Sequence[str]) -> list[s
     if attacks == "auto":
         if t.adapts_at_test_time:
             return ["transfer", "pgd-eot"]
-        if t.batch_dependent:
-            return ["pgd-eot", "autoattack-rand"]
+        if t.batch_dependent:  # scored per example as min(pgd-eot, rand, standard), as Bai et al. report
+            return ["pgd-eot", "autoattack-rand", "autoattack-standard"]
         if t.stochastic:
             return ["autoattack-rand", "autoattack-standard"] + (["pgd-eot"] if t.gradient == "exact" else [])
         return ["autoattack-standard"]
@@ -213,6 +219,24 @@ def _warn_eot_on_deterministic(names: list[str], attack_options: dict, eps: floa
         if isinstance(eot, int) and eot > 1:
             log.warning("%s runs EOT %d on a deterministic model: every EOT sample gives the same gradient, so "
                         "it costs %dx for nothing; pass %s.eot=1", name, eot, eot, name)
+
+
+def _estimated_attack_passes(names: list[str], attack_options: dict[str, dict[str, Any]], eps: float, norm: str,
+                             n_examples: int, draws: int) -> float | None:
+    """Upper bound on the attacks' cost over the run, in forward-equivalents of the defense (every attack on
+    every example, plus the clean and adversarial re-evaluations); None if an attack's cost is unknown
+    (torchattacks). The transfer attack's source is the cheap undefended model: only its verification counts."""
+    per_example = draws * (1 + len(names))
+    for name in names:
+        if name == "transfer":
+            continue
+        if name.startswith("torchattacks:"):
+            return None
+        estimate = make_attack(name, eps=eps, norm=norm, seed=0, **attack_options.get(name, {})).estimated_passes()
+        if estimate is None:
+            return None
+        per_example += estimate
+    return float(n_examples * per_example)
 
 
 def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> list[list[bool]]:
@@ -462,9 +486,13 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         data: ``(x, y)`` tensors to use instead of loading ``dataset``.
         checks: run the sanity checks on the first ``probe_size`` examples.
         check_options: budget of the checks' attacks, keys ``steps`` (20), ``eot`` (8 for a stochastic
-            defense, else 1) and ``square_queries`` (1000), and their PGD ``loss`` (``"ce"``, or
-            ``"margin"`` for logits that saturate the softmax) (:func:`~robustkit.eval.checks.run_checks`);
-            reduce the budget only for defenses too expensive for the defaults. Recorded with every check.
+            defense, else 1) and ``square_queries`` (1000), and their PGD ``loss`` (``"auto"``: the margin
+            for a generative classifier, else ``"ce"``) (:func:`~robustkit.eval.checks.run_checks`). Keys
+            not given are sized to the attack budget: halved in turn until the checks' estimated cost is
+            at most 30% of the run's (:func:`~robustkit.eval.checks.plan_check_budget`). Recorded with
+            every check (``details["protocol"]``, with the sizing); key ``probe_size`` overrides the
+            argument of that name. Their measured cost is in the
+            record's ``cost`` (``checks_seconds``, ``checks_forward_passes``, ``checks_fraction``).
         base_classifier: the undefended model, for the transfer check and the ``transfer`` attack
             (default: ``defense.base_classifier`` when present).
         cascade: later attacks skip examples already broken under every protocol (cheaper; per-attack
@@ -534,13 +562,20 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
 
         check_results: list[CheckResult] = []
         checks_seconds = 0.0
+        checks_cost: dict[str, float] = {}
         if checks:
             checks_file = Path(run_dir) / "checks.json"
-            asked = {"probe_size": min(probe_size, x.shape[0]), **check_options}
+            n_probe = min(int(check_options.get("probe_size", probe_size)), x.shape[0])
+            budget, sizing = plan_check_budget(
+                stochastic=defense.traits.stochastic, probe_size=n_probe, asked=check_options,
+                attack_passes=_estimated_attack_passes(names, attack_options or {}, eps_value, threat_model,
+                                                       x.shape[0], draws))
+            asked = {**check_options, "probe_size": n_probe, "budget": budget}
             stored = json.loads(checks_file.read_text()) if checks_file.exists() else None
             if stored is not None and stored.get("asked") == asked:  # other budgets: checked again
                 check_results = [CheckResult(**c) for c in stored["checks"]]
                 checks_seconds = stored["seconds"]
+                checks_cost = stored.get("cost", {})
             else:
                 t0 = time.perf_counter()
                 probe = slice(0, asked["probe_size"])
@@ -550,17 +585,30 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                     log.info("sanity checks on %d examples: %s ... (%.0f s in)", asked["probe_size"], name,
                              time.perf_counter() - t0)
 
+                if sizing["attack_passes_estimate"] is None:
+                    log.info("sanity checks: budget %s (an attack's cost is unknown, so not sized to it)", budget)
+                elif sizing["estimated_fraction"] > sizing["max_fraction"]:
+                    log.warning("sanity checks: even their smallest budget %s is an estimated %.0f%% of this run "
+                                "(more than %.0f%%): the attack budget is small; pass --no-checks or a smaller "
+                                "--probe-size to save time", budget, 100 * sizing["estimated_fraction"],
+                                100 * sizing["max_fraction"])
+                else:
+                    log.info("sanity checks: budget %s, an estimated %.0f%% of this run", budget,
+                             100 * sizing["estimated_fraction"])
                 with _seeded(derive_seed(seed, 0, "checks"), dev):
                     check_results = run_checks(defense, x[probe].to(dev), y[probe].to(dev), eps=eps_value,
                                                norm=threat_model, seed=derive_seed(seed, 0, "checks-attacks"),
                                                base_classifier=base_classifier.to(dev) if base_classifier else None,
-                                               progress=note, **check_options)
+                                               progress=note, cost=checks_cost,
+                                               **{"loss": check_options.get("loss", "auto"), **budget})
+                check_results = [dataclasses.replace(c, details={**c.details, "protocol": {
+                    **c.details["protocol"], "sizing": _jsonable(sizing)}}) for c in check_results]
                 checks_seconds = time.perf_counter() - t0
                 log.info("sanity checks done (%.0f s): %s", checks_seconds,
                          ", ".join(f"{c.name} {c.status}" for c in check_results))
                 atomic_write_text(checks_file, json.dumps({"checks": [dataclasses.asdict(c) for c in check_results],
-                                                           "seconds": checks_seconds, "asked": asked},
-                                                          sort_keys=True) + "\n")
+                                                           "seconds": checks_seconds, "asked": asked,
+                                                           "cost": checks_cost}, sort_keys=True) + "\n")
 
         _execute(job, executor, workers, dev, progress, slurm)
         clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)
@@ -584,6 +632,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                   "forward_passes_per_prediction": fp, "forward_nfe": cost["forwards"] * fp,
                   "backward_nfe": cost["backwards"] * fp, "attack_seconds": cost["seconds"],
                   "checks_seconds": checks_seconds, "wall_seconds": wall,
+                  "checks_forward_passes": int(checks_cost.get("forwards", 0)),
+                  "checks_backward_passes": int(checks_cost.get("backwards", 0)),
+                  "checks_fraction": checks_seconds / wall if wall > 0 else 0.0,
                   "gpu_hours": wall / 3600 if any(d.startswith("cuda") for d in devices) else 0.0,
                   "device": ",".join(devices), "elapsed_seconds_this_call": time.perf_counter() - t_start},
             software=_software(), created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

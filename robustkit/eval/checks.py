@@ -35,18 +35,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Callable
 
 import torch
 
 from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
-from ..attacks.pgd import LOSSES, summed_loss
+from ..attacks.base import GRAD_COST
+from ..attacks.pgd import LOSS_CHOICES, resolve_loss, summed_loss
 from ..errors import InputError
-from ..utils import check_positive_int, state_digest
+from ..utils import check_positive_int, progress_bar, state_digest
 from .record import CheckResult
 
 UNBOUNDED_EPS = {"Linf": 0.5, "L2": 10.0}
+CHECKS = ("stochasticity", "logits", "gradients", "test_time_state", "batch_dependence", "unbounded_attack",
+          "monotone_eps", "more_steps", "black_box", "transfer")
 ALPHA = 0.05  # one-sided level of the paired tests (black_box, transfer)
 
 
@@ -259,53 +263,158 @@ def check_batch_dependence(model: Classifier, x: torch.Tensor) -> CheckResult:
                        f"{diff:.2e}), as declared", True, details)
 
 
+#: the checks' attack budget when nothing is asked and no attack budget is known; ``eot`` is 8 for a
+#: stochastic model, else 1
+DEFAULT_BUDGET = {"steps": 20, "square_queries": 1000}
+#: the smallest budget the automatic sizing goes down to (a stochastic model keeps at least EOT 2)
+MIN_BUDGET = {"steps": 5, "square_queries": 100}
+#: by default the checks cost at most this fraction of the whole run (checks + attacks)
+MAX_CHECK_FRACTION = 0.3
+
+
+def estimated_check_passes(*, steps: int, eot: int, square_queries: int, transfer: bool = True) -> float:
+    """Upper bound on the checks' cost per probe example, in forward-equivalents of the model (a forward 1,
+    a forward + backward ``GRAD_COST``), as :func:`run_checks` spends it: 3 forwards (stochasticity), 1
+    (logits), ``2 x eot`` gradients and a forward (gradients: its loss, and the other loss to diagnose a
+    saturated softmax), 1 (test_time_state), 4 (batch_dependence); PGD at
+    ``steps x eot`` gradients for unbounded_attack, each of the four monotone_eps budgets, and twice that
+    for more_steps; Square's queries; a clean and a verification forward per attack (and the transfer
+    check's two)."""
+    pgd_runs = 1 + 4 + 2  # unbounded, the eps ladder, more_steps (counted in units of `steps`)
+    return (3 + 1 + 2 * eot * GRAD_COST + 1 + 1 + 4 + pgd_runs * steps * eot * GRAD_COST + square_queries
+            + 2 * (6 + 1) + (2 if transfer else 0))
+
+
+def plan_check_budget(*, stochastic: bool, probe_size: int, attack_passes: float | None,
+                      asked: dict[str, object] | None = None,
+                      max_fraction: float = MAX_CHECK_FRACTION) -> tuple[dict[str, int], dict[str, object]]:
+    """The checks' budget (``steps``, ``eot``, ``square_queries``) sized to the attack budget.
+
+    Starts from :data:`DEFAULT_BUDGET` (EOT 8 for a stochastic model, else 1) and, while the checks' estimated
+    cost (``probe_size x`` :func:`estimated_check_passes`) exceeds ``max_fraction`` of the whole run
+    (checks + ``attack_passes``, the attacks' estimated cost over all examples), halves EOT, steps and
+    queries in turn down to :data:`MIN_BUDGET`. Values in ``asked`` (the user's check_options) are kept
+    as given. ``attack_passes=None`` (an attack whose cost is unknown): the defaults. Returns the budget
+    and what was decided, for the record.
+
+    >>> plan_check_budget(stochastic=True, probe_size=16, attack_passes=None)[0]
+    {'steps': 20, 'eot': 8, 'square_queries': 1000}
+    >>> budget, why = plan_check_budget(stochastic=True, probe_size=16, attack_passes=5e4)
+    >>> budget, why["sized"], why["estimated_fraction"] <= 0.3
+    ({'steps': 10, 'eot': 2, 'square_queries': 500}, True, True)
+    """
+    asked = dict(asked or {})
+    budget = {"steps": DEFAULT_BUDGET["steps"], "eot": 8 if stochastic else 1,
+              "square_queries": DEFAULT_BUDGET["square_queries"]}
+    budget.update({k: int(v) for k, v in asked.items() if k in budget})  # type: ignore[arg-type]
+    floor = {**MIN_BUDGET, "eot": 2 if stochastic else 1}
+
+    def cost(b: dict[str, int]) -> float:
+        return probe_size * estimated_check_passes(**b)
+
+    info: dict[str, object] = {"max_fraction": max_fraction, "attack_passes_estimate": attack_passes,
+                               "sized": False}
+    if attack_passes is not None:
+        cap = max_fraction / (1 - max_fraction) * attack_passes
+        free = [k for k in ("eot", "steps", "square_queries") if k not in asked]
+        while cost(budget) > cap:
+            shrinkable = [k for k in free if budget[k] > floor[k]]
+            if not shrinkable:
+                break
+            for k in shrinkable:  # one halving of each, in turn
+                budget[k] = max(floor[k], budget[k] // 2)
+                if cost(budget) <= cap:
+                    break
+            info["sized"] = True
+        info["estimated_fraction"] = cost(budget) / (cost(budget) + attack_passes) if attack_passes else 1.0
+    info["check_passes_estimate"] = cost(budget)
+    return budget, info
+
+
 def _pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
          eot: int, seed: int, loss: str) -> AttackResult:
     step_size = 2.5 * eps / steps
     return PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, eot=eot, seed=seed, loss=loss)(model, x, y)
 
 
-# the knobs of run_checks (benchmark's check_options): the attacks' budget, and their loss
-CHECK_OPTIONS = ("steps", "eot", "square_queries", "loss")
+# the knobs of the checks (benchmark's check_options): the attacks' budget and loss (run_checks's arguments),
+# and the probe size (the benchmark's probe_size, which this key overrides)
+CHECK_OPTIONS = ("steps", "eot", "square_queries", "loss", "probe_size")
 
 
 def validate_check_options(options: dict[str, object]) -> None:
     """Raise :class:`~robustkit.InputError` unless every key is in ``CHECK_OPTIONS``, ``loss`` one of
-    ``"ce"``/``"margin"`` and every other value a positive int."""
+    ``"ce"``/``"margin"``/``"auto"`` and every other value a positive int."""
     unknown = sorted(set(options) - set(CHECK_OPTIONS))
     if unknown:
         raise InputError(f"unknown check option(s) {unknown}; choose from {list(CHECK_OPTIONS)}")
     for label, v in options.items():
         if label == "loss":
-            if v not in LOSSES:
-                raise InputError(f"check option loss must be one of {list(LOSSES)}, got {v!r}")
+            if v not in LOSS_CHOICES:
+                raise InputError(f"check option loss must be one of {list(LOSS_CHOICES)}, got {v!r}")
         else:
             check_positive_int(f"check option {label}", v)
 
 
 def run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int = 0,
-               steps: int = 20, eot: int | None = None, base_classifier: Classifier | None = None,
-               square_queries: int = 1000, loss: str = "ce",
-               progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+               steps: int | None = None, eot: int | None = None, base_classifier: Classifier | None = None,
+               square_queries: int | None = None, loss: str = "auto",
+               progress: Callable[[str], None] | None = None,
+               cost: dict[str, float] | None = None) -> list[CheckResult]:
     """Run every check on the probe ``(x, y)``; returns the results in the table's order.
 
-    ``steps`` are the PGD steps of the attack checks (the unbounded one runs at least 50), ``eot`` their
-    EOT samples (default 8 for a stochastic model, else 1), ``square_queries`` the black-box budget and
-    ``loss`` the PGD loss of the attack checks and of the ``gradients`` check (``"margin"`` for a model
-    whose logits saturate the softmax, such as a diffusion classifier). Every result's
-    ``details["protocol"]`` records these and the probe size. The model and ``base_classifier`` are
-    evaluated in eval mode; their training flags are restored.
+    ``steps`` are the PGD steps of every attack check (default 20; the unbounded one too), ``eot`` their
+    EOT samples and the gradients check's draws (default 8 for a stochastic model, else 1),
+    ``square_queries`` the black-box budget (default 1000) and ``loss`` the PGD loss of the attack checks
+    and of the ``gradients`` check: ``"auto"`` is the margin for a generative classifier
+    (``traits.generative``, logits that can saturate the softmax), else the cross-entropy. The benchmark
+    sizes the defaults to its attack budget (:func:`plan_check_budget`). Every result's
+    ``details["protocol"]`` records the budget and the probe size. Progress: a tqdm bar over the checks
+    on a terminal (and the attacks' own bars), ``progress(name)`` before each check. ``cost``, when
+    given, receives the examples forwarded and back-propagated through ``model`` and the seconds spent.
+    The model and ``base_classifier`` are evaluated in eval mode; their training flags are restored.
     """
-    validate_check_options({"steps": steps, "square_queries": square_queries, "loss": loss,
-                            **({} if eot is None else {"eot": eot})})
     if eot is None:
         eot = 8 if model.traits.stochastic else 1
-    with eval_mode(model, base_classifier):
-        results = _run_checks(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps, eot=eot, loss=loss,
-                              base_classifier=base_classifier, square_queries=square_queries, progress=progress)
+    steps = DEFAULT_BUDGET["steps"] if steps is None else steps
+    square_queries = DEFAULT_BUDGET["square_queries"] if square_queries is None else square_queries
+    validate_check_options({"steps": steps, "square_queries": square_queries, "loss": loss, "eot": eot})
+    loss = resolve_loss(loss, model.traits)
+    counter = _PassCounter(model)
+    t0 = time.perf_counter()
+    try:
+        with eval_mode(model, base_classifier):
+            results = _run_checks(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps, eot=eot, loss=loss,
+                                  base_classifier=base_classifier, square_queries=square_queries,
+                                  progress=progress)
+    finally:
+        counter.remove()
+    if cost is not None:
+        cost.update(forwards=counter.forwards, backwards=counter.backwards, seconds=time.perf_counter() - t0)
     protocol = {"probe_size": int(x.shape[0]), "steps": steps, "eot": eot, "square_queries": square_queries,
                 "loss": loss, "seed": seed}
     return [dataclasses.replace(r, details={**r.details, "protocol": protocol}) for r in results]
+
+
+class _PassCounter:
+    """Counts the examples forwarded through ``model`` (and back-propagated, via a hook on its output)."""
+
+    def __init__(self, model: Classifier):
+        self.forwards = 0
+        self.backwards = 0
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        n = int(args[0].shape[0])
+        self.forwards += n
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(lambda grad: self._backward(n))
+
+    def _backward(self, n: int) -> None:
+        self.backwards += n
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int,
@@ -313,8 +422,14 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
                 progress: Callable[[str], None] | None) -> list[CheckResult]:
     n = x.shape[0]
     tol = _tolerance(n)
-    note = progress or (lambda name: None)
+    bar = progress_bar(total=len(CHECKS), desc="sanity checks", unit="check")
     results: list[CheckResult] = []
+
+    def note(name: str) -> None:
+        bar.update(len(results) - bar.n)  # the checks finished so far
+        bar.set_postfix_str(name)
+        if progress is not None:
+            progress(name)
 
     def pgd(e: float, k: int = steps) -> AttackResult:
         return _pgd(model, x, y, eps=e, norm=norm, steps=k, eot=eot, seed=seed, loss=loss)
@@ -332,8 +447,7 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
 
     note("unbounded_attack")
     big = UNBOUNDED_EPS[norm]
-    acc_big = _pgd(model, x, y, eps=big, norm=norm, steps=max(steps, 50), eot=eot, seed=seed,
-                   loss=loss).robust_accuracy
+    acc_big = _pgd(model, x, y, eps=big, norm=norm, steps=steps, eot=eot, seed=seed, loss=loss).robust_accuracy
     if acc_big <= tol:
         results.append(CheckResult("unbounded_attack", "pass", f"PGD with eps={big} reaches {100 * acc_big:.0f}% "
                                    "accuracy", True, {"accuracy": acc_big, "eps": big}))
@@ -419,5 +533,6 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
                                        f"white-box {100 * white:.0f}%: transfer alone breaks {b} point(s), PGD alone "
                                        f"{c} (sign test p = {p:.3g} ≥ {ALPHA})", True, details))
     model.reset()
+    bar.update(len(results) - bar.n)
+    bar.close()
     return results
-
