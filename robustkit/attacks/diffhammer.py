@@ -162,7 +162,8 @@ class DiffHammer(Attack):
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "n_eval": self.n_eval, "step_size": self.step_size,
                 "lam": self.lam, "alpha": self.alpha, "loss": "margin", "random_start": self.random_start,
-                "restarts": 1, "eot": 1, "gradient": "grafted exact"}
+                "restarts": 1, "eot": 1,
+                "graft": "weighted purified-image gradient on one exact backward of the selected draw"}
 
     def _evaluate(self, purifier, classifier, x_adv: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
         """``n_eval`` purifications of ``x_adv``: their noise, losses ``[n, B]``, gradients with respect to
