@@ -50,7 +50,10 @@ def _classifier(dtype=torch.float64) -> robustkit.Classifier:
     return robustkit.wrap_classifier(net.to(dtype), num_classes=3, input_shape=SHAPE)
 
 
-def _purifier(guidance: ContrastiveGuidanceConfig | None = None, config: DiffPureConfig = CFG,
+PAIRED = ContrastiveGuidanceConfig.preset("paired")
+
+
+def _purifier(guidance: ContrastiveGuidanceConfig | None = PAIRED, config: DiffPureConfig = CFG,
               dtype=torch.float64) -> ContrastiveGuidedPurifier:
     p = ContrastiveGuidedPurifier(Wavy(SHAPE, std=0.5), _classifier(dtype), config, guidance)
     return p.to(dtype)

@@ -91,48 +91,68 @@ from ..classifier import Classifier
 from ..diffusion.solvers import euler_maruyama
 from ..errors import InputError
 from ..utils import check_positive_int
+from .contrastive_head import (CONTRASTIVE_HEADS, GatedProjectionHead, HeadArg, HeadState, ProjectionHead, build_head,
+                               head_forward, online_head_update)
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier
 from .purification import PurifiedClassifier
 
-__all__ = ["CONTRASTIVE_LOSSES", "ContrastiveGuidanceConfig", "ContrastiveGuidedPurifier",
-           "ContrastivePurifiedClassifier", "ContrastiveScoreModel", "ProjectionHead",
-           "create_contrastive_purification", "debiased_contrastive_loss", "info_nce_loss"]
+__all__ = ["CLASSIFIER_INPUTS", "CONTRASTIVE_LOSSES", "CONTRASTIVE_PRESETS", "ContrastiveGuidanceConfig",
+           "ContrastiveGuidedPurifier", "ContrastivePurificationConfig", "ContrastivePurifiedClassifier",
+           "ContrastiveScoreModel", "GuidanceStep", "create_contrastive_purification", "debiased_contrastive_loss",
+           "info_nce_loss", "official_contrastive_loss"]
 
-LossArg = Literal["debiased", "infonce"]
-CONTRASTIVE_LOSSES = ("debiased", "infonce")
+LossArg = Literal["official", "debiased", "infonce"]
+CONTRASTIVE_LOSSES = ("official", "debiased", "infonce")
+InputArg = Literal["raw", "unit"]
+CLASSIFIER_INPUTS = ("raw", "unit")
 
 
 # ---------------------------------------------------------------------------------------------- config
 
 @dataclass(frozen=True)
 class ContrastiveGuidanceConfig:
-    """The guidance's hyperparameters; defaults are the paper's (Bai et al. 2024, CIFAR-10).
+    """The guidance's hyperparameters; the defaults are the official code's (the ``"official"`` preset).
+
+    The released code (ContrastDiffPurification @ a1b2138, the CIFAR-10 AutoAttack scripts) is what the
+    paper's numbers were measured with, so its behaviour is the default. :data:`CONTRASTIVE_PRESETS` names the
+    variants; :attr:`variant` says which one a config is.
 
     Attributes:
-        guidance_scale: λ in ``ε̃ = ε̂ + λ∇ℓ`` (500). 0 turns the guidance off (DiffPure exactly).
-        loss: ``"debiased"`` (Robinson et al.'s hard-negative loss, the paper's) or ``"infonce"``.
+        guidance_scale: λ in ``ε̃ = ε̂ + λ∇ℓ`` (500, the scripts' ``delta_grad_mul``). 0: DiffPure exactly.
+        loss: ``"official"`` (the released ``ContrastiveLoss``, hard estimator: all B×B previous/current pairs
+            are positives, N = max(2B − 2, 2), similarity and ratio clamped at 1e-6), ``"debiased"`` (Robinson
+            et al.'s loss with the pairs (previous_i, current_i) as positives) or ``"infonce"``.
         tau_plus: τ⁺, the class prior of false negatives (0.1); in ``[0, 1)``.
         beta: β, the hardness concentration of the negatives' importance weights (1.0); ``>= 0``.
         temperature: T of ``exp(cos/T)`` (1.0).
-        start_step: the first solver step (0-based) that is guided; step ``k`` contrasts ``x_k`` with
-            ``x_{k−1}``, so ``>= 1`` (2: the official code's ``drift_counter_min``).
-        online_head: train the head online during each purification (the official code); the input
-            gradient is then not exact (module docstring).
+        start_step: the first guided solver step (0-based); step ``k`` contrasts ``x_k`` with ``x_{k−1}``, so
+            ``>= 1``. 1 is the CIFAR-10 AutoAttack scripts' ``drift_counter_min 0`` (the official first call
+            has no cached state); the BPDA and ImageNet scripts use 40; robustkit's paired variant 2.
+        online_head: re-start the head from its initial weights at each purification and train it online,
+            one Adam step per guided solver step (the official code). The Adam steps are unrolled, so
+            gradients through the purification stay exact.
+        head: ``"gated"`` (the official three gated residual blocks, no biases) or ``"residual"``
+            (robustkit's two-layer residual head).
         head_lr: Adam's learning rate for the online head (0.01).
         head_hidden: hidden width of the head (None: ``2 · num_classes``, as the official head).
-        head_seed: seed of the head's initialisation (also its re-initialisation per purification).
+        head_seed: seed of the head's initial weights (drawn from a private generator: the official code
+            re-draws them from the global RNG at every purification; see the module docstring).
+        classifier_input: what the classifier is shown: ``"raw"``, the ``[−1, 1]`` noisy state itself (the
+            official code), or ``"unit"``, ``(x_t + 1)/2`` (the classifier's own input range).
     """
 
     guidance_scale: float = 500.0
-    loss: LossArg = "debiased"
+    loss: LossArg = "official"
     tau_plus: float = 0.1
     beta: float = 1.0
     temperature: float = 1.0
-    start_step: int = 2
-    online_head: bool = False
+    start_step: int = 1
+    online_head: bool = True
+    head: HeadArg = "gated"
     head_lr: float = 0.01
     head_hidden: int | None = None
     head_seed: int = 0
+    classifier_input: InputArg = "raw"
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "tau_plus", "beta", "temperature", "head_lr"):
@@ -141,8 +161,10 @@ class ContrastiveGuidanceConfig:
                 raise InputError(f"{name} must be a finite number, got {v!r}")
         if self.guidance_scale < 0:
             raise InputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.loss not in CONTRASTIVE_LOSSES:
-            raise InputError(f"loss must be one of {CONTRASTIVE_LOSSES}, got {self.loss!r}")
+        for name, allowed in (("loss", CONTRASTIVE_LOSSES), ("head", CONTRASTIVE_HEADS),
+                              ("classifier_input", CLASSIFIER_INPUTS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.tau_plus < 1.0:
             raise InputError(f"tau_plus must be in [0, 1), got {self.tau_plus}")
         if self.beta < 0:
@@ -158,6 +180,45 @@ class ContrastiveGuidanceConfig:
         check_positive_int("head_hidden", self.head_hidden, none_ok=True)
         if not isinstance(self.online_head, bool):
             raise InputError(f"online_head must be a bool, got {self.online_head!r}")
+
+    @property
+    def variant(self) -> str:
+        """The name of the preset this config equals (:data:`CONTRASTIVE_PRESETS`), else ``"custom"``."""
+        return next((name for name, cfg in CONTRASTIVE_PRESETS.items() if cfg == self), "custom")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ContrastiveGuidanceConfig":
+        """The preset ``name`` of :data:`CONTRASTIVE_PRESETS`, with ``overrides`` (config fields) applied."""
+        if name not in CONTRASTIVE_PRESETS:
+            raise InputError(f"unknown contrastive-guidance preset {name!r}; choose from {sorted(CONTRASTIVE_PRESETS)}")
+        return dataclasses.replace(CONTRASTIVE_PRESETS[name], **overrides)
+
+
+#: The named variants. ``"official"``: the released code as the CIFAR-10 AutoAttack scripts run it (the
+#: default); ``"official_bpda"``: the same with ``drift_counter_min 40`` (the BPDA and ImageNet scripts);
+#: ``"paired"``: robustkit's earlier variant (positives = the two states of one image, a fixed seeded
+#: residual head, the classifier shown ``(x_t + 1)/2``, guidance from step 2).
+CONTRASTIVE_PRESETS: dict[str, ContrastiveGuidanceConfig] = {
+    "official": ContrastiveGuidanceConfig(),
+    "official_bpda": ContrastiveGuidanceConfig(start_step=40),
+    "paired": ContrastiveGuidanceConfig(loss="debiased", start_step=2, online_head=False, head="residual",
+                                        classifier_input="unit"),
+}
+
+
+@dataclass(frozen=True)
+class ContrastivePurificationConfig:
+    """What a contrastive-guided purification is, as benchmark records store it (``purifier_config``).
+
+    Attributes:
+        diffpure: the solver's :class:`~robustkit.defenses.DiffPureConfig`.
+        guidance: the :class:`ContrastiveGuidanceConfig`.
+        variant: ``guidance.variant`` (a preset name or ``"custom"``).
+    """
+
+    diffpure: DiffPureConfig
+    guidance: ContrastiveGuidanceConfig
+    variant: str
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -225,61 +286,94 @@ def info_nce_loss(z_prev: torch.Tensor, z_cur: torch.Tensor, *, temperature: flo
     return -torch.log(pos / (pos + neg.sum(1))).mean()
 
 
-# -------------------------------------------------------------------------------------------------- head
+def official_contrastive_loss(z_prev: torch.Tensor, z_cur: torch.Tensor, *, tau_plus: float = 0.1, beta: float = 1.0,
+                              temperature: float = 1.0) -> torch.Tensor:
+    """The released code's contrastive loss (``ContrastiveLoss``, hard estimator), ``loss(x_1=z_prev, x_2=z_cur)``.
 
-class ProjectionHead(nn.Module):
-    """A residual two-layer projection of logits: ``z = l + W₂ silu(W₁ l + b₁)``.
+    With ``s(u, v) = exp(cos(u, v)/T)`` over the 2B embeddings ``[z_prev; z_cur]``:
 
-    Initialised from its own seeded generator (uniform ``±1/sqrt(fan_in)``, PyTorch's Linear bound),
-    never from the global RNG; :meth:`reset` restores that initialisation.
+    * negatives: row ``i`` of ``s`` without columns ``i mod B`` and ``i mod B + B`` (2B − 2 per row); for
+      B = 1 only column 1 is dropped, so each row keeps one entry. Clamped below at 1e-6;
+    * positives: the **full B×B matrix** ``pos[i, j] = s(z_prev_i, z_cur_j)``, stacked twice to ``[2B, B]``;
+    * ``N = max(2B − 2, 2)``, importance weights ``imp = neg^β``,
+      ``N_g = (Σ_row imp·neg / mean_row imp − τ⁺ N pos) / (1 − τ⁺)`` ``[2B, B]``, clamped below at ``N e^{−1/T}``;
+    * loss = ``−mean log clamp(pos/(pos + N_g), 1e-6)`` over all 2B × B entries.
+
+    A batch of one is not degenerate here: its loss, and so its guidance, is non-zero.
 
     Shape:
-        ``[N, num_classes]`` → ``[N, num_classes]``.
+        ``z_prev, z_cur``: ``[B, D]``; returns a scalar.
+
+    Reference:
+        ContrastDiffPurification @ a1b2138, ``src/contrastive_guided_diffusion.py`` (``ContrastiveLoss``).
+
+    Example::
+
+        >>> import torch
+        >>> z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+        >>> official_contrastive_loss(z, z + 0.1).shape
+        torch.Size([])
     """
-
-    def __init__(self, num_classes: int, hidden: int, seed: int = 0):
-        super().__init__()
-        self.num_classes, self.hidden, self.seed = int(num_classes), int(hidden), int(seed)
-        self.fc1 = nn.Linear(self.num_classes, self.hidden)
-        self.fc2 = nn.Linear(self.hidden, self.num_classes, bias=False)
-        self.reset()
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        for p, fan_in in ((self.fc1.weight, self.num_classes), (self.fc1.bias, self.num_classes),
-                          (self.fc2.weight, self.hidden)):
-            bound = 1.0 / math.sqrt(fan_in)
-            # drawn in float32 whatever the head's dtype: the same initial values in any precision
-            p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float32) * 2 - 1) * bound)
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits + self.fc2(F.silu(self.fc1(logits)))
+    _check_pair(z_prev, z_cur)
+    b = z_prev.shape[0]
+    z = torch.cat([z_prev, z_cur], 0)
+    sim = torch.exp(F.cosine_similarity(z.unsqueeze(1), z.unsqueeze(0), dim=-1) / temperature)  # [2B, 2B]
+    keep = torch.ones(b, 2 * b, dtype=torch.bool, device=z.device)
+    if b == 1:
+        keep[0, 1] = False
+    else:
+        rows = torch.arange(b, device=z.device)
+        keep[rows, rows] = False
+        keep[rows, rows + b] = False
+    neg = sim[keep.repeat(2, 1)].view(2 * b, -1).clamp(min=1e-6)
+    pos = torch.exp(F.cosine_similarity(z_prev.unsqueeze(1), z_cur.unsqueeze(0), dim=-1) / temperature).repeat(2, 1)
+    n = max(2 * b - 2, 2)
+    imp = torch.exp(beta * torch.log(neg))
+    reweighted = (imp * neg).sum(-1, keepdim=True) / imp.mean(-1, keepdim=True)
+    ng = ((reweighted - tau_plus * n * pos) / (1.0 - tau_plus)).clamp(min=n * math.e ** (-1.0 / temperature))
+    return -torch.log((pos / (pos + ng)).clamp(min=1e-6)).mean()
 
 
 # ---------------------------------------------------------------------------------------------- purifier
+
+@dataclass(frozen=True)
+class GuidanceStep:
+    """One guided solver step's result: the guidance ``δ = λ ∇_{x_t} ℓ`` and the online head after its update.
+
+    Attributes:
+        delta: ``λ ∇_{x_t} ℓ(x_t, x_prev)``, added to the noise prediction (``[N, C, H, W]``).
+        head: the online head's :class:`~robustkit.defenses.contrastive_head.HeadState` after this step's Adam
+            step (the step's δ used the state *before* it, as the official code); None for a fixed head.
+    """
+
+    delta: torch.Tensor
+    head: HeadState | None
+
 
 class ContrastiveGuidedPurifier(DiffPurePurifier):
     """DiffPure with contrastive guidance (module docstring): ``ε̃ = ε̂ + λ∇ℓ`` from ``start_step`` on.
 
     Args:
         score_model: as :class:`~robustkit.defenses.DiffPurePurifier` (frozen, eval mode).
-        classifier: the robustkit :class:`~robustkit.Classifier` whose logits of the noisy states
-            ``(x_t + 1)/2`` are embedded (usually the defended classifier itself). Not frozen or mutated.
+        classifier: the robustkit :class:`~robustkit.Classifier` whose logits of the noisy states are embedded
+            (usually the defended classifier itself; the official scripts use it too). Not frozen or mutated.
         config: a :class:`~robustkit.defenses.DiffPureConfig`; ``sampler`` must be ``"sde"`` (the paper's).
-        guidance: a :class:`ContrastiveGuidanceConfig` (default: the paper's).
+        guidance: a :class:`ContrastiveGuidanceConfig` (default: the official code's).
+        initial_head: the projection head (its weights are every purification's initial weights), a module
+            of the configured kind, e.g. the official head's weights loaded into a
+            :class:`~robustkit.defenses.GatedProjectionHead`; None: a new head seeded with ``guidance.head_seed``.
 
     Attributes:
-        head: the :class:`ProjectionHead` (fixed, or re-initialised and trained per purification).
+        head: the projection head. With ``online_head`` it holds the *initial* weights of every
+            purification and is never changed by one (the trained weights live in a :class:`HeadState`).
         guided_steps: solver steps with guidance (``nfe − start_step``, 0 when λ = 0).
 
     Traits:
-        stochastic (DiffPure's noise). Gradient: exact through :meth:`purify` with a fixed head
-        (second-order terms included; see the cost in the module docstring); ``"surrogate"`` with
-        ``online_head=True`` (the guidance is a constant of the graph); :meth:`purify_surrogate` is
-        DiffPure's coarse, *unguided* solve on the same noise; no adjoint mode. ``nfe`` counts the two
-        classifier forwards of each guided step. Use :class:`ContrastivePurifiedClassifier`, which
-        declares these in its traits.
+        stochastic (DiffPure's noise). Gradient: exact through :meth:`purify` (second-order terms, and with
+        an online head its unrolled Adam steps, included; cost in the module docstring); :meth:`purify_surrogate`
+        is DiffPure's coarse, *unguided* solve on the same noise; no adjoint mode. ``nfe`` counts the two
+        classifier forwards of each guided step. Batch-dependent (the negatives, and with the official loss
+        the positives, are the batch). Use :class:`ContrastivePurifiedClassifier`, which declares these.
 
     Shape:
         ``x [N, C, H, W]`` in [0, 1] → ``[N, C, H, W]`` (not clamped unless ``config.clamp``).
@@ -289,7 +383,7 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
     """
 
     def __init__(self, score_model: nn.Module, classifier: Classifier, config: DiffPureConfig | None = None,
-                 guidance: ContrastiveGuidanceConfig | None = None):
+                 guidance: ContrastiveGuidanceConfig | None = None, initial_head: nn.Module | None = None):
         config = DiffPureConfig() if config is None else config
         guidance = ContrastiveGuidanceConfig() if guidance is None else guidance
         if not isinstance(guidance, ContrastiveGuidanceConfig):
@@ -304,11 +398,15 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         self.check_input_shape(tuple(classifier.input_shape))
         self.classifier = classifier
         self.guidance = guidance
-        hidden = guidance.head_hidden or 2 * classifier.num_classes
-        self.head = ProjectionHead(classifier.num_classes, hidden, guidance.head_seed)
-        self.head.requires_grad_(guidance.online_head)
+        k, head = classifier.num_classes, initial_head
+        if head is None:
+            head = build_head(guidance.head, k, guidance.head_hidden or 2 * k, guidance.head_seed)
+        expected = GatedProjectionHead if guidance.head == "gated" else ProjectionHead
+        if not isinstance(head, expected) or head.num_classes != k:
+            raise InputError(f"initial_head must be a {expected.__name__} on {k} classes (guidance.head={guidance.head!r}), "
+                             f"got {type(head).__name__}")
+        self.head = head.requires_grad_(False)
         self.online_head = guidance.online_head
-        self.gradient = "surrogate" if guidance.online_head else "exact"
         self.supports_adjoint = False  # torchsde's adjoint would integrate the unguided SDE
         sde = config.sde()
         grid = self._sampler.grid
@@ -316,6 +414,11 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         self._grid = grid
         self._betas, self._stds = sde.beta(t).tolist(), sde.marginal(t).std.tolist()
         self.batch_dependent = self.guided_steps > 0  # the negatives are the other images of the batch
+
+    @property
+    def config_record(self) -> ContrastivePurificationConfig:
+        """The solver's and the guidance's settings together, as records store them."""
+        return ContrastivePurificationConfig(self.config, self.guidance, self.guidance.variant)
 
     # -- sizes ---------------------------------------------------------------------------------------------
 
@@ -335,71 +438,98 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         g = self.guidance
         if g.loss == "infonce":
             return info_nce_loss(z_prev, z_cur, temperature=g.temperature)
-        return debiased_contrastive_loss(z_prev, z_cur, tau_plus=g.tau_plus, beta=g.beta, temperature=g.temperature)
+        loss = official_contrastive_loss if g.loss == "official" else debiased_contrastive_loss
+        return loss(z_prev, z_cur, tau_plus=g.tau_plus, beta=g.beta, temperature=g.temperature)
 
-    def _embed(self, x_t: torch.Tensor) -> torch.Tensor:
-        """The head's embedding of the classifier's logits of a noisy state (diffusion scaling → [0, 1])."""
-        img = (x_t + 1.0) * 0.5
+    def _embed(self, x_t: torch.Tensor, weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """The head's embedding (``weights``: the online head's, None: the module's) of the classifier's
+        logits of a noisy state, shown raw (official) or as ``(x_t + 1)/2``."""
+        img = x_t if self.guidance.classifier_input == "raw" else (x_t + 1.0) * 0.5
         size = tuple(self.classifier.input_shape[-2:])
         if tuple(img.shape[-2:]) != size:
             img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
         logits = self.classifier.logits(img)
-        return self.head(logits.to(self.head.fc1.weight.dtype)).to(x_t.dtype)
+        first = next(self.head.parameters())
+        logits = logits.to(first.dtype)
+        z = self.head(logits) if weights is None else head_forward(self.head, weights, logits)
+        return z.to(x_t.dtype)
 
-    def contrastive_loss(self, x_t: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    def contrastive_loss(self, x_t: torch.Tensor, x_prev: torch.Tensor,
+                         weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """``ℓ(x_t, x_prev)``: the configured loss between the embeddings of ``x_prev`` and ``x_t``."""
-        return self._loss_fn(self._embed(x_prev), self._embed(x_t))
+        return self._loss_fn(self._embed(x_prev, weights), self._embed(x_t, weights))
+
+    def initial_head_state(self) -> HeadState:
+        """The online head at the start of a purification: :attr:`head`'s weights, Adam's moments at 0."""
+        return HeadState.initial(self.head)
+
+    def guidance_step(self, x_t: torch.Tensor, x_prev: torch.Tensor, head: HeadState | None = None, *,
+                      create_graph: bool | None = None) -> GuidanceStep:
+        """One guided step: ``δ = λ ∇_{x_t} ℓ(x_t, x_prev)`` with the head ``head`` (None: the fixed
+        :attr:`head`), then, for an online head, one Adam step on it with ``∇_θ ℓ`` (the official order).
+
+        ``create_graph`` (default: grad mode is on and ``x_t`` requires grad): differentiate through the
+        step, so δ and the updated head are functions of ``x_t``, ``x_prev`` and ``head``'s tensors (the
+        official code reads ``x_prev``'s logits under no_grad; that only skips a gradient it does not use).
+        Otherwise everything is computed as constants under a local ``enable_grad``.
+
+        Example (the official head trained over two steps)::
+
+            >>> import torch, torch.nn as nn, robustkit
+            >>> from robustkit.defenses import ContrastiveGuidedPurifier, GaussianScoreModel
+            >>> clf = robustkit.wrap_classifier(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), input_shape=(1, 4, 4))
+            >>> p = ContrastiveGuidedPurifier(GaussianScoreModel((1, 4, 4)), clf)
+            >>> a, b, c = torch.randn(3, 4, 1, 4, 4).unbind(0)
+            >>> s1 = p.guidance_step(b, a, p.initial_head_state()); s2 = p.guidance_step(c, b, s1.head)
+            >>> s2.delta.shape, s2.head.step
+            (torch.Size([4, 1, 4, 4]), 2)
+        """
+        if create_graph is None:
+            create_graph = torch.is_grad_enabled() and x_t.requires_grad
+        lam = float(self.guidance.guidance_scale)
+
+        def leaf(t: torch.Tensor) -> torch.Tensor:  # a tensor to differentiate with respect to
+            return t if create_graph and t.requires_grad else t.detach().requires_grad_(True)
+
+        with torch.enable_grad():
+            x_t = leaf(x_t)
+            x_prev = x_prev if create_graph else x_prev.detach()
+            weights = None if head is None else tuple(leaf(w) for w in head.weights)
+            loss = self.contrastive_loss(x_t, x_prev, weights)
+            grads = torch.autograd.grad(loss, (x_t, *(weights or ())), create_graph=create_graph)
+            new_head = None
+            if head is not None:
+                if not create_graph:
+                    head = HeadState(tuple(w.detach() for w in weights), tuple(m.detach() for m in head.exp_avg),
+                                     tuple(v.detach() for v in head.exp_avg_sq), head.step)
+                new_head = online_head_update(head, grads[1:], self.guidance.head_lr)
+        return GuidanceStep(lam * grads[0], new_head)
 
     def guidance_term(self, x_t: torch.Tensor, x_prev: torch.Tensor, t: torch.Tensor | float | None = None,
                       ) -> torch.Tensor:
-        """``λ ∇_{x_t} ℓ(x_t, x_prev)`` (the guidance does not depend on ``t``; kept for the signature).
+        """``λ ∇_{x_t} ℓ(x_t, x_prev)`` with the head's current (initial) weights; no training.
 
-        When a graph is being recorded and ``x_t`` is in it (and the head is fixed) the gradient is taken
-        with ``create_graph=True``: the result is differentiable in ``x_t`` and ``x_prev``. Otherwise it is
-        a constant computed under a local ``enable_grad``. Does not train the online head.
+        Differentiable in ``x_t`` and ``x_prev`` when a graph is being recorded and ``x_t`` is in it (the
+        guidance does not depend on ``t``; kept for the signature).
         """
-        lam = float(self.guidance.guidance_scale)
-        if torch.is_grad_enabled() and x_t.requires_grad and not self.online_head:
-            grad, = torch.autograd.grad(self.contrastive_loss(x_t, x_prev), x_t, create_graph=True)
-            return lam * grad
-        with torch.enable_grad():
-            x = x_t.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(self.contrastive_loss(x, x_prev.detach()), x)
-        return lam * grad
+        return self.guidance_step(x_t, x_prev).delta
 
     def guided_noise(self, x_t: torch.Tensor, x_prev: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``ε̃ = ε̂(x_t, t) + λ ∇_{x_t} ℓ(x_t, x_prev)`` (Bai et al. Eq. 8)."""
+        """``ε̃ = ε̂(x_t, t) + λ ∇_{x_t} ℓ(x_t, x_prev)`` (Bai et al. Eq. 8; fixed head)."""
         return self.score_model(x_t, t) + self.guidance_term(x_t, x_prev, t)
-
-    def _online_guidance(self, x_t: torch.Tensor, x_prev: torch.Tensor, optimizer: torch.optim.Optimizer,
-                         ) -> torch.Tensor:
-        """The official code's step: ``λ∇_x ℓ`` with the current head, then one Adam step on the head."""
-        params = [p for p in self.head.parameters()]
-        with torch.enable_grad():
-            x = x_t.detach().requires_grad_(True)
-            loss = self.contrastive_loss(x, x_prev.detach())
-            grads = torch.autograd.grad(loss, [x, *params])
-        for p, g in zip(params, grads[1:]):
-            p.grad = g
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(self.guidance.guidance_scale) * grads[0]
 
     # -- purification ----------------------------------------------------------------------------------------
 
     def _run(self, x: torch.Tensor, noise: DiffPureNoise, checkpoint: bool) -> torch.Tensor:
         if self.guided_steps == 0:
             return super()._run(x, noise, checkpoint)  # λ = 0: DiffPure, the same code path
-        if x.shape[0] == 1:
-            warnings.warn("ContrastiveGuidedPurifier got a batch of one image: the contrastive loss has no negatives, "
-                          "so the guidance is zero and this purification is plain DiffPure. The negatives are the "
-                          "other images of the batch (robustkit.defenses.contrastive, 'Batch dependence').",
-                          stacklevel=3)
+        if x.shape[0] == 1 and self.guidance.loss != "official":
+            warnings.warn("ContrastiveGuidedPurifier got a batch of one image: the paired contrastive loss has no "
+                          "negatives, so the guidance is zero and this purification is plain DiffPure. The "
+                          "negatives are the other images of the batch (robustkit.defenses.contrastive, "
+                          "'Batch dependence').", stacklevel=3)
         x_t = self.diffuse(x, noise.init)
-        optimizer = None
-        if self.online_head:
-            self.head.reset()  # re-initialised per purification, as the official code
-            optimizer = torch.optim.Adam(self.head.parameters(), lr=self.guidance.head_lr)
+        head = self.initial_head_state() if self.online_head else None  # a fresh start per purification
         grid, start = self._grid, self.guidance.start_step
         prev = None
         for k in range(len(grid) - 1):
@@ -407,21 +537,20 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
             nxt = euler_maruyama(self.score_model, self._sampler.sde, x_t, grid[k], grid[k + 1], steps=1,
                                  noise=[noise.steps[k]], checkpoint=checkpoint)
             if k >= start:
-                if optimizer is not None:
-                    g = self._online_guidance(x_t, prev, optimizer)
-                elif checkpoint and torch.is_grad_enabled() and x_t.requires_grad:
-                    g = _CheckpointedGuidance.apply(x_t, prev, self)
+                if checkpoint and torch.is_grad_enabled() and x_t.requires_grad:
+                    step = _CheckpointedGuidanceStep.run(self, x_t, prev, head)
                 else:
-                    g = self.guidance_term(x_t, prev)
-                # ε̃ = ε̂ + g in the drift's −β h ε̃/σ term: the guided step is the plain one plus −β h g/σ.
+                    step = self.guidance_step(x_t, prev, head)
+                head = step.head
+                # ε̃ = ε̂ + δ in the drift's −β h ε̃/σ term: the guided step is the plain one plus −β h δ/σ.
                 h = grid[k] - grid[k + 1]
-                nxt = nxt - (self._betas[k] * h / self._stds[k]) * g
+                nxt = nxt - (self._betas[k] * h / self._stds[k]) * step.delta
             prev, x_t = x_t, nxt
         return self._finish(x_t, tuple(x.shape[-2:]))
 
     def purify_adjoint(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise InputError("ContrastiveGuidedPurifier has no adjoint gradient (the adjoint SDE would be the unguided "
-                         "one); use gradient='exact' (checkpointed) or 'surrogate'")
+                         "one); use gradient='exact' (checkpointed), 'bpda' or 'surrogate'")
 
     def train(self, mode: bool = True) -> "ContrastiveGuidedPurifier":
         nn.Module.train(self, mode)
@@ -430,28 +559,28 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
 
     def extra_repr(self) -> str:
         g = self.guidance
-        return (super().extra_repr() + f", guidance_scale={g.guidance_scale}, loss={g.loss!r}, "
-                f"start_step={g.start_step}, online_head={g.online_head}")
+        return (super().extra_repr() + f", variant={g.variant!r}, guidance_scale={g.guidance_scale}, loss={g.loss!r}, "
+                f"start_step={g.start_step}, online_head={g.online_head}, head={g.head!r}, "
+                f"classifier_input={g.classifier_input!r}")
 
 
 class ContrastivePurifiedClassifier(PurifiedClassifier):
-    """:class:`~robustkit.defenses.PurifiedClassifier` whose traits declare the guidance's gradient.
+    """:class:`~robustkit.defenses.PurifiedClassifier` whose record states the guidance.
 
-    Same arguments. With an online head (``purifier.gradient == "surrogate"``) an ``"exact"`` mode is
-    declared ``"surrogate"``: the input gradient treats the guidance as a constant (its dependence on the
-    head's online training is not differentiated), so it is not the gradient of the prediction.
+    Same arguments. ``config.purifier_config`` is a :class:`ContrastivePurificationConfig` (solver, guidance
+    and variant name), so benchmark records store which variant was evaluated.
 
     Traits:
-        as :class:`PurifiedClassifier`, with ``gradient`` lowered to ``"surrogate"`` for an online head and
-        ``batch_dependent`` unless the guidance is off (λ = 0 or no guided step).
+        as :class:`PurifiedClassifier`, with ``batch_dependent`` unless the guidance is off (λ = 0 or no
+        guided step). ``"exact"`` is exact for every variant (the online head's Adam steps are unrolled);
+        ``"bpda"`` is the paper's own evaluation (identity backward through the purification).
     """
 
     def __init__(self, purifier: ContrastiveGuidedPurifier, classifier: Classifier, **kwargs: Any):
         if not isinstance(purifier, ContrastiveGuidedPurifier):
             raise InputError(f"purifier must be a ContrastiveGuidedPurifier, got {type(purifier).__name__}")
         super().__init__(purifier, classifier, **kwargs)
-        if purifier.gradient == "surrogate" and self.traits.gradient == "exact":
-            self.traits = dataclasses.replace(self.traits, gradient="surrogate")
+        self.config = dataclasses.replace(self.config, purifier_config=purifier.config_record)
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -473,55 +602,72 @@ class ContrastiveScoreModel(nn.Module):
                          "defense with robustkit.create_defense")
 
 
-class _CheckpointedGuidance(torch.autograd.Function):
-    """``λ∇_{x_t} ℓ(x_t, x_prev)`` keeping only its two inputs for the backward pass.
+class _CheckpointedGuidanceStep(torch.autograd.Function):
+    """One :meth:`ContrastiveGuidedPurifier.guidance_step` keeping only its inputs for the backward pass.
 
-    Forward: the gradient without a graph. Backward: rebuild it with ``create_graph=True`` and take the
-    vector–Jacobian product with the incoming gradient (Hessian-vector products of the classifier and
-    head), the same numbers as differentiating the uncheckpointed graph. torch's own non-reentrant
-    checkpoint is no use here: the ``autograd.grad`` inside the region unpacks its saved tensors during
-    the forward, which makes it recompute them and keep the recomputed activations until the backward.
+    Inputs: ``x_t``, ``x_prev`` and, for an online head, its state's tensors (weights, Adam moments);
+    outputs: δ and the updated state's tensors. Forward: the step without a graph. Backward: rebuild it
+    with ``create_graph=True`` and take the vector–Jacobian product with the incoming gradients
+    (Hessian-vector products of the classifier and head, and through the unrolled Adam step), the same
+    numbers as differentiating the uncheckpointed graph. torch's own non-reentrant checkpoint is no use
+    here: the ``autograd.grad`` inside the region unpacks its saved tensors during the forward, which makes
+    it recompute them and keep the recomputed activations until the backward.
     """
 
     @staticmethod
-    def forward(ctx, x_t: torch.Tensor, x_prev: torch.Tensor, purifier: "ContrastiveGuidedPurifier") -> torch.Tensor:
-        ctx.save_for_backward(x_t, x_prev)
-        ctx.purifier = purifier
-        with torch.enable_grad():
-            a = x_t.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(purifier.contrastive_loss(a, x_prev.detach()), a)
-        return float(purifier.guidance.guidance_scale) * grad
+    def run(purifier: "ContrastiveGuidedPurifier", x_t: torch.Tensor, x_prev: torch.Tensor,
+            head: HeadState | None) -> GuidanceStep:
+        state = () if head is None else head.tensors()
+        out = _CheckpointedGuidanceStep.apply(purifier, -1 if head is None else head.step, x_t, x_prev, *state)
+        return GuidanceStep(out[0], None if head is None else HeadState.from_tensors(out[1:], head.step + 1))
+
+    @staticmethod
+    def _step(purifier, step, x_t, x_prev, state, create_graph):
+        head = None if step < 0 else HeadState.from_tensors(state, step)
+        out = purifier.guidance_step(x_t, x_prev, head, create_graph=create_graph)
+        return (out.delta,) + (() if out.head is None else out.head.tensors())
+
+    @staticmethod
+    def forward(ctx, purifier, step, x_t, x_prev, *state):
+        ctx.save_for_backward(x_t, x_prev, *state)
+        ctx.purifier, ctx.step = purifier, step
+        return _CheckpointedGuidanceStep._step(purifier, step, x_t, x_prev, state, create_graph=False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        x_t, x_prev = ctx.saved_tensors
+    def backward(ctx, *grad_outs):
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
         with torch.enable_grad():
-            a = x_t.detach().requires_grad_(True)
-            b = x_prev.detach().requires_grad_(x_prev.requires_grad)
-            g = ctx.purifier.guidance_term(a, b)  # a requires grad: built with create_graph=True
-            inputs = (a, b) if b.requires_grad else (a,)
-            grads = torch.autograd.grad(g, inputs, grad_out)
-        return grads[0], (grads[1] if b.requires_grad else None), None
+            inputs = [t.detach().requires_grad_(bool(n)) for t, n in zip(saved, needs)]
+            outs = _CheckpointedGuidanceStep._step(ctx.purifier, ctx.step, inputs[0], inputs[1], tuple(inputs[2:]),
+                                                   create_graph=True)
+            pairs = [(o, g) for o, g in zip(outs, grad_outs) if o.requires_grad and g is not None]
+            wrt = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+                         if pairs and wrt else [None] * len(wrt))
+        return (None, None, *[next(grads) if t.requires_grad else None for t in inputs])
 
 
 def create_contrastive_purification(name: str, *, pretrained: bool = False, classifier: Classifier | str | None = None,
                                     score_model: nn.Module | str | os.PathLike | None = None,
                                     score_checkpoint: str | os.PathLike | None = None,
                                     gradient: str | None = None, n_samples: int | None = None,
-                                    vote: str | None = None, seed: int | None = None,
+                                    vote: str | None = None, seed: int | None = None, preset: str | None = None,
                                     **overrides: Any) -> ContrastivePurifiedClassifier:
     """Build a registered contrastive-guided purification defense (eval mode).
 
     Args:
         name: e.g. ``"contrastive_purification.cifar10"`` or ``"tiny_contrastive_purification.digits"``.
         pretrained, classifier, gradient, n_samples, vote, seed: as :func:`~robustkit.defenses.create_defense`
-            (``gradient`` default: the entry's, lowered to ``"surrogate"`` in the traits for an online head).
+            (``gradient`` default: the entry's; ``"exact"`` is exact for every variant, ``"bpda"`` is the
+            paper's evaluation).
         score_model, score_checkpoint: a score model (a module, a registered name with an optional weights
             file, or a training run's folder) replacing the entry's, as in
             :func:`~robustkit.defenses.create_diffpure`; the guidance is the entry's.
+        preset: a :data:`CONTRASTIVE_PRESETS` name replacing the entry's guidance (e.g. ``"paired"``).
         **overrides: fields of :class:`~robustkit.defenses.DiffPureConfig` or
-            :class:`ContrastiveGuidanceConfig`, e.g. ``dt=1e-2`` or ``online_head=True``.
+            :class:`ContrastiveGuidanceConfig` (applied after ``preset``), e.g. ``dt=1e-2`` or ``start_step=40``.
     """
     from .registry import builder_entry, check_classifier_argument, resolve_classifier, resolve_score_model, stamp
 
@@ -532,7 +678,7 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     unknown = sorted(set(overrides) - pure_fields - guide_fields)
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_contrastive_purification takes "
-                         "pretrained, classifier, score_model, score_checkpoint, gradient, n_samples, vote, seed "
+                         "pretrained, classifier, score_model, score_checkpoint, gradient, n_samples, vote, seed, preset "
                          "and DiffPureConfig / "
                          "ContrastiveGuidanceConfig fields")
     pure = {k: v for k, v in overrides.items() if k in pure_fields}
@@ -544,7 +690,8 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     models = entry.factory(pretrained and replacement is None)
     if not isinstance(models, ContrastiveScoreModel):
         raise InputError(f"{name}'s factory must return a ContrastiveScoreModel, got {type(models).__name__}")
-    guidance = dataclasses.replace(models.guidance, **guide) if guide else models.guidance
+    guidance = models.guidance if preset is None else ContrastiveGuidanceConfig.preset(preset)
+    guidance = dataclasses.replace(guidance, **guide) if guide else guidance
     clf = resolve_classifier(cfg, classifier, pretrained)
     purifier = ContrastiveGuidedPurifier(models.score_model if replacement is None else replacement, clf,
                                          purifier_cfg, guidance)
