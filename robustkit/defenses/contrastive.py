@@ -4,63 +4,74 @@ Bai et al. (ICML 2024) add a guidance term to DiffPure's noise prediction (their
 
     ε̃(x_k, t_k) = ε̂(x_k, t_k) + λ ∇_{x_k} ℓ(x_k, x_{k−1}),        λ = 500,
 
-where ``x_{k−1}`` and ``x_k`` are two successive states of the Euler–Maruyama solve. The loss ``ℓ`` is a
-contrastive loss on embeddings ``z = head(classifier.logits((x + 1)/2))``: the previous and the current
-state of the *same* image are the positive pair, the other images of the batch are the negatives.
-Since ``score = −ε̃/σ``, adding ``+λ∇ℓ`` to ε moves the state *down* the loss: successive states of one
-image are pulled together in the classifier's (projected) output space and pushed away from the other
-images'. The guided Euler–Maruyama step is DiffPure's step plus ``−β(t_k) h / σ(t_k) · λ∇ℓ``; we take
-DiffPure's step from :func:`~robustkit.diffusion.euler_maruyama` unchanged and add that term.
+where ``x_{k−1}`` and ``x_k`` are two successive states of the Euler–Maruyama solve. ``ℓ`` is a contrastive
+loss on embeddings ``z = head(classifier.logits(x))`` of the two states of the whole batch. Since
+``score = −ε̃/σ``, adding ``+λ∇ℓ`` to ε moves the state *down* the loss. The guided Euler–Maruyama step is
+DiffPure's step plus ``−β(t_k) h / σ(t_k) · λ∇ℓ``; we take DiffPure's step from
+:func:`~robustkit.diffusion.euler_maruyama` unchanged and add that term.
 
-The loss (``loss="debiased"``, the paper's) is the debiased hard-negative contrastive loss of Robinson
-et al. (ICLR 2021, Eqs. 3–5), for each of the 2B anchors ``a`` of ``[z_prev; z_cur]`` with its positive
-``p`` and the ``M = 2B − 2`` other embeddings as negatives, ``s(u, v) = exp(cos(u, v)/T)``::
+Variants (:class:`ContrastiveGuidanceConfig`, named in :data:`CONTRASTIVE_PRESETS`; records store the config
+and its :attr:`~ContrastiveGuidanceConfig.variant`). The default, ``"official"``, is what the released code
+(ContrastDiffPurification @ a1b2138, CIFAR-10 AutoAttack scripts) computes, reproduced to ~1e-14 in float64 on
+vectors the official code produced (``tests/test_fidelity_contrastive.py``):
 
-    w_j  = s(a, n_j)^β / mean_j s(a, n_j)^β                 (importance weights of the hard negatives)
-    N_g  = max( (Σ_j w_j s(a, n_j) − τ⁺ M s(a, p)) / (1 − τ⁺),  M e^{−1/T} )
-    ℓ    = mean over anchors of −log( s(a, p) / (s(a, p) + N_g) )
+* loss :func:`official_contrastive_loss`: every previous/current pair of the batch, the full B×B matrix, is a
+  positive (hard estimator, τ⁺ 0.1, β 1, T 1); a batch of one still has a non-zero loss;
+* the classifier sees the raw ``[−1, 1]`` noisy state (``classifier_input="raw"``);
+* the head is the official :class:`~robustkit.defenses.GatedProjectionHead` (three gated residual blocks, no
+  biases, hidden 2K); it starts every purification from the same initial weights and takes one Adam step
+  (lr 0.01) per guided step, after δ is read;
+* guidance from solver step 1, the first step with a previous state (``drift_counter_min 0``).
 
-With τ⁺ = 0 and β = 0 it is InfoNCE / NT-Xent (``loss="infonce"``). Defaults τ⁺ 0.1, β 1, T 1.
+``"paired"`` is robustkit's earlier reading: the two states of *one* image are the positive pair and the
+other images the negatives (Robinson et al.'s debiased loss, ``loss="debiased"``), the classifier is shown
+``(x_t + 1)/2``, a fixed seeded residual head, guidance from step 2. ``"official_bpda"`` starts at step 40,
+as the official BPDA and ImageNet scripts do. Measured effects: ``docs/results/fidelity.md``.
 
-Head and gradients. ``online_head=False`` (default): the projection head is fixed (seeded init, no
-training), so the guidance is a pure function of ``(x_k, x_{k−1})`` and :meth:`purify` is one exact
-autograd graph. When a graph is being recorded, ``∇ℓ`` is taken with ``create_graph=True`` so the
-attack's backward pass differentiates the guidance itself (second-order terms: Hessian-vector products
-of the classifier and head). Cost per guided step: two classifier forwards, one backward, and in the
-attack's backward a double backward through them. With ``checkpoint`` (DiffPure's config, on by default)
-the guidance is checkpointed like the score-network step (``_CheckpointedGuidance``): its graph is
-rebuilt in the backward pass instead of being kept for all ~100 steps, with the same gradient.
-Precision: λ = 500 makes the guided trajectory amplify rounding. In float32, on ``unet.cifar10`` +
-``resnet56.cifar10``, purified images differ from float64 ones (same noise) by up to 0.075 and the input
-gradient has cosine 0.90 with float64's; plain DiffPure agrees to 3e-7 and cosine 1.0
-(``bench/bench_contrastive_precision.py``). Attack in float64 when that matters.
-``online_head=True`` is the paper's own code: the head is re-initialised (same seed) at the start of
-every purification and trained online with Adam (lr 0.01), one step per guided solver step. The
-guidance then depends on the head's training trajectory, which we do not differentiate: it enters the
-graph as a constant, so the input gradient is DiffPure's with the guidance frozen — a *surrogate*
-gradient, and :class:`ContrastivePurifiedClassifier` declares ``gradient="surrogate"``.
+Deliberate departures from the released code (the only ones): (1) the head's initial weights are drawn once
+from a private generator seeded with ``head_seed`` (or passed in as ``initial_head``), so every purification
+restarts from the same weights; the official code re-draws them from the global torch RNG after every
+defended forward (``reset_drift_counter``), which makes a purification depend on global RNG state.
+(2) The official module keeps its cached previous state across forwards (``reset_drift_counter`` does not
+clear it), so from the second defended forward on, solver step 0 is guided against the *previous call's*
+last state whenever the shapes match; robustkit's purification is a function of its own input only and
+never guides step 0.
 
-Batch dependence. The negatives are the other images of the batch, so an image's purification depends
-on what it is purified with (a batch of one gets no guidance at all: ``M = 0``). With
-``PurifiedClassifier(n_samples > 1)`` the copies of one image are each other's negatives. Evaluate and
-attack with the batch composition you report. The purifier (when it guides at all) and the classifier
-built on it declare ``batch_dependent`` in their traits, so the harness attacks and re-evaluates each
-shard as one batch and counts an attack's queries on a subset of it (``partial_batch_queries``:
-pyautoattack's APGD attacks only the points not yet broken, so it sees fewer negatives).
+Gradients. The whole purification is one exact autograd graph for every variant. When a graph is being
+recorded, ``∇ℓ`` is taken with ``create_graph=True`` so the attack's backward pass differentiates the
+guidance itself (Hessian-vector products of the classifier and head), and the online head's Adam steps are
+written out of place (:mod:`~robustkit.defenses.contrastive_head`) so the trained weights stay functions of
+the states that trained them: an exact-gradient attack is defined on the official algorithm too (the
+authors evaluated with BPDA, ``gradient="bpda"``, which stays available). With ``checkpoint`` (DiffPure's
+config, on by default) each guided step is checkpointed (``_CheckpointedGuidanceStep``): only its inputs (two
+states and the head's weights and Adam moments) are kept and its graph is rebuilt in the backward pass, with
+the same gradient. Caveat for attackers: Adam's first steps are nearly ``lr·sign(g)``, so the official map
+curves on a scale of ~1e-6 in the input where a head gradient entry is small; its gradient is exact but
+describes a very small neighbourhood. Precision: λ = 500 makes the guided trajectory amplify rounding. In
+float32, on ``unet.cifar10`` + ``resnet56.cifar10`` with the paired variant, purified images differ from
+float64 ones (same noise) by up to 0.075 and the input gradient has cosine 0.90 with float64's; plain DiffPure
+agrees to 3e-7 and cosine 1.0 (``bench/bench_contrastive_precision.py``). Attack in float64 when that matters.
 
-Randomness: exactly DiffPure's (one ``torch.Generator``: ε, then one draw per step); the guidance and
-the head draw nothing (the head is initialised from its own seeded generator). With ``λ = 0`` the
-purification is DiffPure's, bit for bit.
+Batch dependence. The negatives (and, in the official loss, the positives) are the other images of the
+batch, so an image's purification depends on what it is purified with. With ``PurifiedClassifier(n_samples
+> 1)`` the copies of one image are in each other's batch. Evaluate and attack with the batch composition you
+report. The purifier (when it guides at all) and the classifier built on it declare ``batch_dependent`` in
+their traits, so the harness attacks and re-evaluates each shard as one batch and counts an attack's queries
+on a subset of it (``partial_batch_queries``: pyautoattack's APGD attacks only the points not yet broken,
+so it sees fewer negatives). The paired losses give a batch of one no guidance (a warning says so).
 
-Example (Gaussian score model, a linear classifier on 4×4 images; 5 Euler steps)::
+Randomness: exactly DiffPure's (one ``torch.Generator``: ε, then one draw per step); the guidance and the
+head draw nothing during a purification. With ``λ = 0`` the purification is DiffPure's, bit for bit.
+
+Example (Gaussian score model, a linear classifier on 4×4 images; 5 Euler steps, official variant)::
 
     >>> import torch, torch.nn as nn
     >>> import robustkit
     >>> from robustkit.defenses import ContrastiveGuidedPurifier, DiffPureConfig, GaussianScoreModel
     >>> clf = robustkit.wrap_classifier(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), input_shape=(1, 4, 4))
     >>> p = ContrastiveGuidedPurifier(GaussianScoreModel((1, 4, 4)), clf, DiffPureConfig(dt=0.02))
-    >>> p.guided_steps, p.guidance.guidance_scale
-    (3, 500.0)
+    >>> p.guided_steps, p.guidance.guidance_scale, p.guidance.variant
+    (4, 500.0, 'official')
     >>> x = torch.rand(4, 1, 4, 4)
     >>> a = p.purify(x, torch.Generator().manual_seed(0)); b = p.purify(x, torch.Generator().manual_seed(0))
     >>> a.shape, torch.equal(a, b)
@@ -68,7 +79,8 @@ Example (Gaussian score model, a linear classifier on 4×4 images; 5 Euler steps
 
 Reference:
     Bai et al., "Diffusion Models Demand Contrastive Guidance for Adversarial Purification to Advance",
-    ICML 2024, github.com/tenghuilee/ContrastDiffPurification (``src/contrastive_guided_diffusion.py``).
+    ICML 2024, github.com/tenghuilee/ContrastDiffPurification @ a1b2138 (``src/contrastive_guided_diffusion.py``,
+    ``src/eval_sde_adv_contrastive.py``, ``run_scripts_contrastive/``).
     Robinson et al., "Contrastive Learning with Hard Negative Samples", ICLR 2021 (the debiased loss).
     Chuang et al., "Debiased Contrastive Learning", NeurIPS 2020 (τ⁺).
     Nie et al., ICML 2022 (DiffPure).
