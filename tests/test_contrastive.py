@@ -109,8 +109,9 @@ def ref_guidance(p: ContrastiveGuidedPurifier, x_t, x_prev, create_graph: bool) 
     return g.guidance_scale * grad
 
 
-def naive_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise, second_order: bool = True) -> torch.Tensor:
-    """The guided Euler–Maruyama loop written out: x ← x + ½βh x − βh/σ (ε̂ + λ∇ℓ) + sqrt(βh) z."""
+def naive_euler(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise, guide) -> torch.Tensor:
+    """The guided Euler–Maruyama loop written out: x ← x + ½βh x − βh/σ (ε̂ + g) + sqrt(βh) z, with
+    ``g = guide(k, x_t, x_prev)`` (0 for no guidance; it may return a new ``x_t`` to differentiate)."""
     sde = VPSDE()
     x_t = p.noise_mean * (2 * x - 1) + p.noise_std * noise.init
     n = len(noise.steps)
@@ -120,15 +121,25 @@ def naive_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise, second_or
         t, h = times[k], times[k] - times[k + 1]
         tt = torch.tensor(t, dtype=torch.float64)
         beta, std = float(sde.beta(tt)), float(sde.marginal(tt).std)
-        eps = p.score_model(x_t, torch.full((x.shape[0],), t, dtype=x.dtype))
-        if k >= p.guidance.start_step:
-            if not x_t.requires_grad:
-                x_t = x_t.detach().requires_grad_(True)
-            g = ref_guidance(p, x_t, prev, create_graph=True)
-            eps = eps + (g if second_order else g.detach())
+        x_t, g = guide(k, x_t, prev)
+        eps = p.score_model(x_t, torch.full((x.shape[0],), t, dtype=x.dtype)) + g
         nxt = x_t + 0.5 * beta * h * x_t - beta * h / std * eps + math.sqrt(beta * h) * noise.steps[k]
         prev, x_t = x_t, nxt
     return (x_t + 1) / 2
+
+
+def naive_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise, second_order: bool = True) -> torch.Tensor:
+    """The paired guidance from the per-anchor reference loss, differentiated (or frozen) per step."""
+
+    def guide(k, x_t, prev):
+        if k < p.guidance.start_step:
+            return x_t, 0.0
+        if not x_t.requires_grad:
+            x_t = x_t.detach().requires_grad_(True)
+        g = ref_guidance(p, x_t, prev, create_graph=True)
+        return x_t, (g if second_order else g.detach())
+
+    return naive_euler(p, x, noise, guide)
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -225,6 +236,16 @@ def test_guided_purification_matches_naive_loop_values_and_gradients():
     assert float((g_first - g_ref).abs().max()) > 1e-4 * float(g_ref.abs().max())
 
 
+def _check_central_differences(f, x0: torch.Tensor, grad: torch.Tensor, h: float, rel: float) -> None:
+    """``grad`` against central differences of the scalar ``f`` at a few pixels of ``x0`` (``[3, 1, 4, 4]``)."""
+    for idx in [(0, 0, 0, 0), (1, 0, 2, 3), (2, 0, 1, 1), (0, 0, 3, 2)]:
+        e = torch.zeros_like(x0)
+        e[idx] = h
+        with torch.no_grad():
+            fd = (f(x0 + e) - f(x0 - e)) / (2 * h)
+        assert abs(float(fd) - float(grad[idx])) < rel * max(1.0, abs(float(fd)))
+
+
 def test_exact_gradient_matches_finite_differences():
     p = _purifier()
     x0 = _images(3, seed=11)
@@ -236,13 +257,7 @@ def test_exact_gradient_matches_finite_differences():
 
     x = x0.clone().requires_grad_(True)
     grad, = torch.autograd.grad(f(x), x)
-    h = 1e-6
-    for idx in [(0, 0, 0, 0), (1, 0, 2, 3), (2, 0, 1, 1), (0, 0, 3, 2)]:
-        e = torch.zeros_like(x0)
-        e[idx] = h
-        with torch.no_grad():
-            fd = (f(x0 + e) - f(x0 - e)) / (2 * h)
-        assert abs(float(fd) - float(grad[idx])) < 1e-6 * max(1.0, abs(float(fd)))
+    _check_central_differences(f, x0, grad, h=1e-6, rel=1e-6)
 
 
 def test_bpda_and_surrogate_modes_predict_with_the_guided_purification():
@@ -271,30 +286,22 @@ def naive_official_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise) 
     is read (values only)."""
     import copy
 
-    sde = VPSDE()
     head = copy.deepcopy(p.head).requires_grad_(True)
     opt = torch.optim.Adam(head.parameters(), lr=p.guidance.head_lr)
-    x_t = p.noise_mean * (2 * x - 1) + p.noise_std * noise.init
-    n = len(noise.steps)
-    times = [0.1 - k * 0.02 for k in range(n)] + [1e-5]
-    cache = None
-    for k in range(n):
-        t, h = times[k], times[k] - times[k + 1]
-        tt = torch.tensor(t, dtype=torch.float64)
-        beta, std = float(sde.beta(tt)), float(sde.marginal(tt).std)
-        eps = p.score_model(x_t, torch.full((x.shape[0],), t, dtype=x.dtype))
-        if cache is not None and k >= p.guidance.start_step:
-            with torch.no_grad():
-                z0 = p.classifier.logits(cache)  # the raw [-1, 1] state, no (x + 1)/2
-            d = torch.zeros_like(x_t, requires_grad=True)
-            loss = official_contrastive_loss(head(z0), head(p.classifier.logits(x_t + d)))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            eps = eps + p.guidance.guidance_scale * d.grad
-        cache = x_t.detach().clone()
-        x_t = x_t + 0.5 * beta * h * x_t - beta * h / std * eps + math.sqrt(beta * h) * noise.steps[k]
-    return (x_t + 1) / 2
+
+    def guide(k, x_t, cache):
+        if cache is None or k < p.guidance.start_step:
+            return x_t, 0.0
+        with torch.no_grad():
+            z0 = p.classifier.logits(cache)  # the raw [-1, 1] state, no (x + 1)/2
+        d = torch.zeros_like(x_t, requires_grad=True)
+        loss = official_contrastive_loss(head(z0), head(p.classifier.logits(x_t + d)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return x_t, p.guidance.guidance_scale * d.grad
+
+    return naive_euler(p, x, noise, guide)
 
 
 def test_official_online_purification_matches_the_stateful_official_loop():
@@ -331,13 +338,7 @@ def test_online_head_gradient_is_exact_against_finite_differences(checkpoint):
     grad, = torch.autograd.grad(f(x), x)
     # Adam's first steps are nearly lr·sign(g): where a head gradient entry is tiny the map curves on a
     # scale of ~1e-6 in x, so the central difference needs h = 1e-8 (at h = 1e-5 it is off by 60 %)
-    h = 1e-8
-    for idx in [(0, 0, 0, 0), (1, 0, 2, 3), (2, 0, 1, 1), (0, 0, 3, 2)]:
-        e = torch.zeros_like(x0)
-        e[idx] = h
-        with torch.no_grad():
-            fd = (f(x0 + e) - f(x0 - e)) / (2 * h)
-        assert abs(float(fd) - float(grad[idx])) < 2e-6 * max(1.0, abs(float(fd)))
+    _check_central_differences(f, x0, grad, h=1e-8, rel=2e-6)
     # the head's training is in the gradient: freezing its trajectory changes the gradient
     frozen = p.guidance_step
 

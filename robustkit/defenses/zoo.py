@@ -199,24 +199,34 @@ _PAIRED_NOTE = ("variant 'paired' (robustkit's earlier reading): pairs (previous
                 "loss, classifier on (x+1)/2, fixed seeded residual head, guided from step 2")
 
 
-@register_defense("contrastive_purification.cifar10", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
-    classifier="wrn28_10.cifar10", purifier=DiffPureConfig(t_star=0.1), weights=SCORE_SDE_CIFAR10,
-    score_model=_SCORE_SDE_DESC, paper=_CONTRASTIVE_PAPER, source=_CONTRASTIVE_SOURCE,
-    license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
-    notes="build with robustkit.defenses.create_contrastive_purification; DiffPure t* = 0.1 plus contrastive "
-          "guidance, " + _OFFICIAL_NOTE + "; (claim) 82.81 Linf 8/255 robust with BPDA-style gradients"))
+def _score_sde_contrastive_config(variant_note: str) -> DefenseConfig:
+    """The CIFAR-10 entries' config (DiffPure's score_sde model and WRN-28-10, t* = 0.1, the scripts' --t 100)."""
+    return DefenseConfig(
+        method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
+        classifier="wrn28_10.cifar10", purifier=DiffPureConfig(t_star=0.1), weights=SCORE_SDE_CIFAR10,
+        score_model=_SCORE_SDE_DESC, paper=_CONTRASTIVE_PAPER, source=_CONTRASTIVE_SOURCE,
+        license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
+        notes="build with robustkit.defenses.create_contrastive_purification; DiffPure t* = 0.1 plus contrastive "
+              "guidance, " + variant_note)
+
+
+def _tiny_contrastive_config(variant_note: str) -> DefenseConfig:
+    """The tiny digits entries' config (bundled tiny U-Net and CNN)."""
+    return DefenseConfig(
+        method="ContrastiveGuidedPurification", dataset="digits", input_shape=(1, 8, 8), classifier="tiny_cnn.digits",
+        purifier=DiffPureConfig(t_star=0.1), score_model="tiny_unet.digits (robustkit.diffusion registry; null label)",
+        paper=_CONTRASTIVE_PAPER, source="robustkit", license="MIT (robustkit)",
+        notes="build with robustkit.defenses.create_contrastive_purification; bundled weights, offline, CPU; "
+              + variant_note)
+
+
+@register_defense("contrastive_purification.cifar10", _score_sde_contrastive_config(
+    _OFFICIAL_NOTE + "; (claim) 82.81 Linf 8/255 robust with BPDA-style gradients"))
 def contrastive_purification_cifar10(pretrained: bool = False) -> nn.Module:
     return _contrastive(_score_sde_cifar10("contrastive_purification.cifar10", pretrained))
 
 
-@register_defense("contrastive_purification_paired.cifar10", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
-    classifier="wrn28_10.cifar10", purifier=DiffPureConfig(t_star=0.1), weights=SCORE_SDE_CIFAR10,
-    score_model=_SCORE_SDE_DESC, paper=_CONTRASTIVE_PAPER, source=_CONTRASTIVE_SOURCE,
-    license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
-    notes="build with robustkit.defenses.create_contrastive_purification; DiffPure t* = 0.1 plus contrastive "
-          "guidance lambda 500, " + _PAIRED_NOTE))
+@register_defense("contrastive_purification_paired.cifar10", _score_sde_contrastive_config(_PAIRED_NOTE))
 def contrastive_purification_paired_cifar10(pretrained: bool = False) -> nn.Module:
     return _contrastive(_score_sde_cifar10("contrastive_purification_paired.cifar10", pretrained), "paired")
 
@@ -232,22 +242,12 @@ def contrastive_purification_unet_cifar10(pretrained: bool = False) -> nn.Module
     return _contrastive(_from_diffusion_registry("unet.cifar10", pretrained))
 
 
-@register_defense("tiny_contrastive_purification.digits", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="digits", input_shape=(1, 8, 8), classifier="tiny_cnn.digits",
-    purifier=DiffPureConfig(t_star=0.1), score_model="tiny_unet.digits (robustkit.diffusion registry; null label)",
-    paper=_CONTRASTIVE_PAPER, source="robustkit", license="MIT (robustkit)",
-    notes="build with robustkit.defenses.create_contrastive_purification; bundled weights, offline, CPU; "
-          + _OFFICIAL_NOTE))
+@register_defense("tiny_contrastive_purification.digits", _tiny_contrastive_config(_OFFICIAL_NOTE))
 def tiny_contrastive_purification_digits(pretrained: bool = False) -> nn.Module:
     return _contrastive(_from_diffusion_registry("tiny_unet.digits", pretrained))
 
 
-@register_defense("tiny_contrastive_purification_paired.digits", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="digits", input_shape=(1, 8, 8), classifier="tiny_cnn.digits",
-    purifier=DiffPureConfig(t_star=0.1), score_model="tiny_unet.digits (robustkit.diffusion registry; null label)",
-    paper=_CONTRASTIVE_PAPER, source="robustkit", license="MIT (robustkit)",
-    notes="build with robustkit.defenses.create_contrastive_purification; bundled weights, offline, CPU; "
-          + _PAIRED_NOTE))
+@register_defense("tiny_contrastive_purification_paired.digits", _tiny_contrastive_config(_PAIRED_NOTE))
 def tiny_contrastive_purification_paired_digits(pretrained: bool = False) -> nn.Module:
     return _contrastive(_from_diffusion_registry("tiny_unet.digits", pretrained), "paired")
 
