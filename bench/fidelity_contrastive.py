@@ -8,7 +8,7 @@ Every variant is ``tiny_contrastive_purification.digits`` (the official preset) 
 :class:`~robustkit.defenses.ContrastiveGuidanceConfig` field changed, plus the whole ``paired`` preset and
 λ = 0 (plain DiffPure). Each is run through :func:`robustkit.benchmark` (clean accuracy and PGD-EOT, the
 protocol below, all stated in the record) and its record is written to
-``docs/results/records/fidelity_contrastive_<variant>.json``.
+``docs/results/records/fidelity_contrastive_<variant>.json`` (``..._exact.json`` with ``--gradient exact``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def main() -> None:
             defense, dataset="digits", eps=args.eps, attacks=["pgd-eot"], n_examples=args.n,
             batch_size=args.batch_size, seed=0, n_reeval=args.n_reeval, checks=False, cascade=False,
             attack_options={"pgd-eot": {"steps": args.steps, "eot": args.eot, "step_size": 0.0125}})
-        path = record.save(args.out / f"fidelity_contrastive_{name}.json")
+        suffix = "_exact" if args.gradient == "exact" else ""  # BPDA (the paper's evaluation) has no suffix
+        path = record.save(args.out / f"fidelity_contrastive_{name}{suffix}.json")
         print(json.dumps({"variant": name, "guidance": defense.purifier.guidance.variant, "record": str(path),
                           "clean": {k: str(v) for k, v in record.clean.items()},
                           "robust": {k: str(v) for k, v in record.robust.items()}}), flush=True)
