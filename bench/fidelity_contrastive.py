@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 import robustkit
 from robustkit.defenses import create_contrastive_purification
 
@@ -31,6 +33,20 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def purification_delta(names: list[str], n: int, dt: float) -> None:
+    """How far each variant's purified images are from λ = 0's on the same noise (first ``n`` images, one batch)."""
+    x, _ = robustkit.load_dataset("digits", n_examples=n)
+    out = {}
+    for name in ["no_guidance", *names]:
+        p = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, dt=dt,
+                                            **VARIANTS[name]).purifier
+        with torch.no_grad():
+            out[name] = p.purify_with_noise(x, p.draw_noise(x, torch.Generator().manual_seed(1)))
+    for name in names:
+        d = (out[name] - out["no_guidance"]).abs()
+        print(json.dumps({"variant": name, "n": n, "mean_abs_delta": float(d.mean()), "max_abs_delta": float(d.max())}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
@@ -43,7 +59,12 @@ def main() -> None:
     ap.add_argument("--n-reeval", type=int, default=1)
     ap.add_argument("--eps", default="0.1")
     ap.add_argument("--out", type=Path, default=Path("docs/results/records"))
+    ap.add_argument("--purification-delta", action="store_true",
+                    help="only print each variant's distance to λ = 0's purification (same noise, first --n images)")
     args = ap.parse_args()
+    if args.purification_delta:
+        purification_delta([v for v in args.variants.split(",") if v != "no_guidance"], args.n, args.dt)
+        return
     for name in args.variants.split(","):
         overrides = dict(VARIANTS[name])
         defense = create_contrastive_purification("tiny_contrastive_purification.digits", pretrained=True, seed=0,
