@@ -476,7 +476,7 @@ def test_input_validation():
 
 NAMES = ("contrastive_purification.cifar10", "contrastive_purification_unet.cifar10",
          "tiny_contrastive_purification.digits", "contrastive_purification_paired.cifar10",
-         "tiny_contrastive_purification_paired.digits")
+         "contrastive_purification_unet_paired.cifar10", "tiny_contrastive_purification_paired.digits")
 
 
 def test_registry_entries():

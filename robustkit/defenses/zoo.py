@@ -210,6 +210,17 @@ def _score_sde_contrastive_config(variant_note: str) -> DefenseConfig:
               "guidance, " + variant_note)
 
 
+def _unet_contrastive_config(variant_note: str) -> DefenseConfig:
+    """The CIFAR-10 entries on robustkit's U-Net and the akamaster ResNet-56."""
+    return DefenseConfig(
+        method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
+        classifier="resnet56.cifar10", purifier=DiffPureConfig(t_star=0.1),
+        score_model="unet.cifar10 (robustkit.diffusion registry; null label)", paper=_CONTRASTIVE_PAPER,
+        source="robustkit", license="MIT (robustkit)",
+        notes="build with robustkit.defenses.create_contrastive_purification; the guidance on robustkit's U-Net "
+              "and the akamaster ResNet-56; " + variant_note)
+
+
 def _tiny_contrastive_config(variant_note: str) -> DefenseConfig:
     """The tiny digits entries' config (bundled tiny U-Net and CNN)."""
     return DefenseConfig(
@@ -231,15 +242,15 @@ def contrastive_purification_paired_cifar10(pretrained: bool = False) -> nn.Modu
     return _contrastive(_score_sde_cifar10("contrastive_purification_paired.cifar10", pretrained), "paired")
 
 
-@register_defense("contrastive_purification_unet.cifar10", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
-    classifier="resnet56.cifar10", purifier=DiffPureConfig(t_star=0.1),
-    score_model="unet.cifar10 (robustkit.diffusion registry; null label)", paper=_CONTRASTIVE_PAPER,
-    source="robustkit", license="MIT (robustkit)",
-    notes="build with robustkit.defenses.create_contrastive_purification; the guidance on robustkit's U-Net "
-          "and the akamaster ResNet-56; " + _OFFICIAL_NOTE))
+@register_defense("contrastive_purification_unet.cifar10", _unet_contrastive_config(_OFFICIAL_NOTE))
 def contrastive_purification_unet_cifar10(pretrained: bool = False) -> nn.Module:
     return _contrastive(_from_diffusion_registry("unet.cifar10", pretrained))
+
+
+@register_defense("contrastive_purification_unet_paired.cifar10", _unet_contrastive_config(
+    _PAIRED_NOTE + " (the variant docs/results/purification.md measured)"))
+def contrastive_purification_unet_paired_cifar10(pretrained: bool = False) -> nn.Module:
+    return _contrastive(_from_diffusion_registry("unet.cifar10", pretrained), "paired")
 
 
 @register_defense("tiny_contrastive_purification.digits", _tiny_contrastive_config(_OFFICIAL_NOTE))
