@@ -564,3 +564,14 @@ def test_checkpointed_online_head_keeps_only_inputs_and_head_state_per_step():
     # per extra guided step: a few batch-sized tensors and the head's state (weights, two Adam moments)
     assert flat[1] - flat[0] <= 15 * (6 * batch_bytes + 4 * head_bytes)
     assert grows[1] - grows[0] > 3 * (flat[1] - flat[0])
+
+
+def test_benchmark_description_stores_the_guidance_and_its_variant():
+    from robustkit.eval.benchmark import describe_defense
+
+    for preset in ("official", "paired"):
+        p = _purifier(ContrastiveGuidanceConfig.preset(preset))
+        desc = describe_defense(ContrastivePurifiedClassifier(p, p.classifier, seed=0))
+        cfg = desc["config"]["purifier_config"]
+        assert cfg["variant"] == preset and cfg["diffpure"]["dt"] == CFG.dt
+        assert cfg["guidance"] == dataclasses.asdict(CONTRASTIVE_PRESETS[preset])
