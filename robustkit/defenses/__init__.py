@@ -19,7 +19,8 @@ from .likelihood import LikelihoodMaximizationConfig, LikelihoodMaximizationPuri
 from .rdc import (DiffusionClassifier, DiffusionClassifierConfig, RDCScoreModels, RobustDiffusionClassifier,
                   create_rdc)
 from .contrastive import (CONTRASTIVE_PRESETS, ContrastiveGuidanceConfig, ContrastiveGuidedPurifier,
-                          ContrastivePurificationConfig, ContrastivePurifiedClassifier, ContrastiveScoreModel,
+                          ContrastiveNoise, ContrastivePurificationConfig, ContrastivePurifiedClassifier,
+                          ContrastiveScoreModel,
                           GuidanceStep, create_contrastive_purification, debiased_contrastive_loss, info_nce_loss,
                           official_contrastive_loss)
 from .contrastive_head import GatedProjectionHead, HeadState, ProjectionHead
@@ -42,7 +43,7 @@ __all__ = [
     # contrastive-guided purification
     "ContrastiveGuidanceConfig", "ContrastiveGuidedPurifier", "ContrastivePurifiedClassifier", "ContrastiveScoreModel",
     "ProjectionHead", "create_contrastive_purification", "debiased_contrastive_loss", "info_nce_loss",
-    "CONTRASTIVE_PRESETS", "ContrastivePurificationConfig", "GatedProjectionHead", "GuidanceStep", "HeadState",
+    "CONTRASTIVE_PRESETS", "ContrastiveNoise", "ContrastivePurificationConfig", "GatedProjectionHead", "GuidanceStep", "HeadState",
     "official_contrastive_loss",
     # test-time adaptation (TEA and baselines)
     "AdaptationConfig", "EnergyAdaptedClassifier", "NoNormLayersError", "NormStatsClassifier", "SourceClassifier",

@@ -108,8 +108,9 @@ from .contrastive_head import (CONTRASTIVE_HEADS, GatedProjectionHead, HeadArg, 
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier
 from .purification import PurifiedClassifier
 
-__all__ = ["CLASSIFIER_INPUTS", "CONTRASTIVE_LOSSES", "CONTRASTIVE_PRESETS", "ContrastiveGuidanceConfig",
-           "ContrastiveGuidedPurifier", "ContrastivePurificationConfig", "ContrastivePurifiedClassifier",
+__all__ = ["CLASSIFIER_INPUTS", "CONTRASTIVE_LOSSES", "CONTRASTIVE_PRESETS", "HEAD_INITS", "ContrastiveGuidanceConfig",
+           "ContrastiveGuidedPurifier", "ContrastiveNoise", "ContrastivePurificationConfig",
+           "ContrastivePurifiedClassifier",
            "ContrastiveScoreModel", "GuidanceStep", "create_contrastive_purification", "debiased_contrastive_loss",
            "info_nce_loss", "official_contrastive_loss"]
 
@@ -117,6 +118,8 @@ LossArg = Literal["official", "debiased", "infonce"]
 CONTRASTIVE_LOSSES = ("official", "debiased", "infonce")
 InputArg = Literal["raw", "unit"]
 CLASSIFIER_INPUTS = ("raw", "unit")
+HeadInitArg = Literal["per_purification", "fixed"]
+HEAD_INITS = ("per_purification", "fixed")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -147,8 +150,11 @@ class ContrastiveGuidanceConfig:
             (robustkit's two-layer residual head).
         head_lr: Adam's learning rate for the online head (0.01).
         head_hidden: hidden width of the head (None: ``2 · num_classes``, as the official head).
-        head_seed: seed of the head's initial weights (drawn from a private generator: the official code
-            re-draws them from the global RNG at every purification; see the module docstring).
+        head_init: where each purification's initial head weights come from: ``"per_purification"``, fresh
+            from the purification's own generator after DiffPure's draws (the official code re-draws them at
+            every purification, from the global RNG), or ``"fixed"``, the head module's weights every time
+            (seeded by ``head_seed``, or passed in as ``initial_head``).
+        head_seed: seed of the head module's weights (``head_init="fixed"``).
         classifier_input: what the classifier is shown: ``"raw"``, the ``[−1, 1]`` noisy state itself (the
             official code), or ``"unit"``, ``(x_t + 1)/2`` (the classifier's own input range).
     """
@@ -163,6 +169,7 @@ class ContrastiveGuidanceConfig:
     head: HeadArg = "gated"
     head_lr: float = 0.01
     head_hidden: int | None = None
+    head_init: HeadInitArg = "per_purification"
     head_seed: int = 0
     classifier_input: InputArg = "raw"
 
@@ -174,7 +181,7 @@ class ContrastiveGuidanceConfig:
         if self.guidance_scale < 0:
             raise InputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         for name, allowed in (("loss", CONTRASTIVE_LOSSES), ("head", CONTRASTIVE_HEADS),
-                              ("classifier_input", CLASSIFIER_INPUTS)):
+                              ("classifier_input", CLASSIFIER_INPUTS), ("head_init", HEAD_INITS)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.tau_plus < 1.0:
@@ -214,7 +221,7 @@ CONTRASTIVE_PRESETS: dict[str, ContrastiveGuidanceConfig] = {
     "official": ContrastiveGuidanceConfig(),
     "official_bpda": ContrastiveGuidanceConfig(start_step=40),
     "paired": ContrastiveGuidanceConfig(loss="debiased", start_step=2, online_head=False, head="residual",
-                                        classifier_input="unit"),
+                                        head_init="fixed", classifier_input="unit"),
 }
 
 
@@ -349,13 +356,27 @@ def official_contrastive_loss(z_prev: torch.Tensor, z_cur: torch.Tensor, *, tau_
 # ---------------------------------------------------------------------------------------------- purifier
 
 @dataclass(frozen=True)
+class ContrastiveNoise(DiffPureNoise):
+    """All the randomness of one guided purification: DiffPure's draws and the head's initial weights.
+
+    Attributes:
+        init, steps: as :class:`~robustkit.defenses.DiffPureNoise`.
+        head: the head's initial weights (``head.named_parameters()`` order) for ``head_init="per_purification"``,
+            drawn from the purification's generator after DiffPure's draws; None: the head module's weights.
+    """
+
+    head: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
 class GuidanceStep:
     """One guided solver step's result: the guidance ``δ = λ ∇_{x_t} ℓ`` and the online head after its update.
 
     Attributes:
         delta: ``λ ∇_{x_t} ℓ(x_t, x_prev)``, added to the noise prediction (``[N, C, H, W]``).
-        head: the online head's :class:`~robustkit.defenses.contrastive_head.HeadState` after this step's Adam
-            step (the step's δ used the state *before* it, as the official code); None for a fixed head.
+        head: the head's :class:`~robustkit.defenses.contrastive_head.HeadState` after this step: with
+            ``online_head``, after its Adam step (δ used the state *before* it, as the official code);
+            otherwise the given state unchanged (None when none was given).
     """
 
     delta: torch.Tensor
@@ -432,6 +453,28 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         """The solver's and the guidance's settings together, as records store them."""
         return ContrastivePurificationConfig(self.config, self.guidance, self.guidance.variant)
 
+    # -- randomness ------------------------------------------------------------------------------------------
+
+    def draw_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> DiffPureNoise:
+        """DiffPure's draws (:meth:`~robustkit.defenses.DiffPurePurifier.draw_noise`), then, for
+        ``head_init="per_purification"``, the head's initial weights, from the same generator."""
+        if generator is None:
+            generator = torch.Generator(device=x.device)
+            generator.seed()
+        base = super().draw_noise(x, generator)
+        if self.guidance.head_init == "fixed" or self.guided_steps == 0:
+            return base
+        return ContrastiveNoise(base.init, base.steps, self.head.draw_weights(generator))
+
+    def _check_noise(self, x: torch.Tensor, noise: DiffPureNoise) -> None:
+        super()._check_noise(x, noise)
+        weights = getattr(noise, "head", None)
+        if weights is not None:
+            shapes = [tuple(p.shape) for p in self.head.parameters()]
+            if len(weights) != len(shapes) or any(tuple(w.shape) != s for w, s in zip(weights, shapes)):
+                raise InputError(f"noise.head must hold {len(shapes)} tensors of shapes {shapes} (the head's "
+                                 "parameters), got " + str([tuple(w.shape) for w in weights]))
+
     # -- sizes ---------------------------------------------------------------------------------------------
 
     @property
@@ -477,8 +520,9 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
 
     def guidance_step(self, x_t: torch.Tensor, x_prev: torch.Tensor, head: HeadState | None = None, *,
                       create_graph: bool | None = None) -> GuidanceStep:
-        """One guided step: ``δ = λ ∇_{x_t} ℓ(x_t, x_prev)`` with the head ``head`` (None: the fixed
-        :attr:`head`), then, for an online head, one Adam step on it with ``∇_θ ℓ`` (the official order).
+        """One guided step: ``δ = λ ∇_{x_t} ℓ(x_t, x_prev)`` with the head state ``head`` (None: the
+        module :attr:`head`'s weights), then, with ``online_head`` and a state given, one Adam step on it with
+        ``∇_θ ℓ`` (the official order).
 
         ``create_graph`` (default: grad mode is on and ``x_t`` requires grad): differentiate through the
         step, so δ and the updated head are functions of ``x_t``, ``x_prev`` and ``head``'s tensors (the
@@ -499,6 +543,7 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         if create_graph is None:
             create_graph = torch.is_grad_enabled() and x_t.requires_grad
         lam = float(self.guidance.guidance_scale)
+        train = head is not None and self.online_head
 
         def leaf(t: torch.Tensor) -> torch.Tensor:  # a tensor to differentiate with respect to
             return t if create_graph and t.requires_grad else t.detach().requires_grad_(True)
@@ -506,11 +551,13 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         with torch.enable_grad():
             x_t = leaf(x_t)
             x_prev = x_prev if create_graph else x_prev.detach()
-            weights = None if head is None else tuple(leaf(w) for w in head.weights)
-            loss = self.contrastive_loss(x_t, x_prev, weights)
-            grads = torch.autograd.grad(loss, (x_t, *(weights or ())), create_graph=create_graph)
-            new_head = None
+            weights = None
             if head is not None:
+                weights = tuple(leaf(w) if train else (w if create_graph else w.detach()) for w in head.weights)
+            loss = self.contrastive_loss(x_t, x_prev, weights)
+            grads = torch.autograd.grad(loss, (x_t, *(weights if train else ())), create_graph=create_graph)
+            new_head = head
+            if train:
                 if not create_graph:
                     head = HeadState(tuple(w.detach() for w in weights), tuple(m.detach() for m in head.exp_avg),
                                      tuple(v.detach() for v in head.exp_avg_sq), head.step)
@@ -519,7 +566,7 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
 
     def guidance_term(self, x_t: torch.Tensor, x_prev: torch.Tensor, t: torch.Tensor | float | None = None,
                       ) -> torch.Tensor:
-        """``λ ∇_{x_t} ℓ(x_t, x_prev)`` with the head's current (initial) weights; no training.
+        """``λ ∇_{x_t} ℓ(x_t, x_prev)`` with the head module's weights; no training.
 
         Differentiable in ``x_t`` and ``x_prev`` when a graph is being recorded and ``x_t`` is in it (the
         guidance does not depend on ``t``; kept for the signature).
@@ -541,7 +588,8 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
                           "negatives are the other images of the batch (robustkit.defenses.contrastive, "
                           "'Batch dependence').", stacklevel=3)
         x_t = self.diffuse(x, noise.init)
-        head = self.initial_head_state() if self.online_head else None  # a fresh start per purification
+        weights = getattr(noise, "head", None)  # this purification's draw, or the module's weights
+        head = HeadState.initial(self.head if weights is None else weights)  # a fresh start per purification
         grid, start = self._grid, self.guidance.start_step
         prev = None
         for k in range(len(grid) - 1):
@@ -631,13 +679,15 @@ class _CheckpointedGuidanceStep(torch.autograd.Function):
             head: HeadState | None) -> GuidanceStep:
         state = () if head is None else head.tensors()
         out = _CheckpointedGuidanceStep.apply(purifier, -1 if head is None else head.step, x_t, x_prev, *state)
-        return GuidanceStep(out[0], None if head is None else HeadState.from_tensors(out[1:], head.step + 1))
+        if head is None or not purifier.online_head:
+            return GuidanceStep(out[0], head)  # a fixed head's state passes through unchanged
+        return GuidanceStep(out[0], HeadState.from_tensors(out[1:], head.step + 1))
 
     @staticmethod
     def _step(purifier, step, x_t, x_prev, state, create_graph):
         head = None if step < 0 else HeadState.from_tensors(state, step)
         out = purifier.guidance_step(x_t, x_prev, head, create_graph=create_graph)
-        return (out.delta,) + (() if out.head is None else out.head.tensors())
+        return (out.delta,) + (out.head.tensors() if head is not None and purifier.online_head else ())
 
     @staticmethod
     def forward(ctx, purifier, step, x_t, x_prev, *state):

@@ -8,9 +8,10 @@ Two heads map a classifier's logits ``[N, K]`` to embeddings ``[N, K]``:
   ``layer{0,1,2}.d{1,2,3}.weight``, so the official head's weights load with ``strict=True``.
 * :class:`ProjectionHead` — robustkit's earlier head, ``z = l + W₂ silu(W₁ l + b₁)``.
 
-Both draw their initial weights from their own ``torch.Generator`` seeded with ``seed`` (uniform
-``±1/sqrt(fan_in)``: the bound of PyTorch's ``nn.Linear`` initialisation, which the official
-``reset_parameters`` uses), never from the global RNG.
+Both draw initial weights from a ``torch.Generator``, never from the global RNG: their own, seeded with
+``seed`` (:meth:`reset`), or one passed in (:meth:`draw_weights`, which the purifier calls with the
+purification's generator). The law is uniform ``±1/sqrt(fan_in)``: the bound of PyTorch's ``nn.Linear``
+initialisation, which the official ``reset_parameters`` uses.
 
 Online training (:class:`HeadState`, :func:`online_head_update`). The official guidance takes one Adam step on
 the head per guided solver step (lr 0.01, betas (0.9, 0.999), eps 1e-8), starting from freshly initialised
@@ -53,19 +54,35 @@ HeadArg = Literal["gated", "residual"]
 CONTRASTIVE_HEADS = ("gated", "residual")
 
 
-@torch.no_grad()
-def _seeded_uniform_(params: list[tuple[torch.Tensor, int]], seed: int) -> None:
-    """Fill each ``(tensor, fan_in)`` with U(±1/sqrt(fan_in)) from one generator seeded with ``seed``, in order.
+def _uniform_draws(shapes: list[tuple[torch.Size, int]], generator: torch.Generator) -> list[torch.Tensor]:
+    """One U(±1/sqrt(fan_in)) tensor per ``(shape, fan_in)``, in order, from ``generator`` (on its device).
 
-    Drawn in float32 whatever the tensors' dtype, so a head starts from the same values in any precision.
+    Drawn in float32 whatever the head's dtype, so a head starts from the same values in any precision.
     """
-    g = torch.Generator().manual_seed(int(seed))
-    for p, fan_in in params:
-        bound = 1.0 / math.sqrt(fan_in)
-        p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float32) * 2 - 1) * bound)
+    return [(torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float32) * 2 - 1)
+            * (1.0 / math.sqrt(fan_in)) for shape, fan_in in shapes]
 
 
-class ProjectionHead(nn.Module):
+class _SeededHead(nn.Module):
+    """What both heads share: initial weights drawn from a generator (seeded, or the purification's)."""
+
+    def _fans(self) -> list[int]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def draw_weights(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Fresh initial weights (``named_parameters()`` order) from ``generator``, in this head's dtype and device."""
+        params = list(self.parameters())
+        draws = _uniform_draws([(p.shape, f) for p, f in zip(params, self._fans())], generator)
+        return tuple(d.to(device=p.device, dtype=p.dtype) for d, p in zip(draws, params))
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Restore the seeded initialisation (from a generator seeded with ``seed``)."""
+        for p, w in zip(self.parameters(), self.draw_weights(torch.Generator().manual_seed(self.seed))):
+            p.copy_(w)
+
+
+class ProjectionHead(_SeededHead):
     """A residual two-layer projection of logits: ``z = l + W₂ silu(W₁ l + b₁)`` (robustkit's ``"residual"``).
 
     Shape:
@@ -79,10 +96,8 @@ class ProjectionHead(nn.Module):
         self.fc2 = nn.Linear(self.hidden, self.num_classes, bias=False)
         self.reset()
 
-    def reset(self) -> None:
-        """Restore the seeded initialisation."""
-        _seeded_uniform_([(self.fc1.weight, self.num_classes), (self.fc1.bias, self.num_classes),
-                          (self.fc2.weight, self.hidden)], self.seed)
+    def _fans(self) -> list[int]:
+        return [self.num_classes, self.num_classes, self.hidden]  # fc1.weight, fc1.bias, fc2.weight
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return logits + self.fc2(F.silu(self.fc1(logits)))
@@ -101,7 +116,7 @@ class _GatedBlock(nn.Module):
         return self.d3(F.silu(self.d1(v)) * self.d2(v))
 
 
-class GatedProjectionHead(nn.Module):
+class GatedProjectionHead(_SeededHead):
     """The official projection head: ``v ← v + block_i(v)`` for three gated blocks, no biases (``"gated"``).
 
     ``state_dict`` keys ``layer{0,1,2}.d1.weight`` ``[hidden, K]``, ``.d2.weight`` ``[hidden, K]``,
@@ -122,13 +137,8 @@ class GatedProjectionHead(nn.Module):
         self.layer2 = _GatedBlock(self.num_classes, self.hidden)
         self.reset()
 
-    def reset(self) -> None:
-        """Restore the seeded initialisation (layer by layer: d1, d2, d3)."""
-        fans = []
-        for block in (self.layer0, self.layer1, self.layer2):
-            fans += [(block.d1.weight, self.num_classes), (block.d2.weight, self.num_classes),
-                     (block.d3.weight, self.hidden)]
-        _seeded_uniform_(fans, self.seed)
+    def _fans(self) -> list[int]:
+        return [self.num_classes, self.num_classes, self.hidden] * 3  # d1, d2, d3 of each block
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         v = logits
@@ -161,11 +171,12 @@ class HeadState:
     step: int = 0
 
     @classmethod
-    def initial(cls, head: nn.Module) -> "HeadState":
-        """The state at the start of a purification: the head's (initial) weights, zero moments."""
-        weights = tuple(p.detach() for p in head.parameters())
+    def initial(cls, weights: nn.Module | tuple[torch.Tensor, ...]) -> "HeadState":
+        """The state at the start of a purification: ``weights`` (a head module's, or tensors), zero moments."""
+        if isinstance(weights, nn.Module):
+            weights = tuple(p.detach() for p in weights.parameters())
         zeros = tuple(torch.zeros_like(w) for w in weights)
-        return cls(weights, zeros, zeros, 0)
+        return cls(tuple(weights), zeros, zeros, 0)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Weights, then first moments, then second moments (flat, for a checkpointed autograd function)."""
