@@ -19,8 +19,8 @@ vectors the official code produced (``tests/test_fidelity_contrastive.py``):
   positive (hard estimator, τ⁺ 0.1, β 1, T 1); a batch of one still has a non-zero loss;
 * the classifier sees the raw ``[−1, 1]`` noisy state (``classifier_input="raw"``);
 * the head is the official :class:`~robustkit.defenses.GatedProjectionHead` (three gated residual blocks, no
-  biases, hidden 2K); it starts every purification from the same initial weights and takes one Adam step
-  (lr 0.01) per guided step, after δ is read;
+  biases, hidden 2K); every purification starts it from fresh weights (``nn.Linear``'s law) and takes one
+  Adam step (lr 0.01) per guided step, after δ is read;
 * guidance from solver step 1, the first step with a previous state (``drift_counter_min 0``).
 
 ``"paired"`` is robustkit's earlier reading: the two states of *one* image are the positive pair and the
@@ -28,10 +28,11 @@ other images the negatives (Robinson et al.'s debiased loss, ``loss="debiased"``
 ``(x_t + 1)/2``, a fixed seeded residual head, guidance from step 2. ``"official_bpda"`` starts at step 40,
 as the official BPDA and ImageNet scripts do. Measured effects: ``docs/results/fidelity.md``.
 
-Deliberate departures from the released code (the only ones): (1) the head's initial weights are drawn once
-from a private generator seeded with ``head_seed`` (or passed in as ``initial_head``), so every purification
-restarts from the same weights; the official code re-draws them from the global torch RNG after every
-defended forward (``reset_drift_counter``), which makes a purification depend on global RNG state.
+Deliberate departures from the released code (the only ones): (1) the head's fresh initial weights are drawn
+from the purification's own generator, after DiffPure's draws (:class:`ContrastiveNoise`), so a purification
+is reproducible from its seed; the official code re-draws them from the global torch RNG after every defended
+forward (``reset_drift_counter``). ``head_init="fixed"`` instead starts every purification from the head
+module's weights (seeded by ``head_seed``, or given as ``initial_head``, e.g. the official head's weights).
 (2) The official module keeps its cached previous state across forwards (``reset_drift_counter`` does not
 clear it), so from the second defended forward on, solver step 0 is guided against the *previous call's*
 last state whenever the shapes match; robustkit's purification is a function of its own input only and
@@ -60,8 +61,9 @@ their traits, so the harness attacks and re-evaluates each shard as one batch an
 on a subset of it (``partial_batch_queries``: pyautoattack's APGD attacks only the points not yet broken,
 so it sees fewer negatives). The paired losses give a batch of one no guidance (a warning says so).
 
-Randomness: exactly DiffPure's (one ``torch.Generator``: ε, then one draw per step); the guidance and the
-head draw nothing during a purification. With ``λ = 0`` the purification is DiffPure's, bit for bit.
+Randomness: DiffPure's (one ``torch.Generator``: ε, then one draw per step), then, with
+``head_init="per_purification"``, the head's initial weights from the same generator; the guidance draws
+nothing. DiffPure's draws are unchanged, and with ``λ = 0`` the purification is DiffPure's, bit for bit.
 
 Example (Gaussian score model, a linear classifier on 4×4 images; 5 Euler steps, official variant)::
 
@@ -392,13 +394,15 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
             (usually the defended classifier itself; the official scripts use it too). Not frozen or mutated.
         config: a :class:`~robustkit.defenses.DiffPureConfig`; ``sampler`` must be ``"sde"`` (the paper's).
         guidance: a :class:`ContrastiveGuidanceConfig` (default: the official code's).
-        initial_head: the projection head (its weights are every purification's initial weights), a module
-            of the configured kind, e.g. the official head's weights loaded into a
-            :class:`~robustkit.defenses.GatedProjectionHead`; None: a new head seeded with ``guidance.head_seed``.
+        initial_head: the projection head, a module of the configured kind, e.g. the official head's weights
+            loaded into a :class:`~robustkit.defenses.GatedProjectionHead`; None: a new head seeded with
+            ``guidance.head_seed``. With ``head_init="fixed"`` its weights start every purification; with
+            ``"per_purification"`` they are used only where no drawn weights are given (:meth:`guidance_term`,
+            a plain :class:`~robustkit.defenses.DiffPureNoise`).
 
     Attributes:
-        head: the projection head. With ``online_head`` it holds the *initial* weights of every
-            purification and is never changed by one (the trained weights live in a :class:`HeadState`).
+        head: the projection head module; a purification never changes it (the weights it trains live in a
+            :class:`~robustkit.defenses.HeadState`).
         guided_steps: solver steps with guidance (``nfe − start_step``, 0 when λ = 0).
 
     Traits:
