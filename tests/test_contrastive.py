@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import robustkit
-from robustkit.defenses import (CONTRASTIVE_PRESETS, ContrastiveNoise, GatedProjectionHead, HeadState, official_contrastive_loss,
+from robustkit.defenses import (CONTRASTIVE_PRESETS, ContrastiveNoise, GatedProjectionHead, HeadState,
+                                official_contrastive_loss,
                                 ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, ContrastivePurifiedClassifier,
                                 ContrastiveScoreModel,
                                 DiffPureConfig, DiffPurePurifier, GaussianScoreModel, PurifiedClassifier,

@@ -440,8 +440,8 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
             head = build_head(guidance.head, k, guidance.head_hidden or 2 * k, guidance.head_seed)
         expected = GatedProjectionHead if guidance.head == "gated" else ProjectionHead
         if not isinstance(head, expected) or head.num_classes != k:
-            raise InputError(f"initial_head must be a {expected.__name__} on {k} classes (guidance.head={guidance.head!r}), "
-                             f"got {type(head).__name__}")
+            raise InputError(f"initial_head must be a {expected.__name__} on {k} classes "
+                             f"(guidance.head={guidance.head!r}), got {type(head).__name__}")
         self.head = head.requires_grad_(False)
         self.online_head = guidance.online_head
         self.supports_adjoint = False  # torchsde's adjoint would integrate the unguided SDE
@@ -744,9 +744,8 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     unknown = sorted(set(overrides) - pure_fields - guide_fields)
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_contrastive_purification takes "
-                         "pretrained, classifier, score_model, score_checkpoint, gradient, n_samples, vote, seed, preset "
-                         "and DiffPureConfig / "
-                         "ContrastiveGuidanceConfig fields")
+                         "pretrained, classifier, score_model, score_checkpoint, gradient, n_samples, vote, seed, "
+                         "preset and DiffPureConfig / ContrastiveGuidanceConfig fields")
     pure = {k: v for k, v in overrides.items() if k in pure_fields}
     guide = {k: v for k, v in overrides.items() if k in guide_fields}
     purifier_cfg = dataclasses.replace(cfg.purifier, **pure) if pure else cfg.purifier
