@@ -394,7 +394,7 @@ def test_unrolled_online_step_passes_gradcheck():
         return (out.delta, *out.head.weights)
 
     inputs = (x_t.clone().requires_grad_(True), x_prev.clone().requires_grad_(True), *weights)
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
 def test_online_head_is_declared_exact_and_keeps_the_module_untouched():
