@@ -176,7 +176,7 @@ def measure_memory(steps: int, checkpoint: bool, batch: int, device: str, method
     assert purifier.nfe == steps, (purifier.nfe, steps)
     if method == "contrastive":  # guided from step 1 by a (randomly initialised) ResNet-20's logits
         clf = robustkit.create_classifier("resnet20.cifar10").to(device)
-        purifier = ContrastiveGuidedPurifier(model, clf, cfg, ContrastiveGuidanceConfig(start_step=1))
+        purifier = ContrastiveGuidedPurifier(model, clf, cfg, ContrastiveGuidanceConfig.preset("paired", start_step=1))
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()
     noise = purifier.draw_noise(x.detach(), torch.Generator().manual_seed(1))
     if device.startswith("cuda"):

@@ -18,9 +18,12 @@
 from .likelihood import LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier
 from .rdc import (DiffusionClassifier, DiffusionClassifierConfig, RDCScoreModels, RobustDiffusionClassifier,
                   create_rdc)
-from .contrastive import (ContrastiveGuidanceConfig, ContrastiveGuidedPurifier, ContrastivePurifiedClassifier,
-                          ContrastiveScoreModel, ProjectionHead, create_contrastive_purification,
-                          debiased_contrastive_loss, info_nce_loss)
+from .contrastive import (CONTRASTIVE_PRESETS, ContrastiveGuidanceConfig, ContrastiveGuidedPurifier,
+                          ContrastiveNoise, ContrastivePurificationConfig, ContrastivePurifiedClassifier,
+                          ContrastiveScoreModel,
+                          GuidanceStep, create_contrastive_purification, debiased_contrastive_loss, info_nce_loss,
+                          official_contrastive_loss)
+from .contrastive_head import GatedProjectionHead, HeadState, ProjectionHead
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier, GaussianScoreModel, coarsen_noise
 from .purification import (GRADIENT_MODES, VOTES, PurifiedClassifier, PurifiedClassifierConfig, Purifier,
                            SurrogatePurification)
@@ -40,6 +43,8 @@ __all__ = [
     # contrastive-guided purification
     "ContrastiveGuidanceConfig", "ContrastiveGuidedPurifier", "ContrastivePurifiedClassifier", "ContrastiveScoreModel",
     "ProjectionHead", "create_contrastive_purification", "debiased_contrastive_loss", "info_nce_loss",
+    "CONTRASTIVE_PRESETS", "ContrastiveNoise", "ContrastivePurificationConfig", "GatedProjectionHead", "GuidanceStep", "HeadState",
+    "official_contrastive_loss",
     # test-time adaptation (TEA and baselines)
     "AdaptationConfig", "EnergyAdaptedClassifier", "NoNormLayersError", "NormStatsClassifier", "SourceClassifier",
     "TEAConfig", "TentClassifier", "TentConfig", "TestTimeAdaptedClassifier", "create_adapted_defense",

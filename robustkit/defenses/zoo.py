@@ -177,49 +177,90 @@ def tiny_rdc_digits(pretrained: bool = False) -> nn.Module:
 
 # ------------------------------------------------------------------------------ contrastive-guided purification
 # Built with robustkit.defenses.create_contrastive_purification (the factory returns a ContrastiveScoreModel:
-# the score model and the guidance's ContrastiveGuidanceConfig, the paper's defaults).
+# the score model and the guidance's ContrastiveGuidanceConfig). The plain names are the "official" preset (the
+# released code, which produced the paper's numbers); "*_paired" names are robustkit's earlier variant.
 
 _CONTRASTIVE_PAPER = ("Bai et al., Diffusion Models Demand Contrastive Guidance for Adversarial Purification to "
                       "Advance, ICML 2024")
 _CONTRASTIVE_SOURCE = "https://github.com/tenghuilee/ContrastDiffPurification"
 
 
-def _contrastive(score_model: nn.Module) -> nn.Module:
-    from .contrastive import ContrastiveScoreModel
+def _contrastive(score_model: nn.Module, preset: str = "official") -> nn.Module:
+    from .contrastive import ContrastiveGuidanceConfig, ContrastiveScoreModel
 
-    return ContrastiveScoreModel(score_model)
+    return ContrastiveScoreModel(score_model, ContrastiveGuidanceConfig.preset(preset))
 
 
-@register_defense("contrastive_purification.cifar10", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
-    classifier="wrn28_10.cifar10", purifier=DiffPureConfig(t_star=0.1), weights=SCORE_SDE_CIFAR10,
-    score_model=_SCORE_SDE_DESC, paper=_CONTRASTIVE_PAPER, source=_CONTRASTIVE_SOURCE,
-    license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
-    notes="build with robustkit.defenses.create_contrastive_purification; DiffPure t* = 0.1 plus contrastive "
-          "guidance lambda 500 (debiased loss, tau+ 0.1, beta 1, T 1), fixed seeded head (exact gradients; "
-          "online_head=True is the official code); (claim) 82.81 Linf 8/255 robust with BPDA-style gradients"))
+_OFFICIAL_NOTE = ("variant 'official' (ContrastDiffPurification a1b2138, CIFAR-10 AutoAttack scripts): lambda 500, "
+                  "all B x B pairs positive, hard estimator (tau+ 0.1, beta 1, T 1), classifier on the raw [-1, 1] "
+                  "state, gated head re-initialised (seeded) and trained online by Adam lr 0.01, guided from step 1; "
+                  "exact gradients unroll the head's Adam steps")
+_PAIRED_NOTE = ("variant 'paired' (robustkit's earlier reading): pairs (previous_i, current_i) positive, debiased "
+                "loss, classifier on (x+1)/2, fixed seeded residual head, guided from step 2")
+
+
+def _score_sde_contrastive_config(variant_note: str) -> DefenseConfig:
+    """The CIFAR-10 entries' config (DiffPure's score_sde model and WRN-28-10, t* = 0.1, the scripts' --t 100)."""
+    return DefenseConfig(
+        method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
+        classifier="wrn28_10.cifar10", purifier=DiffPureConfig(t_star=0.1), weights=SCORE_SDE_CIFAR10,
+        score_model=_SCORE_SDE_DESC, paper=_CONTRASTIVE_PAPER, source=_CONTRASTIVE_SOURCE,
+        license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
+        notes="build with robustkit.defenses.create_contrastive_purification; DiffPure t* = 0.1 plus contrastive "
+              "guidance, " + variant_note)
+
+
+def _unet_contrastive_config(variant_note: str) -> DefenseConfig:
+    """The CIFAR-10 entries on robustkit's U-Net and the akamaster ResNet-56."""
+    return DefenseConfig(
+        method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
+        classifier="resnet56.cifar10", purifier=DiffPureConfig(t_star=0.1),
+        score_model="unet.cifar10 (robustkit.diffusion registry; null label)", paper=_CONTRASTIVE_PAPER,
+        source="robustkit", license="MIT (robustkit)",
+        notes="build with robustkit.defenses.create_contrastive_purification; the guidance on robustkit's U-Net "
+              "and the akamaster ResNet-56; " + variant_note)
+
+
+def _tiny_contrastive_config(variant_note: str) -> DefenseConfig:
+    """The tiny digits entries' config (bundled tiny U-Net and CNN)."""
+    return DefenseConfig(
+        method="ContrastiveGuidedPurification", dataset="digits", input_shape=(1, 8, 8), classifier="tiny_cnn.digits",
+        purifier=DiffPureConfig(t_star=0.1), score_model="tiny_unet.digits (robustkit.diffusion registry; null label)",
+        paper=_CONTRASTIVE_PAPER, source="robustkit", license="MIT (robustkit)",
+        notes="build with robustkit.defenses.create_contrastive_purification; bundled weights, offline, CPU; "
+              + variant_note)
+
+
+@register_defense("contrastive_purification.cifar10", _score_sde_contrastive_config(
+    _OFFICIAL_NOTE + "; (claim) 82.81 Linf 8/255 robust with BPDA-style gradients"))
 def contrastive_purification_cifar10(pretrained: bool = False) -> nn.Module:
     return _contrastive(_score_sde_cifar10("contrastive_purification.cifar10", pretrained))
 
 
-@register_defense("contrastive_purification_unet.cifar10", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="cifar10", input_shape=CIFAR10_SHAPE,
-    classifier="resnet56.cifar10", purifier=DiffPureConfig(t_star=0.1),
-    score_model="unet.cifar10 (robustkit.diffusion registry; null label)", paper=_CONTRASTIVE_PAPER,
-    source="robustkit", license="MIT (robustkit)",
-    notes="build with robustkit.defenses.create_contrastive_purification; the guidance on robustkit's U-Net "
-          "and the akamaster ResNet-56"))
+@register_defense("contrastive_purification_paired.cifar10", _score_sde_contrastive_config(_PAIRED_NOTE))
+def contrastive_purification_paired_cifar10(pretrained: bool = False) -> nn.Module:
+    return _contrastive(_score_sde_cifar10("contrastive_purification_paired.cifar10", pretrained), "paired")
+
+
+@register_defense("contrastive_purification_unet.cifar10", _unet_contrastive_config(_OFFICIAL_NOTE))
 def contrastive_purification_unet_cifar10(pretrained: bool = False) -> nn.Module:
     return _contrastive(_from_diffusion_registry("unet.cifar10", pretrained))
 
 
-@register_defense("tiny_contrastive_purification.digits", DefenseConfig(
-    method="ContrastiveGuidedPurification", dataset="digits", input_shape=(1, 8, 8), classifier="tiny_cnn.digits",
-    purifier=DiffPureConfig(t_star=0.1), score_model="tiny_unet.digits (robustkit.diffusion registry; null label)",
-    paper=_CONTRASTIVE_PAPER, source="robustkit", license="MIT (robustkit)",
-    notes="build with robustkit.defenses.create_contrastive_purification; bundled weights, offline, CPU"))
+@register_defense("contrastive_purification_unet_paired.cifar10", _unet_contrastive_config(
+    _PAIRED_NOTE + " (the variant docs/results/purification.md measured)"))
+def contrastive_purification_unet_paired_cifar10(pretrained: bool = False) -> nn.Module:
+    return _contrastive(_from_diffusion_registry("unet.cifar10", pretrained), "paired")
+
+
+@register_defense("tiny_contrastive_purification.digits", _tiny_contrastive_config(_OFFICIAL_NOTE))
 def tiny_contrastive_purification_digits(pretrained: bool = False) -> nn.Module:
     return _contrastive(_from_diffusion_registry("tiny_unet.digits", pretrained))
+
+
+@register_defense("tiny_contrastive_purification_paired.digits", _tiny_contrastive_config(_PAIRED_NOTE))
+def tiny_contrastive_purification_paired_digits(pretrained: bool = False) -> nn.Module:
+    return _contrastive(_from_diffusion_registry("tiny_unet.digits", pretrained), "paired")
 
 
 # -------------------------------------------------------------------------------- test-time adaptation (TEA)
