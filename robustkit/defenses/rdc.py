@@ -96,10 +96,10 @@ from ..errors import InputError
 from ..utils import check_positive_int
 from .likelihood import (SIGMA_DENSITIES, WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier,
                          edm_time_weights)
-from .purification import PurifiedClassifier, module_name
+from .purification import PurifiedClassifier, PurifiedClassifierConfig, module_name
 
 __all__ = ["DiffusionClassifier", "DiffusionClassifierConfig", "RDCScoreModels", "RobustDiffusionClassifier",
-           "create_rdc", "timestep_grid", "default_chunk_size", "CHUNK_SIZES", "MODES"]
+           "RDCConfig", "create_rdc", "timestep_grid", "default_chunk_size", "CHUNK_SIZES", "MODES"]
 
 MODES = ("full", "adaptive", "guaranteed")
 REDUCTIONS = ("mean", "sum")
@@ -542,6 +542,15 @@ class RDCScoreModels(nn.Module):
         self.purifier_config = purifier_config
 
 
+@dataclass(frozen=True)
+class RDCConfig(PurifiedClassifierConfig):
+    """What a :class:`RobustDiffusionClassifier` is (stored in benchmark records as ``defense_config``): the
+    purified-classifier fields plus ``classifier_config``, the :class:`DiffusionClassifierConfig` (its
+    variants: ``reduction``, ``sigma_density``, ...; ``purifier_config`` holds likelihood maximisation's)."""
+
+    classifier_config: DiffusionClassifierConfig | None = None
+
+
 class RobustDiffusionClassifier(PurifiedClassifier):
     """RDC: ``DiffusionClassifier(LikelihoodMaximizationPurifier(x))`` as one defended classifier.
 
@@ -587,12 +596,14 @@ class RobustDiffusionClassifier(PurifiedClassifier):
         clf_seed = None if seed is None else seed + 1
         classifier = DiffusionClassifier(conditional, classifier_config, seed=clf_seed, fixed_noise=fixed_noise)
         super().__init__(purifier, classifier, gradient=gradient, seed=seed)
+        fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(PurifiedClassifierConfig)}
+        self.config = RDCConfig(**fields, classifier_config=classifier.config)
 
 
 def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | str | os.PathLike | None = None,
                score_checkpoint: str | os.PathLike | None = None, gradient: str | None = None,
                seed: int | None = None, fixed_noise: bool = False,
-               **classifier_overrides) -> RobustDiffusionClassifier:
+               purifier_options: dict | None = None, **classifier_overrides) -> RobustDiffusionClassifier:
     """Build a registered RDC defense (``rdc.cifar10``, ``rdc_unet.cifar10``, ``tiny_rdc.digits``), eval mode.
 
     Args:
@@ -607,7 +618,10 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
         score_checkpoint: weights for the named ``score_model`` (see :func:`~robustkit.defenses.create_diffpure`).
         gradient: ``"bpda"`` (default, the paper's) or ``"exact"``.
         seed, fixed_noise: see :class:`RobustDiffusionClassifier`.
-        **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``.
+        purifier_options: :class:`~robustkit.defenses.LikelihoodMaximizationConfig` fields replacing the
+            entry's, e.g. ``{"update": "mifgsm", "sigma_law": "training"}`` (the paper's text).
+        **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``,
+            ``reduction="sum"``, ``sigma_density="lognormal"``.
     """
     from .registry import builder_entry, resolve_score_model, stamp
 
@@ -619,6 +633,11 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, score_model, "
                          "score_checkpoint, gradient, seed, fixed_noise and DiffusionClassifierConfig fields")
+    purifier_options = dict(purifier_options or {})
+    unknown = sorted(set(purifier_options) - {f.name for f in dataclasses.fields(LikelihoodMaximizationConfig)})
+    if unknown:
+        raise InputError(f"unknown purifier option(s) {', '.join(unknown)}: purifier_options takes "
+                         "LikelihoodMaximizationConfig fields")
     replacement = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     if replacement is not None:
         _check_rdc_score_model(name, replacement, entry.config.input_shape)
@@ -630,7 +649,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
     if classifier_overrides:
         cfg = dataclasses.replace(cfg, **classifier_overrides)
     rdc = RobustDiffusionClassifier(conditional, unconditional, classifier_config=cfg,
-                                    purifier_config=models.purifier_config,
+                                    purifier_config=dataclasses.replace(models.purifier_config, **purifier_options),
                                     gradient=gradient or entry.config.gradient, seed=seed, fixed_noise=fixed_noise)
     return stamp(rdc, name, entry.config, pretrained)
 
