@@ -65,8 +65,9 @@ def main() -> None:
     ap.add_argument("--gradient", choices=["bpda", "exact"], default="bpda")
     ap.add_argument("--stride", type=int, default=10, help="evaluate every STRIDE-th timestep (1: all 1000)")
     ap.add_argument("--chunk-size", type=int, default=None,
-                    help="rows (image, class, timestep) per network batch (default 1024); a gradient holds one "
-                         "chunk's activations: about 12 GB at 1024 on CIFAR-10 with unet.cifar10")
+                    help="rows (image, class, timestep) per network batch (default: the measured CHUNK_SIZES, "
+                         "512 on CPU); a gradient holds one chunk's activations: about 12 GB at 1024 on CIFAR-10 "
+                         "with unet.cifar10")
     ap.add_argument("--dc-option", action="append", default=[], metavar="KEY=VALUE",
                     help="a DiffusionClassifierConfig field, e.g. reduction=sum, sigma_density=lognormal, weighting=edm")
     ap.add_argument("--lm-option", action="append", default=[], metavar="KEY=VALUE",

@@ -437,3 +437,29 @@ def test_input_validation(digits_model):
     assert not defense_config("tiny_diffpure.digits").generative
     with pytest.raises(InputError, match="classifier must be None"):
         dataclasses.replace(defense_config("tiny_rdc.digits"), classifier="tiny_cnn.digits")
+
+
+class _BatchSizes(ScoreModel):
+    """Records the batch size of every network call."""
+
+    def __init__(self):
+        super().__init__((1, 4, 4), num_classes=3)
+        self.sizes = []
+
+    def predict_noise(self, x_t, t, y):
+        self.sizes.append(x_t.shape[0])
+        return 0.1 * x_t
+
+
+def test_default_chunk_size_is_the_measured_one_for_the_device():
+    from robustkit.defenses.rdc import CHUNK_SIZES, default_chunk_size
+
+    model = _BatchSizes()
+    dc = DiffusionClassifier(model, DiffusionClassifierConfig(num_timesteps=100), seed=0)
+    assert dc.config.chunk_size is None and default_chunk_size("cpu") == CHUNK_SIZES["cpu"]
+    with torch.no_grad():
+        dc(torch.rand(2, 1, 4, 4))                      # 2 images x 3 classes x 100 steps = 600 rows
+    size = CHUNK_SIZES["cpu"]
+    assert model.sizes == [size] * (600 // size) + ([600 % size] if 600 % size else [])
+    with pytest.raises(InputError, match="chunk_size"):
+        DiffusionClassifierConfig(chunk_size=0)

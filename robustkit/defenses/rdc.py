@@ -104,12 +104,14 @@ __all__ = ["DiffusionClassifier", "DiffusionClassifierConfig", "RDCScoreModels",
 MODES = ("full", "adaptive", "guaranteed")
 REDUCTIONS = ("mean", "sum")
 #: Rows per network batch when ``chunk_size=None``, per device type, chosen by measurement
-#: (``bench/bench_rdc_chunk.py``; docs/results/performance.md, "RDC chunk size").
-CHUNK_SIZES = {"cpu": 256, "cuda": 4096}
+#: (``bench/bench_rdc_chunk.py``; docs/results/performance.md, "RDC chunk size"): on CPU every size from
+#: 256 to 2048 rows took 0.63-0.70x the released loop's time, 512 the least. No GPU has been measured yet.
+CHUNK_SIZES = {"cpu": 512}
 
 
 def default_chunk_size(device: torch.device | str) -> int:
-    """The measured chunk size for a device (:data:`CHUNK_SIZES`; other device types get the CPU's)."""
+    """The measured chunk size for a device type (:data:`CHUNK_SIZES`); a device type without a measurement
+    gets the CPU's (measure it with ``bench/bench_rdc_chunk.py --device ...`` and add it there)."""
     return CHUNK_SIZES.get(torch.device(device).type, CHUNK_SIZES["cpu"])
 
 
