@@ -560,7 +560,7 @@ class RobustDiffusionClassifier(PurifiedClassifier):
         conditional: the class-conditional ScoreModel of the diffusion classifier.
         unconditional: the unconditional ScoreModel of likelihood maximisation (default: ``conditional``
             with ``y=None``, i.e. a CFG-trained model's null label).
-        classifier_config, purifier_config: the two parts' hyperparameters (defaults: the paper's).
+        classifier_config, purifier_config: the two parts' hyperparameters (defaults: the released code's).
         gradient: ``"bpda"`` through likelihood maximisation (the paper's protocol; default) or ``"exact"``.
         seed: None (per-forward seeds from the global RNG) or an int: private generators for both parts.
         fixed_noise: the diffusion classifier's noise is fixed (needs ``seed``); the purifier stays random.
