@@ -8,7 +8,9 @@ Two update rules (``update``), both ``N`` steps with one fresh noise level and `
   detached (the gradient flows through both), one ``torch.optim.Adam`` step (lr 0.1, betas (0.9, 0.999),
   eps 1e-8), then a per-image L2 projection onto radius ``adam_l2_radius`` around the input (100 on the
   ``[0, 1]`` scale as released: inert), and finally ``clamp((x̂ + 1)/2, 0, 1)``; ``σ ~ U[0.4, 0.6]``.
-  The paper's reported numbers come from this code, hence the default.
+  The paper's reported numbers come from this code, hence the default. Not reproduced: the released
+  function reseeds every global RNG with ``set_seed(1)`` on each call (the same draws every call);
+  here the draws come from the caller's generator, or are passed in (``u``, ``noise``).
 * ``"mifgsm"`` — the paper's text (Chen, Dong et al., ICML 2024, Sec. 3.3): minimise the *unconditional*
   diffusion loss ``ℓ(x̂) = w ‖ε_θ(x̂_t, t) − ε‖²`` over ``x̂`` with ``‖x̂ − x‖ ≤ η`` by MI-FGSM (Dong et al.,
   CVPR 2018). The repository's only MI-FGSM maximiser (``likelihood_maximization_in_expectation``) is
