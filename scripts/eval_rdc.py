@@ -7,8 +7,9 @@ differentiates through LM too; ``--alone`` attacks the diffusion classifier with
 evaluates every ``--stride``-th of the 1000 timesteps (stride 10: 1000 network evaluations per image
 instead of 10,000; on the digits it predicts like the full sum on all 360 test images, see
 ``bench/bench_rdc.py``). The PGD loss defaults to the margin: the classifier's logits ``−L_y`` differ by
-hundreds to thousands between classes, which saturates the softmax, so cross-entropy gradients are
-exactly zero (the harness's ``gradients`` check says so).
+hundreds to thousands between classes at ``reduction="sum"``, which saturates the softmax, so cross-entropy
+gradients are exactly zero there (the harness's ``gradients`` check says so); the default ``"mean"`` (the
+released scale) does not saturate. ``--dc-option`` / ``--lm-option`` select the variants (docs/results/fidelity.md).
 
     # the bundled digits RDC (eps 0.1)
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_rdc.py --gradient bpda --out runs/rdc_bpda
@@ -43,7 +44,7 @@ import time
 import torch
 
 import robustkit
-from robustkit.cli.bench import add_check_arguments, check_options_from_args, parse_attack_options
+from robustkit.cli.bench import _option_value, add_check_arguments, check_options_from_args, parse_attack_options
 from robustkit.defenses import create_rdc, defense_config
 from robustkit.eval.benchmark import parse_eps, protocol_correct, resolve_attacks
 from robustkit.eval.record import PROTOCOLS
@@ -64,8 +65,13 @@ def main() -> None:
     ap.add_argument("--gradient", choices=["bpda", "exact"], default="bpda")
     ap.add_argument("--stride", type=int, default=10, help="evaluate every STRIDE-th timestep (1: all 1000)")
     ap.add_argument("--chunk-size", type=int, default=None,
-                    help="rows (image, class, timestep) per network batch (default 1024); a gradient holds one "
-                         "chunk's activations: about 12 GB at 1024 on CIFAR-10 with unet.cifar10")
+                    help="rows (image, class, timestep) per network batch (default: the measured CHUNK_SIZES, "
+                         "512 on CPU); a gradient holds one chunk's activations: about 12 GB at 1024 on CIFAR-10 "
+                         "with unet.cifar10")
+    ap.add_argument("--dc-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a DiffusionClassifierConfig field, e.g. reduction=sum, sigma_density=lognormal, weighting=edm")
+    ap.add_argument("--lm-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a LikelihoodMaximizationConfig field, e.g. update=mifgsm, sigma_law=training")
     ap.add_argument("--eps", default=None, help="Linf budget (default: digits 0.1, cifar10 8/255)")
     ap.add_argument("--data-dir", default=None, help="dataset folder (default: $ROBUSTKIT_DATA)")
     ap.add_argument("--n-examples", type=int, default=32)
@@ -98,7 +104,8 @@ def main() -> None:
     dataset = defense_config(args.defense).dataset
     # The harness seeds attack runs itself; the clean-only path owns its randomness through the defense's seed.
     rdc = create_rdc(args.defense, pretrained=True, score_model=args.score_model, gradient=args.gradient,
-                     stride=args.stride,
+                     stride=args.stride, purifier_options=_key_values(args.lm_option, "--lm-option"),
+                     **_key_values(args.dc_option, "--dc-option"),
                      seed=args.seed if args.clean_only else None,
                      **({} if args.chunk_size is None else {"chunk_size": args.chunk_size}))
     model = rdc.classifier if args.alone else rdc
@@ -120,6 +127,16 @@ def main() -> None:
     print(rec.summary())
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} must look like KEY=VALUE, got {item!r}")
+        out[key] = _option_value(value)
+    return out
+
+
 def print_clean_accuracy(model, dataset: str, args: argparse.Namespace) -> None:
     """Clean accuracy of the first ``--n-examples`` test images under the harness's protocols (single draw,
     majority, worst of ``--n-reeval`` draws seeded by ``--seed``), with 95 % Wilson intervals."""
@@ -130,7 +147,9 @@ def print_clean_accuracy(model, dataset: str, args: argparse.Namespace) -> None:
         right = torch.stack([torch.cat([model(x[i:i + args.batch_size]).argmax(1) for i in batches]) == y
                              for _ in range(args.n_reeval)], 1)
     backbone = f" with {args.score_model}" if args.score_model else ""
-    name = f"{args.defense}{backbone}{' classifier alone' if args.alone else ''} (stride {args.stride})"
+    opts = " ".join(args.dc_option + args.lm_option)
+    name = (f"{args.defense}{backbone}{' classifier alone' if args.alone else ''} (stride {args.stride}"
+            f"{', ' + opts if opts else ''})")
     print(f"{name} on the first {len(y)} {dataset} test images, {args.n_reeval} draws, seed {args.seed}, "
           f"{time.perf_counter() - t0:.0f} s")
     for protocol in PROTOCOLS:

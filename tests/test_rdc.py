@@ -72,25 +72,44 @@ def _reference_uniform(model, x, noise, stride, num_classes):
     return out
 
 
-def test_logits_equal_independent_sum_uniform(digits_model, digits):
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_logits_equal_independent_sum_uniform(digits_model, digits, reduction):
+    """``"sum"``: the ELBO's sums; ``"mean"`` (the released scale): the mean over the 64 pixels and the
+    T = 1000 steps, i.e. the sum divided by 64·1000 (strided: each evaluated step stands for T/T')."""
     x = digits[0][:3]
-    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=125, chunk_size=7))
+    dc = DiffusionClassifier(digits_model, DiffusionClassifierConfig(stride=125, chunk_size=7, reduction=reduction))
     noise = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         got = -dc.losses(x, noise=noise)
         ref = _reference_uniform(digits_model, x, noise, 125, 10)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    scale = 1.0 if reduction == "sum" else 1.0 / (64 * 1000)
+    torch.testing.assert_close(got, ref * scale, rtol=1e-4, atol=1e-3 * scale)
 
 
-def test_logits_equal_independent_sum_edm_in_sigma_space():
-    """The EDM weighting through the ScoreModel adapter equals the σ-space ELBO computed with ``denoise``:
-    −Σ_k λ(σ_k) p(σ_k) Δσ ‖D(x0 + σ_k ε_k; σ_k, y) − x0‖², p the log-normal density over σ."""
+class _EpsilonOnly(ScoreModel):
+    """An EDM model behind the bare ScoreModel contract (no ``denoise``): the ε-space path."""
+
+    def __init__(self, model):
+        super().__init__(model.image_shape, model.num_classes)
+        self.model = model
+
+    def predict_noise(self, x_t, t, y):
+        return self.model(x_t, t, y)
+
+
+@pytest.mark.parametrize("space", ["sigma", "epsilon"])
+def test_logits_equal_independent_sum_edm_in_sigma_space(space):
+    """The EDM weighting (the log-normal density, sum) equals the σ-space ELBO computed with ``denoise``:
+    −Σ_k λ(σ_k) p(σ_k) Δσ ‖D(x0 + σ_k ε_k; σ_k, y) − x0‖², p the log-normal density over σ; evaluated
+    with the denoiser (σ-space) or through the ScoreModel adapter at the VP time (ε-space)."""
     cfg = EDMConfig(img_resolution=8, in_channels=1, model_channels=8, channel_mult=(1, 1), num_blocks=1,
                     attn_resolutions=(4,), label_dim=3, augment_dim=0)
     model = EDMScoreModel(EDMPrecond(cfg, generator=torch.Generator().manual_seed(0))).eval()
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     n, stride = 40, 5
-    dc = DiffusionClassifier(model, DiffusionClassifierConfig(weighting="edm", num_timesteps=n, stride=stride))
+    dc = DiffusionClassifier(model if space == "sigma" else _EpsilonOnly(model),
+                             DiffusionClassifierConfig(weighting="edm", num_timesteps=n, stride=stride,
+                                                       sigma_density="lognormal", reduction="sum"))
     noise = torch.randn(n // stride, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         got = -dc.losses(x, noise=noise)
@@ -117,7 +136,7 @@ def test_noise_is_shared_across_classes():
 def test_chunked_checkpointed_gradient_equals_plain_autograd(digits_model, digits):
     digits_model = copy.deepcopy(digits_model).double()     # float64: compare summation orders tightly
     x = digits[0][:2].clone().double()
-    cfg = DiffusionClassifierConfig(stride=100, chunk_size=9)  # 2·10·10 rows in 23 checkpointed chunks
+    cfg = DiffusionClassifierConfig(stride=100, chunk_size=9, reduction="sum")  # 200 rows in 23 checkpointed chunks
     dc = DiffusionClassifier(digits_model, cfg)
     noise = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = torch.randn(2, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -234,7 +253,8 @@ def test_likelihood_maximisation_exact_gradient_matches_finite_differences(digit
     """The exact gradient through the N momentum steps (double backward through the score network)
     against central differences, in float64, with the step noise held fixed by reseeding."""
     model = copy.deepcopy(digits_model).double()
-    p = LikelihoodMaximizationPurifier(model, LikelihoodMaximizationConfig(norm=norm, eta=eta, steps=3))
+    p = LikelihoodMaximizationPurifier(model, LikelihoodMaximizationConfig(update="mifgsm", norm=norm, eta=eta,
+                                                                           steps=3))
     gen = torch.Generator()
     x = 0.25 + 0.5 * torch.rand(2, 1, 8, 8, generator=gen.manual_seed(1), dtype=torch.float64)  # inside the box
     v = torch.randn(2, 1, 8, 8, generator=gen.manual_seed(2), dtype=torch.float64)
@@ -258,7 +278,7 @@ def test_likelihood_maximisation_stays_in_ball_and_box(digits_model, digits, nor
     x = digits[0][:8].clone()
     x[0] = 0.0
     x[1] = 1.0
-    p = LikelihoodMaximizationPurifier(digits_model, LikelihoodMaximizationConfig(norm=norm, eta=eta))
+    p = LikelihoodMaximizationPurifier(digits_model, LikelihoodMaximizationConfig(update="mifgsm", norm=norm, eta=eta))
     out = p.purify(x, torch.Generator().manual_seed(0))
     assert out.min() >= 0 and out.max() <= 1
     d = (out - x).flatten(1)
@@ -274,16 +294,20 @@ def test_likelihood_maximisation_edm_weighting_on_an_unconditional_edm_model():
     cfg = EDMConfig(img_resolution=8, in_channels=1, model_channels=8, channel_mult=(1, 1), num_blocks=1,
                     attn_resolutions=(4,), label_dim=0, augment_dim=0)
     uncond = EDMScoreModel(EDMPrecond(cfg, generator=torch.Generator().manual_seed(0))).eval()
-    p = LikelihoodMaximizationPurifier(uncond, LikelihoodMaximizationConfig(weighting="edm"))
+    p = LikelihoodMaximizationPurifier(uncond, LikelihoodMaximizationConfig(update="mifgsm", weighting="edm",
+                                                                            sigma_law="training"))
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     out = p.purify(x, torch.Generator().manual_seed(2))
     assert float((out - x).abs().max()) <= 8 / 255 + 1e-6 and out.min() >= 0 and out.max() <= 1
     assert not torch.equal(out, x)
 
 
-def test_likelihood_maximisation_lowers_the_diffusion_loss(digits_model, digits):
+@pytest.mark.parametrize("update", ["mifgsm", "adam"])
+def test_likelihood_maximisation_lowers_the_diffusion_loss(digits_model, digits, update):
     x = (digits[0][:16] + 0.15 * torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    p = LikelihoodMaximizationPurifier(digits_model, LikelihoodMaximizationConfig(eta=0.1, steps=10))
+    cfg = LikelihoodMaximizationConfig(update="mifgsm", sigma_law="training", eta=0.1, steps=10) \
+        if update == "mifgsm" else LikelihoodMaximizationConfig(lr=0.02, steps=10)
+    p = LikelihoodMaximizationPurifier(digits_model, cfg)
     out = p.purify(x, torch.Generator().manual_seed(1))
     sched = DiscreteVPSchedule()
     g = torch.Generator().manual_seed(2)
@@ -413,3 +437,29 @@ def test_input_validation(digits_model):
     assert not defense_config("tiny_diffpure.digits").generative
     with pytest.raises(InputError, match="classifier must be None"):
         dataclasses.replace(defense_config("tiny_rdc.digits"), classifier="tiny_cnn.digits")
+
+
+class _BatchSizes(ScoreModel):
+    """Records the batch size of every network call."""
+
+    def __init__(self):
+        super().__init__((1, 4, 4), num_classes=3)
+        self.sizes = []
+
+    def predict_noise(self, x_t, t, y):
+        self.sizes.append(x_t.shape[0])
+        return 0.1 * x_t
+
+
+def test_default_chunk_size_is_the_measured_one_for_the_device():
+    from robustkit.defenses.rdc import CHUNK_SIZES, default_chunk_size
+
+    model = _BatchSizes()
+    dc = DiffusionClassifier(model, DiffusionClassifierConfig(num_timesteps=100), seed=0)
+    assert dc.config.chunk_size is None and default_chunk_size("cpu") == CHUNK_SIZES["cpu"]
+    with torch.no_grad():
+        dc(torch.rand(2, 1, 4, 4))                      # 2 images x 3 classes x 100 steps = 600 rows
+    size = CHUNK_SIZES["cpu"]
+    assert model.sizes == [size] * (600 // size) + ([600 % size] if 600 % size else [])
+    with pytest.raises(InputError, match="chunk_size"):
+        DiffusionClassifierConfig(chunk_size=0)

@@ -6,18 +6,26 @@ rule on the diffusion ELBO (Chen, Dong et al., ICML 2024, Eq. 5–7)::
     logit_y(x) = −L_y(x) + log π_y,     L_y(x) = Σ_k w_k ‖ε_θ(a_k x₀ + s_k ε_k, t_k, y) − ε_k‖²,   x₀ = 2x − 1
 
 summed over *every* step k of a fixed grid (no sampling of t), with ONE noise ε_k per step shared by all
-classes (and by all images of the call): common random numbers, so class differences are not swamped by
-noise differences. Two grids (``weighting``):
+classes (and by default by all images of the call; per-image noise can be passed in): common random
+numbers, so class differences are not swamped by noise differences. Two grids (``weighting``):
 
-* ``"uniform"`` — the T steps of the :class:`~robustkit.diffusion.DiscreteVPSchedule` with w_k = 1 (the
+* ``"uniform"`` — the T steps of the :class:`~robustkit.diffusion.DiscreteVPSchedule` with equal weights (the
   DDPM loss; robustkit's CFG-trained U-Nets ``tiny_unet.digits`` / ``unet.cifar10``);
-* ``"edm"`` — a σ grid ``σ_k = σ_min + k Δσ`` (k < T, Δσ = (σ_max − σ_min)/T, σ ∈ [1e-4, 3]) with EDM's
-  weight: ``λ(σ) p(σ) Δσ ‖D − x₀‖²`` is a left Riemann sum of ``∫ λ(σ) p(σ) E‖D(x₀ + σε; σ, y) − x₀‖² dσ``,
-  EDM's own training objective (p the log-normal density over σ, see
-  :func:`~robustkit.defenses.likelihood.edm_sigma_density` for the authors' bracket slip, which we do not
-  reproduce). Since ``D − x₀ = σ(ε − ε̂)``, the ε-space weight is ``w_k = λ(σ_k) p(σ_k) σ_k² Δσ``. The
-  model is called through the ScoreModel contract at the VP time with the same σ (``x_t = a(x₀ + σε)``,
-  ``a = 1/sqrt(1 + σ²)``), which :class:`~robustkit.diffusion.edm.EDMScoreModel` maps back exactly.
+* ``"edm"`` — RDC's σ grid: ``σ_k`` the first T of T + 1 evenly spaced points in [σ_min, σ_max] = [1e-4, 3],
+  ``dt_k = σ_{k+1} − σ_k``, and ``λ(σ_k) p(σ_k) dt_k ‖D − x₀‖²`` a left Riemann sum of
+  ``∫ λ(σ) p(σ) E‖D(x₀ + σε; σ, y) − x₀‖² dσ``, EDM's own training objective
+  (:func:`~robustkit.defenses.likelihood.edm_time_weights`). ``sigma_density`` picks p: ``"official"``
+  (default) the released expression with its bracket slip, on the released float32 grid, which the
+  paper's numbers used; ``"lognormal"`` the log-normal density as defined, on an exact float64 grid
+  (see :func:`~robustkit.defenses.likelihood.edm_sigma_density`). A model with an EDM denoiser
+  (:class:`~robustkit.diffusion.edm.EDMScoreModel`) is evaluated in σ-space as released (``‖D − x₀‖²``);
+  any other at the VP time with the same σ in ε-space (``D − x₀ = σ(ε − ε̂)``: weight ``λ p dt σ²``).
+
+Scale (``reduction``): ``"mean"`` (default, the released code's) averages the squared error over the C·H·W
+values and, on the uniform grid, over the steps; ``"sum"`` sums both (the ELBO itself, the exact Bayes
+posterior). They differ only by a constant factor (the softmax temperature): the prediction is the same,
+but with ``"sum"`` the softmax of a confident model saturates in float32 and cross-entropy gradients vanish
+(15 of 16 ``tiny_rdc.digits`` images gave an exactly zero CE input gradient), so CE attacks see nothing.
 
 Cost and speed options (``mode``, chosen at construction):
 
@@ -41,7 +49,8 @@ over a ``[N, K, T']`` table of terms in grid order, so a class evaluated on all 
 sum in the same order (terms may differ in the last bits only because network batches are composed
 differently; the guaranteed mode's slack covers that).
 
-Memory and gradients: rows (image, class, step) are evaluated ``chunk_size`` at a time; when a gradient is
+Memory and gradients: rows (image, class, step) are evaluated ``chunk_size`` at a time (None: the per-device
+size measured in ``bench/bench_rdc_chunk.py``, :data:`CHUNK_SIZES`); when a gradient is
 needed each chunk is wrapped in :func:`torch.utils.checkpoint.checkpoint`, so only the chunk's per-row
 scalars are kept and its activations are recomputed in the backward pass: memory is bounded by one chunk,
 not by T'. The gradient is the exact gradient of the computed logits (``traits.gradient = "exact"``).
@@ -73,7 +82,6 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -86,20 +94,30 @@ from ..classifier import Classifier, DefenseTraits, check_images
 from ..diffusion.schedule import VPSDE, DiscreteVPSchedule
 from ..errors import InputError
 from ..utils import check_positive_int
-from .likelihood import (WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier, edm_lambda,
-                         edm_sigma_density)
-from .purification import PurifiedClassifier, module_name
+from .likelihood import (SIGMA_DENSITIES, WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier,
+                         edm_time_weights)
+from .purification import PurifiedClassifier, PurifiedClassifierConfig, module_name
 
 __all__ = ["DiffusionClassifier", "DiffusionClassifierConfig", "RDCScoreModels", "RobustDiffusionClassifier",
-           "create_rdc", "timestep_grid", "MODES"]
+           "RDCConfig", "create_rdc", "timestep_grid", "default_chunk_size", "CHUNK_SIZES", "MODES"]
 
 MODES = ("full", "adaptive", "guaranteed")
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("mean", "sum")
+#: Rows per network batch when ``chunk_size=None``, per device type, chosen by measurement
+#: (``bench/bench_rdc_chunk.py``; docs/results/performance.md, "RDC chunk size"): on CPU every size from
+#: 256 to 2048 rows took 0.63-0.70x the released loop's time, 512 the least. No GPU has been measured yet.
+CHUNK_SIZES = {"cpu": 512}
+
+
+def default_chunk_size(device: torch.device | str) -> int:
+    """The measured chunk size for a device type (:data:`CHUNK_SIZES`); a device type without a measurement
+    gets the CPU's (measure it with ``bench/bench_rdc_chunk.py --device ...`` and add it there)."""
+    return CHUNK_SIZES.get(torch.device(device).type, CHUNK_SIZES["cpu"])
 
 
 @dataclass(frozen=True)
 class DiffusionClassifierConfig:
-    """Hyperparameters of :class:`DiffusionClassifier` (defaults: the paper's full sum over T = 1000).
+    """Hyperparameters of :class:`DiffusionClassifier` (defaults: the released code's full sum over T = 1000).
 
     Attributes:
         weighting: ``"uniform"`` (DDPM steps, w = 1) or ``"edm"`` (σ grid, EDM's λ·p weight).
@@ -107,13 +125,17 @@ class DiffusionClassifierConfig:
         stride: evaluate every stride-th step only (T' = ceil(T / stride)); 1 is the paper.
         beta_min, beta_max: the VP schedule (of the model's training).
         sigma_min, sigma_max, p_mean, p_std, sigma_data: the EDM grid and weight.
-        reduction: ``"sum"`` (‖·‖², default) or ``"mean"`` (over the C·H·W values, as the authors' code);
-            only the logits' scale (softmax temperature) differs.
+        sigma_density: the EDM weight's density over σ: ``"official"`` (default; the released code's, with
+            its bracket slip, on its float32 grid) or ``"lognormal"`` (as defined, float64 grid).
+        reduction: ``"mean"`` (default; the released code's scale: mean over the C·H·W values and, on the
+            uniform grid, over the steps) or ``"sum"`` (the ELBO's sums: exact Bayes). Only the logits'
+            scale (softmax temperature) differs.
         log_prior: log π_y per class added to the logits (None: uniform prior, nothing added).
         mode: ``"full"`` | ``"adaptive"`` | ``"guaranteed"`` (module docstring).
         coarse_steps, fine_steps, keep: the adaptive schedule (steps out of T'; classes kept).
         block_steps: steps added per round to each undecided class in ``"guaranteed"`` mode.
-        chunk_size: rows (image, class, step) per network batch.
+        chunk_size: rows (image, class, step) per network batch; None: :func:`default_chunk_size` of the
+            input's device (measured).
     """
 
     weighting: str = "uniform"
@@ -126,14 +148,15 @@ class DiffusionClassifierConfig:
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 0.5
-    reduction: str = "sum"
+    sigma_density: str = "official"
+    reduction: str = "mean"
     log_prior: tuple[float, ...] | None = None
     mode: str = "full"
     coarse_steps: int = 25
     fine_steps: int = 250
     keep: int = 2
     block_steps: int = 50
-    chunk_size: int = 1024
+    chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -142,8 +165,12 @@ class DiffusionClassifierConfig:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.reduction not in REDUCTIONS:
             raise InputError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-        for name in ("num_timesteps", "stride", "coarse_steps", "fine_steps", "keep", "block_steps", "chunk_size"):
+        if self.sigma_density not in SIGMA_DENSITIES:
+            raise InputError(f"sigma_density must be one of {SIGMA_DENSITIES}, got {self.sigma_density!r}")
+        for name in ("num_timesteps", "stride", "coarse_steps", "fine_steps", "keep", "block_steps"):
             check_positive_int(name, getattr(self, name))
+        if self.chunk_size is not None:
+            check_positive_int("chunk_size", self.chunk_size)
         if self.num_timesteps < 2:
             raise InputError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
         if not (0 < self.sigma_min < self.sigma_max and self.p_std > 0 and self.sigma_data > 0):
@@ -162,32 +189,42 @@ class DiffusionClassifierConfig:
 
 @dataclass(frozen=True)
 class _Grid:
-    t: torch.Tensor   # [T'] VP time handed to the model
-    a: torch.Tensor   # [T'] mean coefficient of x_t
-    s: torch.Tensor   # [T'] noise coefficient of x_t
-    w: torch.Tensor   # [T'] weight, already scaled by T / T'
+    t: torch.Tensor      # [T'] VP time handed to the model
+    a: torch.Tensor      # [T'] mean coefficient of x_t
+    s: torch.Tensor      # [T'] noise coefficient of x_t
+    w: torch.Tensor      # [T'] ε-space weight of ‖ε̂ − ε‖², already scaled by T / T' (and 1/T for a "mean")
+    sigma: torch.Tensor  # [T'] σ = s / a
+    w_x: torch.Tensor    # [T'] σ-space weight of ‖D − x₀‖² (= w / σ²), scaled alike
 
 
 def timestep_grid(config: DiffusionClassifierConfig) -> _Grid:
-    """The evaluated grid ``(t, a, s, w)`` of a config, float64, each ``[T']`` (see the module docstring)."""
+    """The evaluated grid of a config, float64, each field ``[T']`` (see the module docstring)."""
     n = config.num_timesteps
     if config.weighting == "uniform":
         sched = DiscreteVPSchedule(config.beta_min, config.beta_max, n)
         t = sched.timesteps.to(torch.float64)
         a = torch.sqrt(sched.alphas_cumprod64)
         s = torch.sqrt(1.0 - sched.alphas_cumprod64)
-        w = torch.ones(n, dtype=torch.float64)
+        sigma = s / a
+        # the released VP classifier averages over the steps (nn.MSELoss over t and pixels)
+        w = torch.full((n,), 1.0 / n if config.reduction == "mean" else 1.0, dtype=torch.float64)
+        w_x = w / (sigma * sigma)
     else:
-        d_sigma = (config.sigma_max - config.sigma_min) / n
-        sigma = config.sigma_min + d_sigma * torch.arange(n, dtype=torch.float64)  # left Riemann points
+        if config.sigma_density == "official":
+            # the released grid: torch.linspace(1e-4, 3, T + 1) in float32, weights computed in float32
+            grid = torch.linspace(config.sigma_min, config.sigma_max, n + 1)
+        else:
+            grid = torch.linspace(config.sigma_min, config.sigma_max, n + 1, dtype=torch.float64)
+        ew = edm_time_weights(grid, density=config.sigma_density, p_mean=config.p_mean, p_std=config.p_std,
+                              sigma_data=config.sigma_data)
+        sigma, w_x = ew.sigma.to(torch.float64), ew.weight.to(torch.float64)
         t = VPSDE(config.beta_min, config.beta_max).t_from_sigma(sigma)
         a = 1.0 / torch.sqrt(1.0 + sigma * sigma)
         s = sigma * a
-        w = edm_lambda(sigma, config.sigma_data) * edm_sigma_density(sigma, config.p_mean, config.p_std) \
-            * sigma * sigma * d_sigma
+        w = w_x * sigma * sigma
     keep = torch.arange(0, n, config.stride)
     scale = n / keep.numel()
-    return _Grid(t[keep], a[keep], s[keep], w[keep] * scale)
+    return _Grid(t[keep], a[keep], s[keep], w[keep] * scale, sigma[keep], w_x[keep] * scale)
 
 
 def _coarse_to_fine(n: int, first: Sequence[int]) -> torch.Tensor:
@@ -272,9 +309,9 @@ class DiffusionClassifier(Classifier):
         self.seed = seed
         self.fixed_noise = bool(fixed_noise)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        grid = timestep_grid(config)
-        self._grid = grid
-        self._dim = int(math.prod(shape))
+        self._grid = timestep_grid(config)
+        # RDC's EDM setting is evaluated in σ-space through the denoiser, as released
+        self._sigma_space = config.weighting == "edm" and callable(getattr(score_model, "denoise", None))
         if config.mode == "adaptive":
             fine_pos = _even(n_eval, config.fine_steps)
             coarse_pos = [fine_pos[j] for j in sorted(set(_even(len(fine_pos), config.coarse_steps)))]
@@ -304,7 +341,10 @@ class DiffusionClassifier(Classifier):
         return torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (), dtype=torch.int64)))
 
     def draw_noise(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One ε per evaluated step, ``[T', C, H, W]`` (CPU, float32), shared by all classes and images."""
+        """One ε per evaluated step, ``[T', C, H, W]`` (CPU, float32), shared by all classes and images.
+
+        (:meth:`losses` also takes per-image noise ``[N, T', C, H, W]``, as the released code draws it.)
+        """
         gen = generator if generator is not None else self._call_generator()
         return torch.randn((self.config.evaluated_steps, *self.input_shape), generator=gen)
 
@@ -314,16 +354,21 @@ class DiffusionClassifier(Classifier):
                      pos: torch.Tensor) -> torch.Tensor:
         g = self._grid
         dt = x0.dtype
-        eps = noise[pos]
+        eps = noise[img, pos] if noise.dim() == 5 else noise[pos]
         pos = pos.cpu()  # the grid tables live on the CPU
-        t = g.t[pos].to(x0.device, dt)
-        a = g.a[pos].to(x0.device, dt).view(-1, 1, 1, 1)
-        s = g.s[pos].to(x0.device, dt).view(-1, 1, 1, 1)
-        w = g.w[pos].to(x0.device, dt)
-        eps_hat = self.score_model(a * x0[img] + s * eps, t, cls)
-        err = (eps_hat - eps).pow(2).flatten(1).sum(1)
-        if self.config.reduction == "mean":
-            err = err / self._dim
+        if self._sigma_space:
+            # as released: D(x₀ + σε; σ, y) against x₀, weighted by λ p dt
+            sigma = g.sigma[pos].to(x0.device, dt)
+            target = x0[img]
+            err = (self.score_model.denoise(target + sigma.view(-1, 1, 1, 1) * eps, sigma, cls) - target).pow(2)
+            w = g.w_x[pos].to(x0.device, dt)
+        else:
+            t = g.t[pos].to(x0.device, dt)
+            a = g.a[pos].to(x0.device, dt).view(-1, 1, 1, 1)
+            s = g.s[pos].to(x0.device, dt).view(-1, 1, 1, 1)
+            err = (self.score_model(a * x0[img] + s * eps, t, cls) - eps).pow(2)
+            w = g.w[pos].to(x0.device, dt)
+        err = err.flatten(1).mean(1) if self.config.reduction == "mean" else err.flatten(1).sum(1)
         return w * err
 
     def terms(self, x: torch.Tensor, noise: torch.Tensor, img: torch.Tensor, cls: torch.Tensor,
@@ -335,7 +380,7 @@ class DiffusionClassifier(Classifier):
         img, cls, pos = (v.to(x.device) for v in (img, cls, pos))
         need_grad = torch.is_grad_enabled() and x0.requires_grad
         out = []
-        size = self.config.chunk_size
+        size = self.config.chunk_size or default_chunk_size(x.device)
         for lo in range(0, img.numel(), size):
             sl = slice(lo, lo + size)
             if need_grad:
@@ -454,15 +499,18 @@ class DiffusionClassifier(Classifier):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """The configured mode's ``L_y(x)`` estimates ``[N, K]`` for validated ``x``, with given or drawn noise.
 
-        ``noise``: ``[T', C, H, W]`` (one ε per evaluated step); drawn from ``generator`` (or the
+        ``noise``: ``[T', C, H, W]`` (one ε per evaluated step, shared by the images) or ``[N, T', C, H, W]``
+        (one per image and step, as the released code draws it); drawn from ``generator`` (or the
         classifier's own randomness) when None.
         """
         check_images(x, self.input_shape)
         tp = self.config.evaluated_steps
         if noise is None:
             noise = self.draw_noise(generator)
-        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (tp, *self.input_shape):
-            raise InputError(f"noise must have shape [{tp}, {', '.join(map(str, self.input_shape))}], got "
+        shapes = ((tp, *self.input_shape), (x.shape[0], tp, *self.input_shape))
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) not in shapes:
+            dims = ", ".join(map(str, self.input_shape))
+            raise InputError(f"noise must have shape [{tp}, {dims}] or [{x.shape[0]}, {tp}, {dims}], got "
                              f"{list(getattr(noise, 'shape', []))}")
         self.last_nfe = 0
         return -self._predict(x, noise)
@@ -496,6 +544,15 @@ class RDCScoreModels(nn.Module):
         self.purifier_config = purifier_config
 
 
+@dataclass(frozen=True)
+class RDCConfig(PurifiedClassifierConfig):
+    """What a :class:`RobustDiffusionClassifier` is (stored in benchmark records as ``defense_config``): the
+    purified-classifier fields plus ``classifier_config``, the :class:`DiffusionClassifierConfig` (its
+    variants: ``reduction``, ``sigma_density``, ...; ``purifier_config`` holds likelihood maximisation's)."""
+
+    classifier_config: DiffusionClassifierConfig | None = None
+
+
 class RobustDiffusionClassifier(PurifiedClassifier):
     """RDC: ``DiffusionClassifier(LikelihoodMaximizationPurifier(x))`` as one defended classifier.
 
@@ -503,7 +560,7 @@ class RobustDiffusionClassifier(PurifiedClassifier):
         conditional: the class-conditional ScoreModel of the diffusion classifier.
         unconditional: the unconditional ScoreModel of likelihood maximisation (default: ``conditional``
             with ``y=None``, i.e. a CFG-trained model's null label).
-        classifier_config, purifier_config: the two parts' hyperparameters (defaults: the paper's).
+        classifier_config, purifier_config: the two parts' hyperparameters (defaults: the released code's).
         gradient: ``"bpda"`` through likelihood maximisation (the paper's protocol; default) or ``"exact"``.
         seed: None (per-forward seeds from the global RNG) or an int: private generators for both parts.
         fixed_noise: the diffusion classifier's noise is fixed (needs ``seed``); the purifier stays random.
@@ -541,12 +598,14 @@ class RobustDiffusionClassifier(PurifiedClassifier):
         clf_seed = None if seed is None else seed + 1
         classifier = DiffusionClassifier(conditional, classifier_config, seed=clf_seed, fixed_noise=fixed_noise)
         super().__init__(purifier, classifier, gradient=gradient, seed=seed)
+        fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(PurifiedClassifierConfig)}
+        self.config = RDCConfig(**fields, classifier_config=classifier.config)
 
 
 def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | str | os.PathLike | None = None,
                score_checkpoint: str | os.PathLike | None = None, gradient: str | None = None,
                seed: int | None = None, fixed_noise: bool = False,
-               **classifier_overrides) -> RobustDiffusionClassifier:
+               purifier_options: dict | None = None, **classifier_overrides) -> RobustDiffusionClassifier:
     """Build a registered RDC defense (``rdc.cifar10``, ``rdc_unet.cifar10``, ``tiny_rdc.digits``), eval mode.
 
     Args:
@@ -561,7 +620,10 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
         score_checkpoint: weights for the named ``score_model`` (see :func:`~robustkit.defenses.create_diffpure`).
         gradient: ``"bpda"`` (default, the paper's) or ``"exact"``.
         seed, fixed_noise: see :class:`RobustDiffusionClassifier`.
-        **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``.
+        purifier_options: :class:`~robustkit.defenses.LikelihoodMaximizationConfig` fields replacing the
+            entry's, e.g. ``{"update": "mifgsm", "sigma_law": "training"}`` (the paper's text).
+        **classifier_overrides: :class:`DiffusionClassifierConfig` fields, e.g. ``mode="adaptive"``, ``stride=10``,
+            ``reduction="sum"``, ``sigma_density="lognormal"``.
     """
     from .registry import builder_entry, resolve_score_model, stamp
 
@@ -573,6 +635,11 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: create_rdc takes pretrained, score_model, "
                          "score_checkpoint, gradient, seed, fixed_noise and DiffusionClassifierConfig fields")
+    purifier_options = dict(purifier_options or {})
+    unknown = sorted(set(purifier_options) - {f.name for f in dataclasses.fields(LikelihoodMaximizationConfig)})
+    if unknown:
+        raise InputError(f"unknown purifier option(s) {', '.join(unknown)}: purifier_options takes "
+                         "LikelihoodMaximizationConfig fields")
     replacement = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     if replacement is not None:
         _check_rdc_score_model(name, replacement, entry.config.input_shape)
@@ -584,7 +651,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
     if classifier_overrides:
         cfg = dataclasses.replace(cfg, **classifier_overrides)
     rdc = RobustDiffusionClassifier(conditional, unconditional, classifier_config=cfg,
-                                    purifier_config=models.purifier_config,
+                                    purifier_config=dataclasses.replace(models.purifier_config, **purifier_options),
                                     gradient=gradient or entry.config.gradient, seed=seed, fixed_noise=fixed_noise)
     return stamp(rdc, name, entry.config, pretrained)
 

@@ -122,6 +122,9 @@ def tiny_diffpure_digits(pretrained: bool = False) -> nn.Module:
 
 _RDC_PAPER = "Chen, Dong et al., Robust Classification via a Single Diffusion Model, ICML 2024"
 _RDC_SOURCE = "https://github.com/huanranchen/DiffusionClassifier"
+#: The variant every RDC entry builds (issue 22; docs/results/fidelity.md, "RDC").
+_RDC_VARIANT = ("variant: official (the released code @ 8a82504): logits at the released scale (reduction='mean'), "
+                "likelihood maximisation by Adam lr 0.1 on [-1, 1], sigma ~ U[0.4, 0.6], 5 steps")
 #: RDC's re-saved EDM CIFAR-10 EDMPrecond state dicts (no direct URL, no published digest).
 EDM_CIFAR10_COND = WeightSource(filename="edm_cifar_cond.pt")
 EDM_CIFAR10_UNCOND = WeightSource(filename="edm_cifar_uncond_vp.pt")
@@ -140,8 +143,8 @@ def _rdc_models(conditional: nn.Module, unconditional: nn.Module, weighting: str
     weights=EDM_CIFAR10_COND,
     score_model="EDM DDPM++ cond + uncond VP (edm_cifar_cond.pt, edm_cifar_uncond_vp.pt), 55.7M parameters each",
     gradient="bpda", paper=_RDC_PAPER, source=_RDC_SOURCE, license="CC BY-NC-SA 4.0 (EDM weights)",
-    notes="build with robustkit.defenses.create_rdc; EDM-weighted ELBO on a 1000-point σ grid in [1e-4, 3], "
-          "likelihood maximisation eta 8/255, 5 steps; (claim) clean 89.85, Linf 8/255 75.67 on 512 images"))
+    notes="build with robustkit.defenses.create_rdc; EDM-weighted ELBO on a 1000-point σ grid in [1e-4, 3] with the "
+          "released (slipped) σ density; " + _RDC_VARIANT + "; (claim) clean 89.85, Linf 8/255 75.67 on 512 images"))
 def rdc_cifar10(pretrained: bool = False) -> nn.Module:
     from ..diffusion.edm import EDMConfig, EDMPrecond, EDMScoreModel, load_edm
 
@@ -159,7 +162,7 @@ def rdc_cifar10(pretrained: bool = False) -> nn.Module:
     score_model="unet.cifar10 (robustkit.diffusion registry; null label for likelihood maximisation)",
     gradient="bpda", paper=_RDC_PAPER, source="robustkit", license="MIT (robustkit)",
     notes="build with robustkit.defenses.create_rdc; RDC's procedure with robustkit's CFG U-Net, uniform weights "
-          "over the 1000 DDPM steps"))
+          "over the 1000 DDPM steps; " + _RDC_VARIANT))
 def rdc_unet_cifar10(pretrained: bool = False) -> nn.Module:
     model = _from_diffusion_registry("unet.cifar10", pretrained)
     return _rdc_models(model, model, "uniform")
@@ -169,7 +172,7 @@ def rdc_unet_cifar10(pretrained: bool = False) -> nn.Module:
     method="RDC", dataset="digits", input_shape=(1, 8, 8), classifier=None, generative=True,
     score_model="tiny_unet.digits (robustkit.diffusion registry; null label for likelihood maximisation)",
     gradient="bpda", paper=_RDC_PAPER, source="robustkit", license="MIT (robustkit)",
-    notes="build with robustkit.defenses.create_rdc; the embedded RDC: bundled weights, offline, CPU"))
+    notes="build with robustkit.defenses.create_rdc; the embedded RDC: bundled weights, offline, CPU; " + _RDC_VARIANT))
 def tiny_rdc_digits(pretrained: bool = False) -> nn.Module:
     model = _from_diffusion_registry("tiny_unet.digits", pretrained)
     return _rdc_models(model, model, "uniform")
