@@ -448,7 +448,8 @@ class RunDir:
             except FileNotFoundError as e:
                 raise RunIntegrityError(f"{f} is missing") from e
             if size != want.get("bytes"):
-                raise RunIntegrityError(f"{f} has {size} bytes, its ledger entry says {want.get('bytes')} (truncated?)")
+                guess = "truncated" if isinstance(want.get("bytes"), int) and size < want["bytes"] else "edited"
+                raise RunIntegrityError(f"{f} has {size} bytes, its ledger entry says {want.get('bytes')} ({guess}?)")
             if sha256_file(f) != want.get("sha256"):
                 raise RunIntegrityError(f"{f} differs from its ledger entry's sha256 (edited?)")
         jsonl = self._shard_path(shard, ".jsonl")
