@@ -63,7 +63,7 @@ def _ledger_fix(run_dir, name):
     for f in entry["files"]:
         data = (run_dir / "shards" / f).read_bytes()
         entry["files"][f] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    ledger.write_text(json.dumps(entry))
+    ledger.write_text(json.dumps(entry, sort_keys=True) + "\n")  # the form robustkit writes
 
 
 def _damage(run_dir, kind):
@@ -101,7 +101,11 @@ def _damage(run_dir, kind):
     return jsonl
 
 
-DAMAGE = ["missing", "truncated", "edited", "edited_meta", "duplicated_lines", "duplicated_shard", "other_indices"]
+DAMAGE = {"missing": r"jsonl is missing", "truncated": r"jsonl has \d+ bytes, its ledger entry says \d+ \(truncated\?\)",
+          "edited": r"jsonl (has \d+ bytes|differs).*edited\?", "edited_meta": r"meta\.json (has \d+ bytes|differs).*edited\?",
+          "duplicated_lines": r"jsonl (has \d+ bytes|differs).*(truncated|edited)\?",
+          "duplicated_shard": r"ledger\.json: shard does not match the manifest",
+          "other_indices": r"jsonl holds examples \[108, 109, 110, \.\.\., 115\] \(8\), the manifest says \[8, 9, 10, \.\.\., 15\]"}
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
@@ -112,7 +116,7 @@ def test_a_damaged_shard_is_refused_then_recomputed_with_a_warning(clf, referenc
     (run_dir / "record.json").unlink()
     named = _damage(run_dir, kind)
     run = RunDir(run_dir, json.loads((run_dir / "manifest.json").read_text())["config"], make_shards(24, 8))
-    with pytest.raises(RunIntegrityError, match="shard_00001"):  # never aggregated as it is
+    with pytest.raises(RunIntegrityError, match=r"shard_00001\." + DAMAGE[kind]):  # never aggregated as it is
         run.read_shard(run.shards[1])
     run.read_shard(run.shards[0])  # the others are fine
     with caplog.at_level(logging.WARNING, logger="robustkit.eval.runner"):

@@ -60,7 +60,8 @@ from ..errors import InputError
 from ..utils import check_positive_int, progress_bar, state_digest
 from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
-from .runner import DEFAULT_LEASE_TIMEOUT, RunDir, RunIntegrityError, Shard, atomic_write_text, make_shards
+from .runner import (DEFAULT_LEASE_TIMEOUT, RunDir, RunIntegrityError, Shard, atomic_write_text, canonical_json,
+                     make_shards)
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +491,9 @@ def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult]
         return None
     try:
         stored = json.loads(path.read_text())
+        body = {k: v for k, v in stored.items() if k != "sha256"}
+        if stored.get("sha256") != hashlib.sha256(canonical_json(body).encode()).hexdigest():
+            raise ValueError("its sha256 does not match its content")
         if stored.get("asked") != asked:  # other budgets: checked again
             return None
         results = [CheckResult(**c) for c in stored["checks"]]
@@ -630,9 +634,10 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                 checks_seconds = time.perf_counter() - t0
                 log.info("sanity checks done (%.0f s): %s", checks_seconds,
                          ", ".join(f"{c.name} {c.status}" for c in check_results))
-                atomic_write_text(checks_file, json.dumps({"checks": [dataclasses.asdict(c) for c in check_results],
-                                                           "seconds": checks_seconds, "asked": asked},
-                                                          sort_keys=True) + "\n")
+                body = {"checks": [dataclasses.asdict(c) for c in check_results], "seconds": checks_seconds,
+                        "asked": asked}
+                body["sha256"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()  # damage is seen
+                atomic_write_text(checks_file, json.dumps(body, sort_keys=True) + "\n")
 
         run.repair()  # damaged shards are moved aside (with a warning) and recomputed
         _execute(job, executor, workers, dev, progress, slurm)

@@ -352,6 +352,9 @@ class RunDir:
             if m["shards"] != [[s.start, s.stop] for s in shards]:
                 raise RunConfigError(f"{manifest}: its shard list does not follow from its configuration "
                                      "(edited?); use another --run-dir")
+            for sub in ("shards", "leases", "damaged"):
+                if (path / sub).exists() and not (path / sub).is_dir():
+                    raise RunConfigError(f"{path / sub} is not a folder; not a robustkit run directory?")
             return cls(path, config, shards)
         # temporary files are ours: a run killed while writing its manifest, or another torchrun rank
         # writing the same manifest right now (both renames then install identical content)
@@ -397,9 +400,8 @@ class RunDir:
         files[self._shard_path(shard, ".jsonl")] = "".join(canonical_json(r) + "\n" for r in records).encode()
         entry = {"ledger_version": LEDGER_VERSION, "config_hash": self.hash, "shard": shard.index,
                  "start": shard.start, "stop": shard.stop, "indices": indices,
-                 "files": {p.name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in files.items()},
-                 "written_by": {k: v for k, v in this_process().items() if k in ("host", "pid")}}
-        files[self._shard_path(shard, ".ledger.json")] = (json.dumps(entry, sort_keys=True) + "\n").encode()
+                 "files": {p.name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in files.items()}}
+        files[self._shard_path(shard, ".ledger.json")] = _ledger_text(entry).encode()
         try:
             _install(files)
         except RunIOError:
@@ -408,7 +410,8 @@ class RunDir:
             # (we hold the lease of a shard that had no ledger entry: every one of these paths is ours)
             for p in reversed(files):
                 try:
-                    p.unlink(missing_ok=True)
+                    if p.exists():
+                        p.unlink()
                 except OSError as e:
                     log.warning("could not remove %s after a failed write (%s)", p, e)
             raise
@@ -422,16 +425,19 @@ class RunDir:
         """
         ledger = self._shard_path(shard, ".ledger.json")
         try:
-            entry = json.loads(ledger.read_text())
+            text = ledger.read_text()
+            entry = json.loads(text)
         except FileNotFoundError as e:
             raise RunIntegrityError(f"{ledger} is missing: {shard.name} is not finished") from e
         except (OSError, ValueError) as e:
             raise RunIntegrityError(f"{ledger} is unreadable ({e})") from e
+        if text != _ledger_text(entry):  # written in exactly this form: any other byte is damage
+            raise RunIntegrityError(f"{ledger} is not in the form robustkit writes (edited?)")
         indices = self.shard_indices(shard)
         expected = {"ledger_version": LEDGER_VERSION, "config_hash": self.hash, "shard": shard.index,
                     "start": shard.start, "stop": shard.stop, "indices": indices}
-        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
-            raise RunIntegrityError(f"{ledger} is not a ledger entry")
+        if not isinstance(entry, dict) or set(entry) != {*expected, "files"} or not isinstance(entry["files"], dict):
+            raise RunIntegrityError(f"{ledger} is not a ledger entry (fields {sorted(entry) if isinstance(entry, dict) else type(entry).__name__})")
         for key, want in expected.items():
             if entry.get(key) != want:
                 raise RunIntegrityError(f"{ledger}: {key} does not match the manifest (copied from another shard "
@@ -441,8 +447,8 @@ class RunDir:
             raise RunIntegrityError(f"{ledger} lists files {sorted(entry['files'])}, expected {sorted(names)} (+ .pt)")
         for name, want in entry["files"].items():
             f = ledger.parent / name
-            if not isinstance(want, dict):
-                raise RunIntegrityError(f"{ledger}: entry of {name} is not an object")
+            if not isinstance(want, dict) or set(want) != {"bytes", "sha256"}:
+                raise RunIntegrityError(f"{ledger}: entry of {name} is not {{bytes, sha256}}")
             try:
                 size = f.stat().st_size
             except FileNotFoundError as e:
@@ -486,7 +492,11 @@ class RunDir:
             ledger = self._shard_path(shard, ".ledger.json")
             try:
                 before = ledger.stat()
-            except FileNotFoundError:
+            except OSError:  # not done (or no shards folder at all): nothing to check
+                left = [s for s in (".pt", ".meta.json", ".jsonl") if self._shard_path(shard, s).exists()]
+                if left:
+                    log.warning("%s has %s but no ledger entry (killed while finishing it, or written by an older "
+                                "robustkit): recomputing it", shard.name, ", ".join(shard.name + s for s in left))
                 continue
             try:
                 self.verify(shard)
@@ -588,6 +598,10 @@ class RunDir:
                     log.info("removed %s, left by a worker killed while writing %s", tmp.name, shard.name)
             except FileNotFoundError:  # removed meanwhile by its writer or another taker
                 continue
+
+
+def _ledger_text(entry: Any) -> str:
+    return json.dumps(entry, sort_keys=True) + "\n"
 
 
 def _span(idx: list[Any]) -> str:
