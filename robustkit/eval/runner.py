@@ -369,6 +369,20 @@ class RunDir:
                                                indent=2, sort_keys=True) + "\n")
         return cls(path, config, shards)
 
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunDir":
+        """An existing run directory, from its checked manifest: for readers (reports, leaderboard
+        entries), which then read every shard through :meth:`read_shard` (verified).
+
+        Example::
+
+            >>> run = RunDir.load("runs/resnet20")                                   # doctest: +SKIP
+            >>> lines = [r for s in run.shards for r in run.read_shard(s)[0]]       # doctest: +SKIP
+        """
+        path = Path(path)
+        m = _load_manifest(path / "manifest.json")
+        return cls(path, m["config"], [Shard(i, a, b) for i, (a, b) in enumerate(m["shards"])])
+
     # ----------------------------------------------------------------------------------- shards
     def _shard_path(self, shard: Shard, suffix: str) -> Path:
         return self.path / "shards" / f"{shard.name}{suffix}"
@@ -614,6 +628,8 @@ def _load_manifest(manifest: Path) -> dict[str, Any]:
     """The manifest's content, checked: a typed :class:`RunConfigError` for anything malformed."""
     try:
         m = json.loads(manifest.read_text())
+    except FileNotFoundError as e:
+        raise RunConfigError(f"{manifest.parent} has no manifest.json; not a robustkit run directory") from e
     except (OSError, ValueError) as e:
         raise RunConfigError(f"{manifest} is not valid JSON ({e}); not a robustkit run directory?") from e
     if not isinstance(m, dict):
