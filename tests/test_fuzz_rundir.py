@@ -11,10 +11,8 @@ fails the test. The figures (tried / typed / recovered) are printed.
 """
 
 import copy
-import dataclasses
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -22,6 +20,7 @@ import time
 import pytest
 
 import robustkit
+from helpers import run_numbers, run_per_example
 from robustkit.errors import RobustkitError
 from robustkit.eval import benchmark
 
@@ -37,15 +36,6 @@ BAD_VALUES = [None, -1, 0, 1e308, "x", True, [], {}, [1, 2]]
 @pytest.fixture(scope="module")
 def clf():
     return robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
-
-
-def _numbers(rec):
-    d = dataclasses.asdict(rec)
-    return {k: d[k] for k in ("n_examples", "clean", "robust", "per_attack", "checks")}
-
-
-def _per_example(run_dir):
-    return [json.loads(line) for f in sorted((run_dir / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
 def _json_paths(obj, prefix=()):
@@ -169,7 +159,7 @@ def test_fuzz_damaged_run_directories(clf, tmp_path, caplog):
                 typed += 1
                 continue
         warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        same = _numbers(rec) == _numbers(ref) and _per_example(run_dir) == _per_example(ref_dir)
+        same = run_numbers(rec) == run_numbers(ref) and run_per_example(run_dir) == run_per_example(ref_dir)
         assert same, f"{what}: resumed to another result"
         if warned or (what.startswith("delete: ") and (run_dir / what.split(": ")[1]).exists()):
             recovered += 1  # said so, or a missing file recomputed

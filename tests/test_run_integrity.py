@@ -5,13 +5,11 @@ aggregated; a dead worker's lease is taken over at once on its host; a failed wr
 leaves nothing partial, and the run then resumes to the identical result.
 """
 
-import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -19,9 +17,9 @@ import sys
 import time
 
 import pytest
-import torch
 
 import robustkit
+from helpers import run_numbers, run_per_example
 from robustkit.errors import RobustkitError
 from robustkit.eval import benchmark
 from robustkit.eval import runner as runner_mod
@@ -37,15 +35,6 @@ KW = dict(dataset="digits", eps=0.1, attacks=["pgd"], attack_options={"pgd": {"s
 @pytest.fixture(scope="module")
 def clf():
     return robustkit.create_classifier("tiny_cnn.digits", pretrained=True)
-
-
-def _numbers(rec):
-    d = dataclasses.asdict(rec)
-    return {k: d[k] for k in ("n_examples", "clean", "robust", "per_attack", "checks")}
-
-
-def _per_example(run_dir):
-    return [json.loads(line) for f in sorted((run_dir / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +112,9 @@ def test_a_damaged_shard_is_refused_then_recomputed_with_a_warning(clf, referenc
         rec = benchmark(clf, run_dir=run_dir, **KW)
     warned = [r.getMessage() for r in caplog.records if "recomputing shard_00001" in r.getMessage()]
     assert len(warned) == 1 and str(named) in warned[0], [r.getMessage() for r in caplog.records]
-    assert _numbers(rec) == _numbers(ref)
-    assert rec.n_examples == 24 == rec.robust["worst_of_m"].n == len(_per_example(run_dir))
-    assert _per_example(run_dir) == _per_example(ref_dir)
+    assert run_numbers(rec) == run_numbers(ref)
+    assert rec.n_examples == 24 == rec.robust["worst_of_m"].n == len(run_per_example(run_dir))
+    assert run_per_example(run_dir) == run_per_example(ref_dir)
     aside = list((run_dir / "damaged").glob("*/shard_00001.ledger.json"))
     assert len(aside) == 1  # moved aside for inspection, never deleted
     assert not any(p.name.endswith(".tmp") for p in run_dir.rglob("*"))
@@ -159,7 +148,7 @@ def test_shards_without_a_ledger_entry_are_recomputed(clf, reference, tmp_path):
     entry.unlink()
     stamp = (run_dir / "shards" / "shard_00000.jsonl").stat().st_mtime_ns
     rec = benchmark(clf, run_dir=run_dir, **KW)
-    assert entry.exists() and _numbers(rec) == _numbers(ref)
+    assert entry.exists() and run_numbers(rec) == run_numbers(ref)
     assert (run_dir / "shards" / "shard_00000.jsonl").stat().st_mtime_ns == stamp  # done shards untouched
 
 
@@ -254,7 +243,7 @@ def test_a_failed_write_is_typed_names_its_path_leaves_nothing_partial_and_resum
     assert not list((run_dir / "leases").iterdir())
     monkeypatch.undo()
     rec = benchmark(clf, run_dir=run_dir, **KW)
-    assert _numbers(rec) == _numbers(ref) and _per_example(run_dir) == _per_example(ref_dir)
+    assert run_numbers(rec) == run_numbers(ref) and run_per_example(run_dir) == run_per_example(ref_dir)
 
 
 FSIZE_SCRIPT = """
@@ -288,7 +277,7 @@ def test_a_file_size_limit_is_typed_leaves_nothing_partial_and_resumes(clf, tmp_
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert not list((run_dir / "shards").iterdir()) and not list((run_dir / "leases").iterdir())
     rec = benchmark(clf, run_dir=run_dir, **kw)
-    assert _numbers(rec) == _numbers(ref) and _per_example(run_dir) == _per_example(ref_dir)
+    assert run_numbers(rec) == run_numbers(ref) and run_per_example(run_dir) == run_per_example(ref_dir)
 
 
 # ---------------------------------------------------------------------------------------------- liveness
@@ -396,5 +385,26 @@ def test_rerun_after_sigkill_takes_the_dead_workers_shard_over_within_5s(tmp_pat
     latency = stamps[took[0]] - stamps["ready"]
     print(f"takeover latency {latency:.3f} s after benchmark() started ({stamps['ready'] - t_launch:.1f} s start-up)")
     assert latency < 5.0
-    recs = _per_example(run_dir)
+    recs = run_per_example(run_dir)
     assert [r["index"] for r in recs] == list(range(60))  # nothing lost, nothing duplicated
+
+
+def test_cli_lease_timeout_is_passed_and_checked(capsys, tmp_path, monkeypatch):
+    from robustkit.cli import main
+
+    seen = {}
+    real = robustkit.cli.bench.benchmark
+
+    def spy(*a, **k):
+        seen["lease_timeout"] = k["lease_timeout"]
+        return real(*a, **k)
+
+    monkeypatch.setattr(robustkit.cli.bench, "benchmark", spy)
+    args = ["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--attacks", "pgd", "--attack-option",
+            "pgd.steps=2", "--n-examples", "8", "--batch-size", "8", "--no-checks", "--run-dir", str(tmp_path / "r")]
+    assert main([*args, "--lease-timeout", "5"]) == 0 and seen["lease_timeout"] == 5.0
+    assert main(args) == 0 and seen["lease_timeout"] == 60.0  # the default
+    capsys.readouterr()
+    assert main([*args, "--lease-timeout", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "lease_timeout must be a positive number" in err and len(err.strip().splitlines()) == 1

@@ -514,6 +514,7 @@ class RunDir:
                 continue
             try:
                 self.verify(shard)
+                self._drop_dead_lease(shard)
                 continue
             except RunIntegrityError as e:
                 reason = str(e)
@@ -539,6 +540,15 @@ class RunDir:
         return damaged
 
     # ----------------------------------------------------------------------------------- leases
+    def _drop_dead_lease(self, shard: Shard) -> None:
+        """Remove the lease of a finished shard left by a worker killed between its ledger entry and
+        the lease's release (harmless, but a run directory should not keep a dead worker's claim)."""
+        lease = self.path / "leases" / f"{shard.name}.lease"
+        holder = _read_lease(lease)
+        if holder is not None and holder_is_gone(holder) is not None:
+            lease.unlink(missing_ok=True)
+            log.info("removed the lease of finished %s left by pid %s", shard.name, holder.get("pid"))
+
     def claim(self, shard: Shard, *, lease_timeout: float = DEFAULT_LEASE_TIMEOUT) -> Lease | None:
         """Claim ``shard`` for this process; None when another live worker holds it or it is done."""
         if self.is_done(shard):
