@@ -78,6 +78,9 @@ class RunIOError(RobustkitError, OSError):
     with the same run directory resumes once the cause is fixed.
     """
 
+    def __str__(self) -> str:  # the message already names the path (OSError would append it again)
+        return self.strerror or super().__str__()
+
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
