@@ -52,7 +52,8 @@ def _ledgers(run_dir: Path) -> dict[str, float]:
 
 
 def _per_example(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((run_dir / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    return [json.loads(line) for f in sorted((run_dir / "shards").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
 
 
 def _numbers(path: Path) -> dict:
@@ -115,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"identical to the uninterrupted run: {sum(r['identical'] for r in rows)}/{len(rows)}; "
               f"killed mid-run: {sum(0 < r['killed_after_shards'] < SHARDS for r in rows)}/{len(rows)}")
         if takeovers:
-            print(f"takeover after benchmark() started: {len(takeovers)} trials, median {statistics.median(takeovers):.2f} s, "
+            print(f"takeover after benchmark() started: {len(takeovers)} trials, "
+                  f"median {statistics.median(takeovers):.2f} s, "
                   f"max {max(takeovers):.2f} s")
         print(f"first new shard after benchmark() started: median {statistics.median(progress):.2f} s, "
               f"max {max(progress):.2f} s; within 5 s: {sum(t < 5 for t in progress)}/{len(progress)}")
-        print(f"start-up (import torch, not the runner): median {statistics.median(r['startup_s'] for r in rows):.1f} s")
+        startup = statistics.median(r["startup_s"] for r in rows)
+        print(f"start-up (import torch, not the runner): median {startup:.1f} s")
         return 1 if failures else 0
 
 

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
                     check_options=check_options_from_args(args),
                     attack_options=options,
-                    executor=args.executor, workers=args.workers, lease_timeout=args.lease_timeout)
+                    executor=args.executor, workers=args.workers,
+                    lease_timeout=args.lease_timeout)
     if args.json:
         print(rec.to_json())
     else:

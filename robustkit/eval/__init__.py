@@ -8,4 +8,5 @@ from .runner import RunConfigError, RunDir, RunIntegrityError, RunIOError
 from .stats import Accuracy, accuracy_with_ci, wilson_interval
 
 __all__ = ["Accuracy", "AccuracyStat", "BenchmarkRecord", "CheckResult", "RecordError", "RunConfigError", "RunDir",
-           "RunIOError", "RunIntegrityError", "accuracy_with_ci", "benchmark", "clean_accuracy", "parse_eps", "predict", "run_checks", "wilson_interval"]
+           "RunIOError", "RunIntegrityError",
+           "accuracy_with_ci", "benchmark", "clean_accuracy", "parse_eps", "predict", "run_checks", "wilson_interval"]

@@ -417,7 +417,8 @@ class RunDir:
         files[self._shard_path(shard, ".jsonl")] = "".join(canonical_json(r) + "\n" for r in records).encode()
         entry = {"ledger_version": LEDGER_VERSION, "config_hash": self.hash, "shard": shard.index,
                  "start": shard.start, "stop": shard.stop, "indices": indices,
-                 "files": {p.name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in files.items()}}
+                 "files": {p.name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                           for p, b in files.items()}}
         files[self._shard_path(shard, ".ledger.json")] = _ledger_text(entry).encode()
         try:
             _install(files)
@@ -454,7 +455,8 @@ class RunDir:
         expected = {"ledger_version": LEDGER_VERSION, "config_hash": self.hash, "shard": shard.index,
                     "start": shard.start, "stop": shard.stop, "indices": indices}
         if not isinstance(entry, dict) or set(entry) != {*expected, "files"} or not isinstance(entry["files"], dict):
-            raise RunIntegrityError(f"{ledger} is not a ledger entry (fields {sorted(entry) if isinstance(entry, dict) else type(entry).__name__})")
+            seen = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise RunIntegrityError(f"{ledger} is not a ledger entry (fields {seen})")
         for key, want in expected.items():
             if entry.get(key) != want:
                 raise RunIntegrityError(f"{ledger}: {key} does not match the manifest (copied from another shard "
