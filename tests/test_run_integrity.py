@@ -408,3 +408,12 @@ def test_cli_lease_timeout_is_passed_and_checked(capsys, tmp_path, monkeypatch):
     assert main([*args, "--lease-timeout", "0"]) == 2
     err = capsys.readouterr().err
     assert "lease_timeout must be a positive number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_raw_readers_return_what_is_on_disk_and_read_shard_verifies(reference):
+    _, ref_dir = reference
+    run = RunDir.load(ref_dir)
+    s = run.shards[2]
+    records, meta = run.read_shard(s)
+    assert records == run.read_records(s) and meta == run.read_meta(s)
+    assert [r["index"] for r in records] == list(range(16, 24)) and run.read_tensors(s)["pgd"].shape == (8, 1, 8, 8)

@@ -496,6 +496,16 @@ class RunDir:
         except ValueError as e:
             raise RunIntegrityError(f"{meta} is not valid JSON ({e})") from e
 
+    def read_records(self, shard: Shard) -> list[dict[str, Any]]:
+        """The per-example lines of ``shard`` as they are on disk, unverified (for inspection and tests;
+        aggregation reads through :meth:`read_shard`)."""
+        lines = self._shard_path(shard, ".jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if line]
+
+    def read_meta(self, shard: Shard) -> dict[str, Any]:
+        """The cost file of ``shard`` as it is on disk, unverified (see :meth:`read_records`)."""
+        return json.loads(self._shard_path(shard, ".meta.json").read_text())
+
     def read_tensors(self, shard: Shard) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
