@@ -417,3 +417,25 @@ def test_raw_readers_return_what_is_on_disk_and_read_shard_verifies(reference):
     records, meta = run.read_shard(s)
     assert records == run.read_records(s) and meta == run.read_meta(s)
     assert [r["index"] for r in records] == list(range(16, 24)) and run.read_tensors(s)["pgd"].shape == (8, 1, 8, 8)
+
+
+def test_the_clean_pass_is_made_once(clf, tmp_path, monkeypatch, caplog):
+    """Issue 26: a deterministic model's first whole-shard attack (cascade=False) already classified the
+    clean inputs: its flags are the clean pass, with no second forward; the cascade still needs its own."""
+    import importlib
+
+    bm = importlib.import_module("robustkit.eval.benchmark")
+    calls = []
+    real = bm._predict_draws
+    monkeypatch.setattr(bm, "_predict_draws", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    x, y = robustkit.load_dataset("digits", n_examples=24)
+    truth = (clf.eval()(x).argmax(1) == y).tolist()
+    kw = {**KW, "attack_options": {"pgd": {"steps": 3}}}
+    with caplog.at_level(logging.INFO, logger="robustkit.eval.benchmark"):
+        once = benchmark(clf, run_dir=tmp_path / "once", cascade=False, **kw)
+    assert calls == [] and sum("from pgd's own clean pass" in r.getMessage() for r in caplog.records) == 3
+    assert [r["clean"] for r in run_per_example(tmp_path / "once")] == [[t] for t in truth]
+    cascade = benchmark(clf, run_dir=tmp_path / "cascade", cascade=True, **kw)
+    assert calls == [8, 8, 8]  # one clean pass per shard, to skip clean errors
+    assert [r["clean"] for r in run_per_example(tmp_path / "cascade")] == [[t] for t in truth]
+    assert once.clean == cascade.clean  # (robust differs: the cascade attacks a smaller batch, another PGD start)
