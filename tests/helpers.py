@@ -13,3 +13,18 @@ def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torc
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
     return model.eval()
+
+
+def run_numbers(rec) -> dict:
+    """What two runs of one benchmark configuration must agree on: sample size, accuracies, checks."""
+    import dataclasses
+
+    d = dataclasses.asdict(rec)
+    return {k: d[k] for k in ("n_examples", "clean", "robust", "per_attack", "checks")}
+
+
+def run_per_example(run_dir) -> list[dict]:
+    """Every per-example line of a run directory, in shard order."""
+    import json
+
+    return [json.loads(line) for f in sorted((run_dir / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]

@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every example")
     p.add_argument("--executor", default="inline", choices=["inline", "processes", "submitit", "submitit-local"])
     p.add_argument("--workers", type=int, default=None, help="worker processes / Slurm tasks")
+    p.add_argument("--lease-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="take over a shard whose worker on another host has sent no heartbeat for this long "
+                        "(default 60; a worker gone from this host is taken over at once)")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of the table")
 
 
@@ -194,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
                     check_options=check_options_from_args(args),
                     attack_options=options,
-                    executor=args.executor, workers=args.workers)
+                    executor=args.executor, workers=args.workers,
+                    lease_timeout=args.lease_timeout)
     if args.json:
         print(rec.to_json())
     else:

@@ -66,7 +66,8 @@ from ..errors import InputError
 from ..utils import check_positive_int, progress_bar, state_digest
 from .checks import plan_check_budget, run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
-from .runner import RunDir, Shard, atomic_write_text, make_shards
+from .runner import (DEFAULT_LEASE_TIMEOUT, RunDir, RunIntegrityError, Shard, atomic_write_text, canonical_json,
+                     make_shards)
 
 log = logging.getLogger(__name__)
 
@@ -257,21 +258,29 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     y = job.y[shard.start:shard.stop].to(device)
     n = x.shape[0]
     t0 = time.perf_counter()
-    with _seeded(derive_seed(job.seed, shard.start, "clean"), device):
-        clean = _predict_draws(model, x, y, job.draws)
-    forwards, backwards = n * job.draws, 0
     where = f"shard {shard.index + 1}/{len(job.shards)} (examples {shard.start}-{shard.stop - 1})"
-    log.info("%s: clean: %d/%d right on the first draw (of %d; %.0f s)", where, sum(c[0] for c in clean), n,
-             job.draws, time.perf_counter() - t0)
-    records = [{"index": job.indices[shard.start + i], "label": int(y[i]), "clean": clean[i], "attacks": {}}
-               for i in range(n)]
-    alive = torch.tensor([any(protocol_correct(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
-    tensors: dict[str, torch.Tensor] = {}
-    infos: dict[str, Any] = {}
     # An adapting or batch-dependent defense's prediction depends on the whole batch: attack every example
     # of the shard together (the batch threat model), even those a cascade would skip, so the batch never
     # changes.
     per_batch = model.traits.batch_threat_model
+    # The clean pass. A deterministic model's first attack, when it attacks the whole shard (no cascade,
+    # or the batch threat model), classifies exactly these inputs first (reset() + one forward of the
+    # batch, in eval mode): its clean flags are the clean pass, so it is not made twice. A stochastic
+    # defense is re-classified n_reeval times from its own seed (the attack's one draw is not those), and
+    # a cascade needs the clean flags before its first attack to skip clean errors.
+    reuse_clean = not model.traits.stochastic and bool(job.attacks) and (per_batch or not job.cascade)
+    clean: list[list[bool]] | None = None
+    if not reuse_clean:
+        with _seeded(derive_seed(job.seed, shard.start, "clean"), device):
+            clean = _predict_draws(model, x, y, job.draws)
+        log.info("%s: clean: %d/%d right on the first draw (of %d; %.0f s)", where, sum(c[0] for c in clean), n,
+                 job.draws, time.perf_counter() - t0)
+    forwards, backwards = n * job.draws, 0  # the clean pass (made here or by the first attack)
+    records = [{"index": job.indices[shard.start + i], "label": int(y[i]), "attacks": {}} for i in range(n)]
+    alive = torch.tensor([any(protocol_correct(c, p) for p in PROTOCOLS) for c in clean] if clean is not None
+                         else [True] * n, dtype=torch.bool)
+    tensors: dict[str, torch.Tensor] = {}
+    infos: dict[str, Any] = {}
     for name in job.attacks:
         todo = alive.nonzero().flatten() if job.cascade and not per_batch else torch.arange(n)
         x_adv_all = x.detach().clone()
@@ -284,6 +293,10 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             attack = _build_attack(job, name, derive_seed(job.seed, shard.start, f"attack:{name}"))
             with _seeded(derive_seed(job.seed, shard.start, f"defense:{name}"), device):
                 res = attack(model, x[ti], y[ti])
+            if clean is None:  # reuse_clean: this first attack attacked the whole shard
+                clean = [[flag] for flag in res.clean_correct.cpu().tolist()]
+                alive = torch.tensor([c[0] for c in clean], dtype=torch.bool)
+                log.info("%s: clean: %d/%d right (from %s's own clean pass)", where, sum(c[0] for c in clean), n, name)
             forwards += res.forwards
             backwards += res.backwards
             infos[name] = res.info
@@ -317,6 +330,10 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
         for i in range(n):
             records[i]["attacks"].setdefault(name, None)  # None: skipped (already broken under every protocol)
         tensors[name] = x_adv_all
+    if clean is None:  # unreachable: reuse_clean implies a first attack on the whole (non-empty) shard
+        raise RuntimeError(f"{where}: no clean pass was made")
+    for i in range(n):
+        records[i]["clean"] = clean[i]
     meta = {"forwards": forwards, "backwards": backwards, "seconds": time.perf_counter() - t0,
             "device": str(device), "attack_info": _jsonable(infos)}
     return records, tensors, meta
@@ -326,9 +343,10 @@ def run_worker(job: _Job, device: str | torch.device = "cpu", progress: bool | N
     """Claim and process pending shards of ``job.run_dir`` until every shard is done; returns the number
     done here.
 
-    Shards leased by other workers are waited for, and taken over once their lease goes stale (a worker
-    killed mid-shard never releases it): a worker restarted right after a kill would otherwise skip the
-    dead worker's shard and nobody would ever finish it.
+    Shards leased by other workers are waited for, and taken over (logged) as soon as their holder is
+    known to be gone (same host: its process no longer exists) or its heartbeat is ``lease_timeout`` old
+    (another host): a worker killed mid-shard never releases its lease, and a worker restarted right after
+    the kill would otherwise skip the dead worker's shard and nobody would ever finish it.
     """
     device = torch.device(device)
     run = RunDir.open(job.run_dir, job.config, job.shards)
@@ -425,9 +443,40 @@ def _execute(job: _Job, executor: str, workers: int | None, device: torch.device
 
 # ------------------------------------------------------------------------------------------- aggregate
 
+def _shard_results(run: RunDir, attacks: list[str], draws: int) -> tuple[list[dict], list[dict]]:
+    """Every shard's verified per-example records (in evaluation order) and metas.
+
+    Raises RunIntegrityError when a shard fails its ledger check, a record lacks a field or an attack,
+    or the records are not exactly the run's examples: a record's ``n_examples`` is then always the
+    number of per-example results behind its statistics.
+    """
+    recs: list[dict] = []
+    metas: list[dict] = []
+    for s in run.shards:
+        shard_recs, meta = run.read_shard(s)
+        for r in shard_recs:
+            atk = r.get("attacks")
+            clean = r.get("clean")
+            if (not isinstance(atk, dict) or sorted(atk) != sorted(attacks) or not isinstance(clean, list)
+                    or len(clean) != draws or not all(isinstance(c, bool) for c in clean)
+                    or not all(a is None or (isinstance(a, dict) and isinstance(a.get("correct"), list)
+                                             and len(a["correct"]) in (1, draws) and isinstance(a.get("valid"), bool))
+                               for a in atk.values())):
+                raise RunIntegrityError(f"{run.path / 'shards' / s.name}.jsonl: example {r.get('index')} does not "
+                                        f"hold {draws} clean draws and a result per attack {attacks}")
+        if not all(k in meta for k in ("forwards", "backwards", "seconds", "device", "attack_info")):
+            raise RunIntegrityError(f"{run.path / 'shards' / s.name}.meta.json lacks cost fields")
+        recs += shard_recs
+        metas.append(meta)
+    want = run.config.get("indices")
+    if want is not None and [r["index"] for r in recs] != want:
+        raise RunIntegrityError(f"{run.path}: the shards hold {len(recs)} examples, not the run's {len(want)}")
+    return recs, metas
+
+
 def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, dict, dict, CheckResult, dict]:
-    recs = sorted(run.all_records(), key=lambda r: r["index"])
-    clean = {p: torch.tensor([protocol_correct(r["clean"], p) for r in recs]) for p in PROTOCOLS}
+    recs, metas = _shard_results(run, attacks, run.config.get("n_reeval", 1))
+    clean = {p: torch.tensor([protocol_correct(r["clean"], p) for r in recs], dtype=torch.bool) for p in PROTOCOLS}
     per_attack: dict[str, dict[str, AccuracyStat]] = {}
     cumulative = {p: clean[p].clone() for p in PROTOCOLS}
     invalid = 0
@@ -435,7 +484,8 @@ def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, di
         standalone = {}
         for p in PROTOCOLS:
             adv = torch.tensor([True if r["attacks"][name] is None
-                                else protocol_correct(r["attacks"][name]["correct"], p) for r in recs])
+                                else protocol_correct(r["attacks"][name]["correct"], p) for r in recs],
+                               dtype=torch.bool)
             cumulative[p] &= adv
             standalone[p] = clean[p] & adv
         invalid += sum(1 for r in recs if r["attacks"][name] is not None and not r["attacks"][name]["valid"])
@@ -448,14 +498,38 @@ def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, di
         validity = CheckResult("adversarial_validity", "pass", "every adversarial example lies in the eps-ball "
                                "and in [0, 1], with no NaN", True)
     cost = {"forwards": 0, "backwards": 0, "seconds": 0.0, "devices": set()}
-    for s in run.shards:
-        m = run.read_meta(s)
+    for m in metas:
         cost["forwards"] += m["forwards"]
         cost["backwards"] += m["backwards"]
         cost["seconds"] += m["seconds"]
         cost["devices"].add(m["device"])
+    cost["attack_info"] = metas[0]["attack_info"] if metas else {}
     return ({p: AccuracyStat.from_flags(clean[p]) for p in PROTOCOLS},
             {p: AccuracyStat.from_flags(cumulative[p]) for p in PROTOCOLS}, per_attack, validity, cost)
+
+
+def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult], float, dict[str, float]] | None:
+    """The checks a previous call stored in ``path`` for the same budget ``asked``; None when there are
+    none, they were asked with another budget, or the file is damaged (then they are run again, warned)."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        body = {k: v for k, v in stored.items() if k != "sha256"}
+        if stored.get("sha256") != hashlib.sha256(canonical_json(body).encode()).hexdigest():
+            raise ValueError("its sha256 does not match its content")
+        if stored.get("asked") != asked:  # other budgets: checked again
+            return None
+        results = [CheckResult(**c) for c in stored["checks"]]
+        seconds, cost = stored["seconds"], stored.get("cost", {})
+        if (not all(isinstance(c.name, str) and c.status in ("pass", "warn", "fail", "skipped") for c in results)
+                or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not isinstance(cost, dict)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cost.values())):
+            raise ValueError("unexpected values")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        log.warning("%s is damaged (%s: %s); running the sanity checks again", path, type(e).__name__, e)
+        return None
+    return results, float(seconds), cost
 
 
 # ------------------------------------------------------------------------------------------- entry point
@@ -468,7 +542,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               checks: bool = True, probe_size: int = 16, check_options: dict[str, int | str] | None = None,
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
-              executor: str = "inline", workers: int | None = None, lease_timeout: float = 600.0,
+              executor: str = "inline", workers: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
               slurm: dict[str, Any] | None = None, progress: bool | None = None) -> BenchmarkRecord:
     """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
 
@@ -501,6 +575,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         executor: ``"inline"`` (this process; also one worker per rank under torchrun), ``"processes"``
             (one per visible GPU, or ``workers`` CPU processes), ``"submitit"`` (Slurm job array, ``slurm``
             holds its parameters) or ``"submitit-local"``.
+        lease_timeout: seconds without a heartbeat after which a shard leased by a worker on another
+            host is taken over (60; a lease of a process gone from this host is taken over at once).
     """
     t_start = time.perf_counter()
     if not isinstance(defense, Classifier):
@@ -513,6 +589,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         raise InputError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
         check_positive_int(label, v)
+    if isinstance(lease_timeout, bool) or not isinstance(lease_timeout, (int, float)) or not 0 < lease_timeout < 1e9:
+        raise InputError(f"lease_timeout must be a positive number of seconds, got {lease_timeout!r}")
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)
@@ -571,11 +649,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                 attack_passes=_estimated_attack_passes(names, attack_options or {}, eps_value, threat_model,
                                                        x.shape[0], draws))
             asked = {**check_options, "probe_size": n_probe, "budget": budget}
-            stored = json.loads(checks_file.read_text()) if checks_file.exists() else None
-            if stored is not None and stored.get("asked") == asked:  # other budgets: checked again
-                check_results = [CheckResult(**c) for c in stored["checks"]]
-                checks_seconds = stored["seconds"]
-                checks_cost = stored.get("cost", {})
+            stored = _stored_checks(checks_file, asked)  # other budgets, or a damaged file: checked again
+            if stored is not None:
+                check_results, checks_seconds, checks_cost = stored
             else:
                 t0 = time.perf_counter()
                 probe = slice(0, asked["probe_size"])
@@ -606,20 +682,23 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                 checks_seconds = time.perf_counter() - t0
                 log.info("sanity checks done (%.0f s): %s", checks_seconds,
                          ", ".join(f"{c.name} {c.status}" for c in check_results))
-                atomic_write_text(checks_file, json.dumps({"checks": [dataclasses.asdict(c) for c in check_results],
-                                                           "seconds": checks_seconds, "asked": asked,
-                                                           "cost": checks_cost}, sort_keys=True) + "\n")
+                body = {"checks": [dataclasses.asdict(c) for c in check_results], "seconds": checks_seconds,
+                        "asked": asked, "cost": checks_cost}
+                body["sha256"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()  # damage is seen
+                atomic_write_text(checks_file, json.dumps(body, sort_keys=True) + "\n")
 
+        run.repair()  # damaged shards are moved aside (with a warning) and recomputed
         _execute(job, executor, workers, dev, progress, slurm)
         clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)
         check_results = [*check_results, validity]
         fp = defense.traits.forward_passes
-        attack_protocols = []
-        for s in run.shards[:1]:
-            for name, info in run.read_meta(s)["attack_info"].items():
-                attack_protocols.append({"name": name, **{k: v for k, v in info.items()
-                                                          if k not in ("cascade", "broken_at_step", "n_examples",
-                                                                       "defended_after_attack")}})
+        attack_protocols = [{"name": name, **{k: v for k, v in info.items()
+                                              if k not in ("cascade", "broken_at_step", "n_examples",
+                                                           "defended_after_attack")}}
+                            for name, info in cost["attack_info"].items()]
+        sizes = {s.n for s in (*clean.values(), *robust.values())}
+        if sizes != {x.shape[0]}:  # n_examples is always the number of per-example results behind the numbers
+            raise RunIntegrityError(f"{run_dir}: statistics over {sorted(sizes)} examples, the run has {x.shape[0]}")
         devices = sorted(cost["devices"])
         wall = cost["seconds"] + checks_seconds
         record = BenchmarkRecord(
