@@ -22,8 +22,10 @@ Example (a tiny model wrapped with its normalisation)::
 
 from __future__ import annotations
 
+import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,6 +40,9 @@ __all__ = [
     "WrappedClassifier",
     "check_images",
     "check_labels",
+    "kept_placement",
+    "module_placement",
+    "resolve_device",
     "wrap_classifier",
 ]
 
@@ -97,40 +102,64 @@ def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def check_images(x: object, input_shape: Sequence[int] | None = None, *, name: str = "images") -> torch.Tensor:
-    """Validate a batch of images against the classifier contract and return it.
+def check_images(x: object, input_shape: Sequence[int] | None = None, *, name: str = "images",
+                 dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Validate a batch of images against the classifier contract and return it, converted.
 
-    Raises :class:`InputError` for: not a tensor, rank other than 4, wrong ``[C, H, W]``, a
-    non-floating dtype, NaN/Inf, or values outside ``[0, 1]`` by more than ``RANGE_TOLERANCE``.
+    Raises :class:`InputError` for: not a tensor, a sparse or meta tensor, rank other than 4, wrong
+    ``[C, H, W]``, a non-floating dtype (integer, bool, complex; uint8 gets a hint), NaN/Inf, values
+    outside ``[0, 1]`` by more than ``RANGE_TOLERANCE``, or (with ``device``) images on another device.
+
+    Conversion (documented, differentiable): with ``dtype`` given, floating images of another precision
+    (float16, bfloat16, float64, ...) are returned as ``x.to(dtype)``, after the range check in their own
+    precision. :meth:`Classifier.forward` passes the classifier's own dtype, so a float32 model accepts
+    float16/bfloat16/float64 images and a float64 model float32 ones. Without ``dtype`` x is returned as is.
+
+    >>> check_images(torch.full((1, 1, 2, 2), 0.5, dtype=torch.float16), dtype=torch.float32).dtype
+    torch.float32
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided or x.device.type == "meta":
+        raise InputError(f"{name} must be a dense tensor with values, got layout {x.layout} on {x.device}")
     expected = "[N, " + ", ".join(str(s) for s in input_shape) + "]" if input_shape else "[N, C, H, W]"
     if x.dim() != 4:
         raise InputError(f"expected {name} of shape {expected} (rank 4), got rank {x.dim()} shape {_shape(x)}")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
         raise InputError(f"expected {name} of shape {expected}, got {_shape(x)}")
     if not x.is_floating_point():
-        raise InputError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype} "
-                         "(convert uint8 images with x.float() / 255)")
-    if x.numel() == 0:
-        return x
-    with torch.no_grad():  # validation only reads values; it must not enter the autograd graph
-        if not bool(torch.isfinite(x).all()):
-            n_bad = int((~torch.isfinite(x)).sum())
-            raise InputError(f"{name} contain {n_bad} NaN/Inf value(s)")
-        lo, hi = torch.aminmax(x)
-        lo, hi = float(lo), float(hi)
-    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise InputError(f"{name} must lie in [0, 1] (tolerance {RANGE_TOLERANCE:g}), got values in "
-                         f"[{lo:.6g}, {hi:.6g}]; normalisation belongs inside the classifier")
-    return x
+        hint = " (convert uint8 images with x.float() / 255)" if x.dtype == torch.uint8 else ""
+        raise InputError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype}{hint}")
+    if device is not None and x.device != device:
+        raise InputError(f"{name} are on {x.device} but the classifier is on {device}; move them with "
+                         f"x.to({str(device)!r})")
+    if x.numel():
+        with torch.no_grad():  # validation only reads values; it must not enter the autograd graph
+            if not bool(torch.isfinite(x).all()):
+                n_bad = int((~torch.isfinite(x)).sum())
+                raise InputError(f"{name} contain {n_bad} NaN/Inf value(s)")
+            lo, hi = torch.aminmax(x)
+            lo, hi = float(lo), float(hi)
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise InputError(f"{name} must lie in [0, 1] (tolerance {RANGE_TOLERANCE:g}), got values in "
+                             f"[{lo:.6g}, {hi:.6g}]; normalisation belongs inside the classifier")
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
 
 
-def check_labels(y: object, n: int, num_classes: int) -> torch.Tensor:
-    """Validate integer labels for ``n`` examples of a ``num_classes``-way classifier."""
+def check_labels(y: object, n: int, num_classes: int, *, device: torch.device | None = None) -> torch.Tensor:
+    """Validate integer labels for ``n`` examples of a ``num_classes``-way classifier; return them as int64.
+
+    Conversion (documented): labels of any integer dtype (uint8, int8, int16, int32) are returned as
+    int64, and moved to ``device`` when given (the images' device). Floating, complex and bool labels,
+    other shapes and values outside ``[0, num_classes - 1]`` raise :class:`InputError`.
+
+    >>> check_labels(torch.tensor([1, 0], dtype=torch.uint8), 2, 10).dtype
+    torch.int64
+    """
     if not isinstance(y, torch.Tensor):
         raise InputError(f"labels must be a torch.Tensor, got {type(y).__name__}")
+    if y.layout != torch.strided or y.device.type == "meta":
+        raise InputError(f"labels must be a dense tensor with values, got layout {y.layout} on {y.device}")
     if y.dim() != 1 or y.shape[0] != n:
         raise InputError(f"expected labels of shape [{n}], got {_shape(y)}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -138,7 +167,79 @@ def check_labels(y: object, n: int, num_classes: int) -> torch.Tensor:
     if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise InputError(f"labels must lie in [0, {num_classes - 1}], got values in "
                          f"[{int(y.min())}, {int(y.max())}]")
-    return y
+    return y.to(device=device, dtype=torch.int64)
+
+
+def resolve_device(device: object) -> torch.device:
+    """``device`` (a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or a CUDA
+    index) as a ``torch.device`` this machine has; anything else raises :class:`InputError`.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("gpu")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    robustkit.errors.InputError: device must be cpu, cuda, cuda:N or mps, got 'gpu'
+    """
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise InputError(f"device must be a string like 'cpu' or 'cuda:0' or a torch.device, got {device!r}")
+    try:
+        d = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(d)!r} asked for, but CUDA is not available here; use device='cpu'")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(d)!r} asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError("device 'mps' asked for, but MPS is not available here; use device='cpu'")
+    elif d.type != "cpu":
+        raise InputError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    return d
+
+
+def module_placement(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """Device and dtype of a module's first floating parameter (else buffer); ``(None, None)`` if none."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return None, None
+
+
+@contextmanager
+def kept_placement(*modules: nn.Module | None) -> Iterator[None]:
+    """On exit (normal or by an exception) put every parameter, gradient and buffer of ``modules`` back on
+    the device it had on entry, and every submodule's training flag back to its value on entry.
+
+    Harnesses that move a caller's model (``benchmark(..., device=...)``) run inside it, so a failure
+    (or a success) leaves the model where and what it was. Parameters keep their identity (``.data`` is
+    moved, as ``Module.to`` does), so optimisers holding them stay valid.
+    """
+    saved = []
+    for m in modules:
+        if m is None:
+            continue
+        for sub in m.modules():
+            saved.append((sub, sub.training,
+                          {k: p.device for k, p in sub._parameters.items() if p is not None},
+                          {k: b.device for k, b in sub._buffers.items() if b is not None}))
+    try:
+        yield
+    finally:
+        for sub, training, params, buffers in saved:
+            sub.training = training
+            for k, dev in params.items():
+                p = sub._parameters.get(k)
+                if p is not None and p.device != dev:
+                    p.data = p.data.to(dev)
+                    if p.grad is not None:
+                        p.grad = p.grad.to(dev)
+            for k, dev in buffers.items():
+                b = sub._buffers.get(k)
+                if b is not None and b.device != dev:
+                    sub._buffers[k] = b.to(dev)
 
 
 class Classifier(nn.Module):
@@ -170,8 +271,10 @@ class Classifier(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.input_shape)
-        return self.logits(x)
+        """Validate ``x`` (:func:`check_images`: images on the classifier's device; float16, bfloat16
+        and float64 converted to its dtype) and return :meth:`logits`."""
+        device, dtype = module_placement(self)
+        return self.logits(check_images(x, self.input_shape, dtype=dtype, device=device))
 
     def reset(self) -> None:
         """Drop test-time state (no-op for stateless models)."""

@@ -1,8 +1,10 @@
 """The ``robustkit`` command line: one module per subcommand, each thin over the Python API.
 
-``main(argv=None) -> int`` is the entry point (tests call it directly). User errors print one line
-``robustkit: error: ...`` on stderr and return 2, with no traceback; set ``ROBUSTKIT_DEBUG=1`` to
-see the traceback.
+``main(argv=None) -> int`` is the entry point (tests call it directly). User errors (bad options,
+robustkit's typed errors, paths that cannot be read or written) print one line ``robustkit: error: ...``
+on stderr and return 2, with no traceback; set ``ROBUSTKIT_DEBUG=1`` to see the traceback. ``-v``
+(``-vv``) and ``-q`` work before or after the subcommand; a closed stdout (``robustkit list | head``)
+ends the command quietly.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-from .. import __version__
+from .. import __version__, utils
 from ..errors import RobustkitError
 from . import (accuracy, bench, corruption_sweep, demo, export, leaderboard, list_cmd, make_cifar10c, report, serve,
                submit, train_diffusion)
@@ -22,32 +24,71 @@ SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo, export, submit, serve, l
                make_cifar10c, corruption_sweep)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with robustkit's error format: one line on stderr, exit 2 (subparsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On a subcommand the defaults are SUPPRESS, so `robustkit -v bench` keeps the top-level count and
+    # `robustkit bench -v` adds to it: -v/-q work before and after the subcommand.
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="log progress messages (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=default,
+                        help="errors only, no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robustkit", description="Honest evaluation of adversarial-robustness "
-                                     "defenses.")
+    parser = _Parser(prog="robustkit", description="Honest evaluation of adversarial-robustness defenses.")
     parser.add_argument("--version", action="version", version=f"robustkit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    _verbosity_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
+    for p in sub.choices.values():
+        _verbosity_options(p, top=False)
     return parser
+
+
+def _error(message: object) -> int:
+    print(f"robustkit: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else 2
+    if args.verbose and args.quiet:
+        return _error("-v and -q contradict each other: give one")
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=logging.ERROR if args.quiet else level, format="%(levelname)s %(name)s: %(message)s")
+    utils.QUIET = bool(args.quiet)
     if args.command is None:
         parser.print_help()
         return 2
+    debug = bool(os.environ.get("ROBUSTKIT_DEBUG"))
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is seen here
+        return code
+    except BrokenPipeError:
+        # the reader closed stdout: exit quietly (redirect stdout so the interpreter's final flush is silent)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (RobustkitError, ImportError) as e:
-        if os.environ.get("ROBUSTKIT_DEBUG"):
+        if debug:
             raise
-        print(f"robustkit: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
+    except OSError as e:  # a path the user named: missing, a file where a folder belongs, no permission, disk full
+        if debug:
+            raise
+        return _error(f"{e.strerror or e}: {e.filename}" if e.filename else e)
     except KeyboardInterrupt:
         print("robustkit: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._args import device, positive_int, seed
 from ..errors import InputError
 
 METHODS = ("source", "bn", "tent", "tea")
@@ -24,12 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="weights file instead of the published ones")
     p.add_argument("--methods", default="source,bn,tent,tea", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--corruptions", default=None, help="comma-separated subset (default: all 15)")
-    p.add_argument("--severity", type=int, default=5, help="1..5 (default 5)")
-    p.add_argument("--n-examples", type=int, default=None, help="first N test images (default: all)")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--severity", type=int, default=5, choices=range(1, 6), metavar="{1..5}", help="1..5 (default 5)")
+    p.add_argument("--n-examples", type=positive_int, default=None, help="first N test images (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=200)
     p.add_argument("--data-dir", default=None, help="folder holding CIFAR-10-C/")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")
     p.set_defaults(run=run)
 

@@ -16,26 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from e
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
+from ._args import positive_int, seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/CIFAR-10-C/")
     p.add_argument("--data-dir", default=None, metavar="D", help="where CIFAR-10 is (default: $ROBUSTKIT_DATA, "
                    "else $ROBUSTKIT_HOME/data)")
-    p.add_argument("--n-examples", type=_positive, default=None, metavar="N",
+    p.add_argument("--n-examples", type=positive_int, default=None, metavar="N",
                    help="first N test images (default: all 10,000)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--corruptions", default=None, metavar="LIST",
                    help="comma-separated subset (default: all 15, in the official order)")
     p.add_argument("--frost-dir", default=None, metavar="DIR", help="folder with the official frost photographs "

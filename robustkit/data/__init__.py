@@ -24,6 +24,7 @@ import torch
 
 from ..errors import DatasetError, InputError
 from ..hub import data_dir as default_data_dir
+from ..utils import did_you_mean
 from . import cifar10, cifar10c, digits
 
 __all__ = ["DATASETS", "DatasetError", "load_dataset", "default_data_dir"]
@@ -83,7 +84,8 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
         x, y = load_dataset("cifar10c", corruption="fog", severity=5, n_examples=100)
     """
     if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+        raise InputError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)} (available: "
+                         f"{', '.join(sorted(DATASETS))})")
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     loader = DATASETS[name]

@@ -31,6 +31,7 @@ import torch.nn as nn
 from ..classifier import Classifier
 from ..errors import InputError, RegistryError
 from ..registry import Registry, WeightSource, create_classifier, resolve_source
+from ..utils import check_bool
 from .diffpure import DiffPureConfig, DiffPurePurifier
 from .purification import GRADIENT_MODES, VOTES, PurifiedClassifier
 
@@ -159,8 +160,7 @@ def builder_entry(name: str, methods: tuple[str, ...], kind: str, pretrained: ob
     entry = DEFENSES.get(name)
     if entry.config.method not in methods:
         raise InputError(f"{name} is not {kind} defense (method {entry.config.method!r}); use create_defense")
-    if not isinstance(pretrained, bool):
-        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
+    check_bool("pretrained", pretrained)
     return entry
 
 

@@ -55,9 +55,10 @@ import torch
 from .. import __version__
 from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
 from ..attacks.base import eval_mode
-from ..classifier import Classifier, check_images, check_labels
+from ..classifier import Classifier, check_images, check_labels, module_placement, resolve_device
 from ..errors import InputError
-from ..utils import check_positive_int, progress_bar, state_digest
+from ..utils import check_positive_int, did_you_mean, progress_bar, state_digest
+from .arguments import checked_benchmark
 from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import RunDir, Shard, atomic_write_text, make_shards
@@ -436,6 +437,7 @@ def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, di
 
 # ------------------------------------------------------------------------------------------- entry point
 
+@checked_benchmark  # arguments (eps vs threat model, device, ...) checked first; models kept in place
 def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
               attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int = 64,
               seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
@@ -459,7 +461,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         n_reeval: re-classifications of every clean and adversarial example for stochastic defenses
             (1 is used for deterministic ones).
         run_dir: kill-safe run directory; re-running with it resumes. None: a temporary directory.
-        data: ``(x, y)`` tensors to use instead of loading ``dataset``.
+        data: ``(x, y)`` tensors to use instead of loading ``dataset``; floating images of another precision
+            are converted to the model's dtype and integer labels to int64 (see :func:`~robustkit.check_images`).
         checks: run the sanity checks on the first ``probe_size`` examples.
         check_options: budget of the checks' attacks, keys ``steps`` (20), ``eot`` (8 for a stochastic
             defense, else 1) and ``square_queries`` (1000), and their PGD ``loss`` (``"ce"``, or
@@ -492,7 +495,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
 
     for a in names:
         if a != "transfer" and not a.startswith("torchattacks:") and a not in list_attacks():
-            raise InputError(f"unknown attack {a!r}; available: {', '.join(list_attacks())}, transfer, "
+            raise InputError(f"unknown attack {a!r}{did_you_mean(a, [*list_attacks(), 'transfer'])}; available: "
+                             f"{', '.join(list_attacks())}, transfer, "
                              "torchattacks:<Name>")
     if not defense.traits.stochastic:
         _warn_eot_on_deterministic(names, attack_options or {}, eps_value, threat_model)
@@ -500,8 +504,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         base_classifier = getattr(defense, "base_classifier", None)
     if data is not None:
         x, y = data
-        check_images(x, defense.input_shape)
-        check_labels(y, x.shape[0], defense.num_classes)
+        x = check_images(x, defense.input_shape, dtype=module_placement(defense)[1])  # documented conversions
+        y = check_labels(y, x.shape[0], defense.num_classes)
         if n_examples is not None:
             x, y = x[:n_examples], y[:n_examples]
         idx = list(indices) if indices is not None else list(range(x.shape[0]))
@@ -510,9 +514,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
 
         x, y = load_dataset(dataset, split=split, n_examples=n_examples, data_dir=data_dir, indices=indices)
         idx = list(indices)[: x.shape[0]] if indices is not None else list(range(x.shape[0]))
-        check_images(x, defense.input_shape, name=f"{dataset} images")
-        check_labels(y, x.shape[0], defense.num_classes)
-    dev = torch.device(device) if device is not None else next(
+        x = check_images(x, defense.input_shape, name=f"{dataset} images", dtype=module_placement(defense)[1])
+        y = check_labels(y, x.shape[0], defense.num_classes)
+    dev = resolve_device(device) if device is not None else next(
         (p.device for p in defense.parameters()), torch.device("cpu"))
     draws = n_reeval if defense.traits.stochastic else 1
     options = {k: _jsonable(v) for k, v in (attack_options or {}).items()}
