@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: object) -> int:
-    print(f"robustkit: error: {message}", file=sys.stderr)
+    one_line = " ".join(str(message).split())  # a message quoting a multi-line library error stays one line
+    print(f"robustkit: error: {one_line}", file=sys.stderr)
     return 2
 
 

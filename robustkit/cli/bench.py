@@ -124,21 +124,6 @@ def parse_attack_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _check_attack_options(options: dict[str, dict[str, Any]], eps: str, norm: str) -> None:
-    """Build each overridden attack once, so a misspelt parameter fails now, not inside the first shard."""
-    from ..attacks import make_attack
-    from ..eval.benchmark import parse_eps
-
-    for name, opts in options.items():
-        opts = dict(opts)
-        if name == "transfer":  # its own option 'attack' names the attack run on the base model
-            name = opts.pop("attack", "autoattack-standard")
-        try:
-            make_attack(name, eps=parse_eps(eps), norm=norm, **opts)
-        except TypeError as e:
-            raise InputError(f"--attack-option for {name}: {e}") from e
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark a classifier against attacks, with sanity checks")
     add_arguments(p)
@@ -179,12 +164,11 @@ def _build(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     options = parse_attack_options(args.attack_option)
     model, base, dataset = _build(args)
-    from ..eval.benchmark import resolve_attacks
+    from ..eval.arguments import check_attack_options
+    from ..eval.benchmark import parse_eps, resolve_attacks
 
-    unused = sorted(set(options) - set(resolve_attacks(model, args.attacks)))
-    if unused:
-        raise InputError(f"--attack-option names attack(s) not run: {', '.join(unused)} (attacks: {args.attacks})")
-    _check_attack_options(options, args.eps, args.threat_model)
+    # benchmark() checks them too; checked here with the flag's name before anything is loaded
+    check_attack_options(options, resolve_attacks(model, args.attacks), parse_eps(args.eps), args.threat_model)
     rec = benchmark(model, dataset=args.dataset or dataset, base_classifier=base, threat_model=args.threat_model,
                     eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import DatasetError, InputError
 from ..hub import data_dir as default_data_dir
-from ..utils import did_you_mean
+from ..utils import check_path, did_you_mean
 from . import cifar10, cifar10c, digits
 
 __all__ = ["DATASETS", "DatasetError", "load_dataset", "default_data_dir"]
@@ -83,6 +83,9 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
 
         x, y = load_dataset("cifar10c", corruption="fog", severity=5, n_examples=100)
     """
+    if not isinstance(name, str):
+        raise InputError(f"a dataset name must be a string, got {type(name).__name__}")
+    check_path("data_dir", data_dir)
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)} (available: "
                          f"{', '.join(sorted(DATASETS))})")

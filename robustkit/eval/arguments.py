@@ -77,6 +77,27 @@ def _check_int_sequence(name: str, value: object) -> None:
         raise InputError(f"{name} must be distinct: each example is scored once")
 
 
+def check_attack_options(options: Mapping[str, Mapping[str, Any]], attacks: Sequence[str], eps: float,
+                         norm: str) -> None:
+    """Every attack named in ``options`` is run, and builds with its overrides: a misspelt attack or
+    parameter fails now, not inside the first shard (``transfer``'s own option ``attack`` names the
+    attack run on the base model)."""
+    from ..attacks import make_attack
+
+    unused = sorted(set(options) - set(attacks))
+    if unused:
+        raise InputError(f"attack options name attack(s) not run: {', '.join(map(str, unused))} (attacks: "
+                         f"{', '.join(attacks)})")
+    for name, opts in options.items():
+        opts = dict(opts)
+        if name == "transfer":
+            name = opts.pop("attack", "autoattack-standard")
+        try:
+            make_attack(name, eps=eps, norm=norm, **opts)
+        except TypeError as e:
+            raise InputError(f"attack options for {name}: {e}") from None
+
+
 def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
     """Validate the bound arguments of :func:`robustkit.benchmark` (all of them, defaults applied)."""
     from .benchmark import parse_eps
@@ -90,7 +111,8 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
             raise InputError(f"{name} must be a non-empty string, got {a[name]!r}")
     if a["threat_model"] not in ("Linf", "L2"):
         raise InputError(f"threat_model must be 'Linf' or 'L2', got {a['threat_model']!r}")
-    check_eps(parse_eps(a["eps"]), a["threat_model"], defense.input_shape)
+    eps = parse_eps(a["eps"])
+    check_eps(eps, a["threat_model"], defense.input_shape)
     attacks = a["attacks"]
     if not isinstance(attacks, str) and not (isinstance(attacks, (list, tuple))
                                              and all(isinstance(n, str) for n in attacks)):
@@ -125,6 +147,10 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
         if not isinstance(attack, str) or not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
             raise InputError(f"attack_options must map attack names to {{option: value}} dicts, got "
                              f"{attack!r}: {opts!r}")
+    if a["attack_options"]:
+        from .benchmark import resolve_attacks
+
+        check_attack_options(a["attack_options"], resolve_attacks(defense, attacks), eps, a["threat_model"])
     base = a["base_classifier"]
     if base is not None:
         if not isinstance(base, Classifier):

@@ -77,7 +77,7 @@ def parse_eps(eps: float | str) -> float:
     elif isinstance(eps, str):
         try:
             value = float(Fraction(eps.strip()))
-        except (ValueError, ZeroDivisionError) as e:
+        except (ValueError, ZeroDivisionError, OverflowError) as e:
             raise InputError(f"eps must be a number or a fraction like '8/255', got {eps!r}") from e
     else:
         raise InputError(f"eps must be a number or a fraction like '8/255', got {eps!r}")
