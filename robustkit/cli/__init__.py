@@ -10,6 +10,7 @@ ends the command quietly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -31,25 +32,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _verbosity_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    # On a subcommand the defaults are SUPPRESS, so `robustkit -v bench` keeps the top-level count and
-    # `robustkit bench -v` adds to it: -v/-q work before and after the subcommand.
-    default = 0 if top else argparse.SUPPRESS
-    parser.add_argument("-v", "--verbose", action="count", default=default,
+def _verbosity_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    # Added to the top-level parser and (with prefix "sub_") to every subcommand, so -v/-q work before and
+    # after the subcommand; main() adds the two counts (a subparser would overwrite a shared dest).
+    parser.add_argument("-v", "--verbose", action="count", default=0, dest=f"{prefix}verbose",
                         help="log progress messages (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="count", default=default,
+    parser.add_argument("-q", "--quiet", action="count", default=0, dest=f"{prefix}quiet",
                         help="errors only, no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustkit", description="Honest evaluation of adversarial-robustness defenses.")
     parser.add_argument("--version", action="version", version=f"robustkit {__version__}")
-    _verbosity_options(parser, top=True)
+    _verbosity_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     for p in sub.choices.values():
-        _verbosity_options(p, top=False)
+        _verbosity_options(p, prefix="sub_")
     return parser
 
 
@@ -65,11 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else 2
-    if args.verbose and args.quiet:
+    verbose, quiet = args.verbose + getattr(args, "sub_verbose", 0), args.quiet + getattr(args, "sub_quiet", 0)
+    if verbose and quiet:
         return _error("-v and -q contradict each other: give one")
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=logging.ERROR if args.quiet else level, format="%(levelname)s %(name)s: %(message)s")
-    utils.QUIET = bool(args.quiet)
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("robustkit").setLevel(level)  # robustkit's messages only, whoever configured logging first
+    utils.QUIET = bool(quiet)
     if args.command is None:
         parser.print_help()
         return 2
@@ -80,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         # the reader closed stdout: exit quietly (redirect stdout so the interpreter's final flush is silent)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a replaced sys.stdout may have no fd
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (RobustkitError, ImportError) as e:
         if debug:
