@@ -23,6 +23,7 @@ Example (a tiny model wrapped with its normalisation)::
 from __future__ import annotations
 
 import itertools
+import operator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
@@ -256,13 +257,12 @@ class Classifier(nn.Module):
 
     def __init__(self, num_classes: int, input_shape: Sequence[int], traits: DefenseTraits | None = None):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise InputError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        input_shape = tuple(int(s) for s in input_shape)
-        if len(input_shape) != 3 or min(input_shape) < 1:
-            raise InputError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
+        if traits is not None and not isinstance(traits, DefenseTraits):
+            raise InputError(f"traits must be a DefenseTraits or None, got {type(traits).__name__}")
         self.num_classes = num_classes
-        self.input_shape = input_shape
+        self.input_shape = _check_input_shape(input_shape)
         if traits is not None:
             self.traits = traits
 
@@ -283,8 +283,25 @@ class Classifier(nn.Module):
         return f"num_classes={self.num_classes}, input_shape={self.input_shape}, traits={self.traits}"
 
 
+def _check_input_shape(input_shape: object) -> tuple[int, int, int]:
+    """``(C, H, W)``: a list, tuple or ``torch.Size`` of three positive ints."""
+    bad = InputError(f"input_shape must be (C, H, W), three positive ints, got {input_shape!r}")
+    if not isinstance(input_shape, (tuple, list, torch.Size)) or len(input_shape) != 3:
+        raise bad
+    try:  # ints of any kind (numpy's too), never floats, strings or bools
+        dims = tuple(operator.index(s) for s in input_shape if not isinstance(s, bool))
+    except TypeError:
+        raise bad from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise bad
+    return dims
+
+
 def _as_channel_buffer(values: Sequence[float] | float | torch.Tensor, channels: int, what: str) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    try:
+        t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"{what} must be a number or one number per channel, got {values!r}") from None
     if t.numel() == 1:
         t = t.repeat(channels)
     if t.numel() != channels:
@@ -318,6 +335,8 @@ class WrappedClassifier(Classifier):
         if self.normalize:
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         out = self.net(x)
+        if not isinstance(out, torch.Tensor):
+            raise InputError(f"the wrapped network returned a {type(out).__name__}, expected a tensor of logits")
         if out.dim() != 2 or out.shape[1] != self.num_classes:
             raise InputError(f"the wrapped network returned {_shape(out)}, expected [N, {self.num_classes}] logits")
         return out
@@ -346,7 +365,7 @@ def wrap_classifier(module: nn.Module, *, mean: Sequence[float] | None = None, s
         input_shape = getattr(module, "input_shape", None)
         if input_shape is None:
             raise InputError("input_shape=(C, H, W) is required: it cannot be read from the module")
-    input_shape = tuple(int(s) for s in input_shape)
+    input_shape = _check_input_shape(input_shape)
     if num_classes is None:
         num_classes = _infer_num_classes(module, input_shape, mean, std)
     clf = WrappedClassifier(module, num_classes=num_classes, input_shape=input_shape, mean=mean, std=std,
@@ -367,10 +386,14 @@ def _infer_num_classes(module: nn.Module, input_shape: tuple[int, ...], mean, st
         with torch.no_grad():
             x = torch.full((2, *input_shape), 0.5, device=device, dtype=dtype)
             out = module((x - probe.mean.to(device, dtype)) / probe.std.to(device, dtype))
+    except Exception as e:  # the user's module on a probe input: its failure is a wrong input_shape (or module)
+        raise InputError(f"could not infer num_classes: the module fails on input [2, {', '.join(map(str, input_shape))}]"
+                         f" ({type(e).__name__}: {' '.join(str(e).split())}); check input_shape") from e
     finally:
         module.train(was_training)
-    if out.dim() != 2 or out.shape[1] < 2:
-        raise InputError(f"could not infer num_classes: the module returned {_shape(out)} for input "
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
+        got = _shape(out) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise InputError(f"could not infer num_classes: the module returned {got} for input "
                          f"[2, {', '.join(map(str, input_shape))}]; expected [N, K] logits with K >= 2")
     return int(out.shape[1])
 

@@ -5,7 +5,8 @@ message must contain where it matters), or a **documented conversion** (``Conver
 ``check`` asserts what the conversion produced). A case that returns without the expected error (a silent
 acceptance) or raises anything else (a raw error from inside a layer) fails, naming the case.
 
-Categories (table-driven, one builder each): ``forward`` (Classifier.forward), ``labels``
+Categories (table-driven, one builder each): ``forward`` (Classifier.forward), ``wrap``
+(wrap_classifier, DefenseTraits, predict/clean_accuracy arguments), ``labels``
 (check_labels, attacks, benchmark), ``benchmark`` (benchmark()'s arguments), ``create``
 (create_classifier / create_defense / create_score_model), ``dataset`` (load_dataset) and ``cli``
 (every subcommand with bad values of its options: exit 2 and one line on stderr). The random part of
@@ -186,6 +187,53 @@ def forward_cases(rng: random.Random) -> list[Case]:
             t.view(-1)[rng.randrange(t.numel())] = rng.choice([math.nan, math.inf, -math.inf])
             phrase = "NaN/Inf"
         add(f"random #{i}: {kind}", lambda t=t: clf(t), Typed(InputError, phrase))
+    return cases
+
+
+# ------------------------------------------------------------------------- wrap_classifier / predict
+
+def wrap_cases(rng: random.Random) -> list[Case]:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, K))
+    W = robustkit.wrap_classifier
+    cases: list[Case] = []
+
+    def add(label: str, fn: Callable[[], Any], expect: Typed | Converted) -> None:
+        cases.append(Case("wrap", label, fn, expect))
+
+    for v in ("344", ("a", 4, 4), (3.5, 4, 4), (3, 0, 4), (3, -4, 4), (3, 16), 48, (True, 4, 4), None, (3, 4, 4, 1)):
+        add(f"input_shape={v!r}", lambda v=v: W(nn.Sequential(nn.Flatten(), nn.Linear(48, K)), input_shape=v),
+            Typed(InputError, "input_shape"))
+    add("input_shape the network cannot take", lambda: W(net, input_shape=(1, 4, 4)), Typed(InputError, "input_shape"))
+    for what in ("mean", "std"):
+        for v in ("abc", (0.5, 0.5), (math.nan,), [[0.5], ["x"]], object()):
+            add(f"{what}={v!r}", lambda v=v, what=what: W(net, input_shape=SHAPE, **{what: v}), Typed(InputError, what))
+    for v in (0, -1, (0.5, 0.0, 0.5)):
+        add(f"std={v!r}", lambda v=v: W(net, input_shape=SHAPE, std=v), Typed(InputError, "std"))
+    for v in (1, 0, "5", True, 2.5):
+        add(f"num_classes={v!r}", lambda v=v: W(net, input_shape=SHAPE, num_classes=v), Typed(InputError, "num_classes"))
+    add("num_classes that the network does not return", lambda: W(net, input_shape=SHAPE, num_classes=7)(images()),
+        Typed(InputError, "logits"))
+    for v in ("x", {"stochastic": True}, 1):
+        add(f"traits={v!r}", lambda v=v: W(net, input_shape=SHAPE, traits=v), Typed(InputError, "traits"))
+    for v in (None, "net", lambda x: x, tiny_classifier()):
+        add(f"module={type(v).__name__}", lambda v=v: W(v, input_shape=SHAPE), Typed(InputError, "module"))
+    for label, kw in (("forward_passes=0", {"forward_passes": 0}), ("gradient='none'", {"gradient": "none"}),
+                      ("stochastic=1", {"stochastic": 1}), ("batch_dependent='yes'", {"batch_dependent": "yes"})):
+        add(f"DefenseTraits({label})", lambda kw=kw: robustkit.DefenseTraits(**kw), Typed(InputError))
+    clf = tiny_classifier()
+    for v in ("foo", "cuda:99", 2.5):
+        add(f"predict device={v!r}", lambda v=v: robustkit.eval.predict(clf, images(), device=v), Typed(InputError, "device"))
+    for v in (0, -1, 1.5):
+        add(f"predict batch_size={v!r}", lambda v=v: robustkit.eval.predict(clf, images(), batch_size=v),
+            Typed(InputError, "batch_size"))
+    add("clean_accuracy with int32 labels and float16 images",
+        lambda: robustkit.eval.clean_accuracy(clf, images().half(), labels().int()),
+        Converted(lambda acc: 0 <= acc.value <= 1 or pytest.fail(str(acc))))
+    for i in range(12):  # seeded: random garbage in one of the three sizes
+        shape: list[Any] = list(SHAPE)
+        shape[rng.randrange(3)] = rng.choice([0, -rng.randint(1, 9), rng.random() + 1, str(rng.randint(1, 9)), None])
+        add(f"random input_shape #{i} {shape}", lambda shape=tuple(shape): W(net, input_shape=shape),
+            Typed(InputError, "input_shape"))
     return cases
 
 
@@ -504,11 +552,11 @@ class _CliRefused(RobustkitError):
 
 def all_cases(tmp: Path) -> dict[str, list[Case]]:
     rng = random.Random(SEED)
-    return {"forward": forward_cases(rng), "labels": label_cases(rng), "benchmark": benchmark_cases(rng, tmp),
+    return {"forward": forward_cases(rng), "wrap": wrap_cases(rng), "labels": label_cases(rng), "benchmark": benchmark_cases(rng, tmp),
             "create": create_cases(rng, tmp), "dataset": dataset_cases(rng, tmp), "cli": cli_cases(rng, tmp)}
 
 
-CATEGORIES = ("forward", "labels", "benchmark", "create", "dataset", "cli")
+CATEGORIES = ("forward", "wrap", "labels", "benchmark", "create", "dataset", "cli")
 
 
 @pytest.mark.parametrize("category", CATEGORIES)

@@ -18,6 +18,7 @@ from typing import NoReturn, Sequence
 
 from .. import __version__, utils
 from ..errors import RobustkitError
+from . import _args
 from . import (accuracy, bench, corruption_sweep, demo, export, leaderboard, list_cmd, make_cifar10c, report, serve,
                submit, train_diffusion)
 
@@ -41,6 +42,10 @@ def _verbosity_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> 
                         help="errors only, no progress bars")
 
 
+#: Subcommands that check their own option values (the leaderboard's): no generic empty-value check.
+_OWN_VALUE_CHECKS = ("leaderboard", "serve", "submit", "export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustkit", description="Honest evaluation of adversarial-robustness defenses.")
     parser.add_argument("--version", action="version", version=f"robustkit {__version__}")
@@ -48,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
-    for p in sub.choices.values():
+    for name, p in sub.choices.items():
         _verbosity_options(p, prefix="sub_")
+        if name not in _OWN_VALUE_CHECKS:
+            for action in p._actions:  # every free-text option and argument: an empty value is refused
+                if action.type is None and action.choices is None and action.nargs != 0:
+                    action.type = _args.text
     return parser
 
 

@@ -85,6 +85,13 @@ def decay(text: str) -> float:
     return v
 
 
+def text(value: str) -> str:
+    """A non-empty string: an empty value (``--dataset ''``) is a mistake, never "use the default"."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return value
+
+
 def device(text: str) -> str:
     """A device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``), see :func:`robustkit.resolve_device`."""
     from ..classifier import resolve_device

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,6 +58,8 @@ def _select(x: np.ndarray, y: np.ndarray, n_examples: int | None, indices: Seque
 # name -> loader(split, data_dir, **options) returning (x [N,C,H,W] uint8 or float in [0,1], y int) numpy
 # arrays; a loader's keyword-only parameters are the dataset's options (cifar10c: corruption, severity).
 Loader = Callable[..., "tuple[np.ndarray, np.ndarray]"]
+#: Datasets that ship with an installed package: they never read ``data_dir``.
+BUNDLED = frozenset({"digits"})
 DATASETS: dict[str, Loader] = {"cifar10": cifar10.load_arrays, "cifar10c": cifar10c.load_arrays,
                                "digits": digits.load_arrays}
 
@@ -96,6 +99,10 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
     if unknown:
         allowed = ", ".join(_options(loader)) or "none"
         raise InputError(f"dataset {name!r} takes no option {', '.join(unknown)} (its options: {allowed})")
+    if data_dir is not None and Path(data_dir).expanduser().is_file():
+        raise InputError(f"data_dir {str(data_dir)!r} names a file, not a directory")
+    if data_dir is not None and name in BUNDLED:
+        warnings.warn(f"{name} is bundled (scikit-learn): data_dir={str(data_dir)!r} is not used", stacklevel=2)
     x, y = loader(split, Path(data_dir).expanduser() if data_dir is not None else None, **options)
     return _select(x, y, n_examples, indices, name, split)
 
