@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from typing import Callable, Iterable, Mapping, TypeVar
 
 import torch
 
 from .errors import InputError
+
+T = TypeVar("T")
 
 
 def check_positive_int(name: str, value: object, *, none_ok: bool = False) -> int | None:
@@ -49,6 +51,90 @@ def check_path(name: str, value: object) -> None:
 
     if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip()):
         raise InputError(f"{name} must be a path (str or os.PathLike) or None, got {value!r}")
+
+
+_MAX_INT = 2 ** 63 - 1  # what torch and the record's JSON readers take as an integer
+
+
+def check_type(name: str, value: object, hint: object) -> None:
+    """Raise :class:`~robustkit.InputError` unless ``value`` fits the type ``hint`` of a typed config field.
+
+    Checked: ``bool`` (a bool, not 1), ``int`` (an int, not a bool, within 64 bits), ``float`` (a finite
+    int or float, not a bool), ``str``, classes, ``Literal[...]``, unions and ``X | None``, and the
+    container kind of ``tuple[...]``/``list[...]``. Other hints (``Any``, callables, ...) are not checked.
+
+    >>> check_type("t_star", "0.1", float)
+    Traceback (most recent call last):
+    ...
+    robustkit.errors.InputError: t_star must be a finite number, got '0.1'
+    """
+    import math
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or isinstance(hint, (str, typing.TypeVar)):
+        return
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        for option in (a for a in args if a is not type(None)):
+            try:
+                check_type(name, value, option)
+                return
+            except InputError:
+                continue
+        raise InputError(f"{name} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise InputError(f"{name} must be one of {list(args)}, got {value!r}")
+        return
+    if hint is bool:
+        ok, what = isinstance(value, bool), "a bool (True or False)"
+    elif hint is int:
+        ok, what = not isinstance(value, bool) and isinstance(value, int) and abs(value) <= _MAX_INT, "an int"
+    elif hint is float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        what = "a finite number"
+    elif origin in (tuple, list):
+        ok, what = isinstance(value, (tuple, list)), "a tuple or list"
+    elif isinstance(hint, type):
+        ok, what = isinstance(value, hint), _type_name(hint)
+    else:
+        return
+    if not ok:
+        raise InputError(f"{name} must be {what}, got {value!r}")
+
+
+def _type_name(hint: object) -> str:
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def replace_checked(config: T, **overrides: object) -> T:
+    """``dataclasses.replace(config, **overrides)`` after :func:`check_type` of every override against its
+    field's annotation, so ``t_star="0.1"`` or ``n_samples=True`` is a typed error naming the field, not a
+    TypeError from a comparison inside ``__post_init__``. Unknown fields raise :class:`InputError` too."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InputError(f"unknown {type(config).__name__} field(s): {', '.join(unknown)}")
+    for key, value in overrides.items():
+        check_type(key, value, hints[key])
+    return dataclasses.replace(config, **overrides)
+
+
+def check_keyword_types(fn: Callable[..., object], kwargs: Mapping[str, object]) -> None:
+    """:func:`check_type` of each keyword argument that ``fn`` annotates (the others are left to ``fn``)."""
+    import typing
+
+    hints = typing.get_type_hints(fn)
+    for key, value in kwargs.items():
+        if key in hints:
+            check_type(key, value, hints[key])
 
 
 #: Set by the command line's ``-q``: no progress bars, even on a terminal.

@@ -417,6 +417,18 @@ def create_cases(rng: random.Random, tmp: Path) -> list[Case]:
                           Typed(RobustkitError)))
         cases.append(Case("create", f"{kind}: pretrained and checkpoint",
                           lambda c=create, n=name: c(n, pretrained=True, checkpoint=missing), Typed(InputError, "either")))
+    # defense options against their typed config fields and the builder's annotations
+    options = {"tiny_diffpure.digits": {"t_star": "0.1", "num_train_steps": 10 ** 20, "beta_min": None, "clamp": 1,
+                                        "sampler": "SDE", "dt": math.nan, "seed": "x", "n_samples": 2.5},
+               "tiny_rdc.digits": {"stride": 2.5, "beta_max": "20", "seed": [1], "num_timesteps": True,
+                                   "log_prior": 0.5},
+               "tiny_contrastive_purification.digits": {"guidance_scale": math.inf, "loss": "InfoNCE",
+                                                        "online_head": "yes", "head_hidden": 1.5, "seed": 10 ** 20},
+               "tent.tiny_cnn.digits": {"lr": "1e-3", "steps": True, "episodic": 0, "betas": 0.9, "eps": math.nan}}
+    for name, opts in options.items():
+        for key, value in opts.items():
+            cases.append(Case("create", f"defense {name} {key}={value!r}",
+                              lambda n=name, k=key, v=value: create_defense(n, **{k: v}), Typed(InputError, key)))
     cases.append(Case("create", "list_classifiers(5)", lambda: robustkit.list_classifiers(5), Typed(InputError, "pattern")))
     cases.append(Case("create", "defense with an unknown option",
                       lambda: create_defense("tent.tiny_cnn.digits", steps_typo=3), Typed(InputError)))
@@ -426,6 +438,7 @@ def create_cases(rng: random.Random, tmp: Path) -> list[Case]:
 # ------------------------------------------------------------------------------------------ load_dataset
 
 def dataset_cases(rng: random.Random, tmp: Path) -> list[Case]:
+    (tmp / "a_file").write_text("x")
     cases: list[Case] = []
 
     def add(label: str, expect: Typed | Converted, **kw: Any) -> None:
@@ -444,6 +457,7 @@ def dataset_cases(rng: random.Random, tmp: Path) -> list[Case]:
         add(f"indices={v!r}", Typed(InputError, "indices"), indices=v)
     for v in (5, [1], "   "):
         add(f"data_dir={v!r}", Typed(InputError, "data_dir"), data_dir=v)
+    add("data_dir naming a file", Typed(InputError, "names a file"), data_dir=tmp / "a_file")
     add("unknown option", Typed(InputError, "takes no option"), severity=3)
     for v in (0, 6, "3", 2.5):
         add(f"cifar10c severity={v!r}", Typed(InputError, "severity"), name="cifar10c", corruption="fog", severity=v,
@@ -476,7 +490,8 @@ def cli_cases(rng: random.Random, tmp: Path) -> list[Case]:
         "--probe-size": ("0", "z"), "--check-steps": ("0",), "--check-eot": ("-1",), "--check-square-queries": ("0",),
         "--threat-model": ("linf", "L1"), "--executor": ("threads",), "--eps": ("8", "255", "0", "-1", "abc", "8/0", "nan",
                                                                              "inf"),
-        "--attacks": ("", "nonexistent", "pgd,pgd", ","), "--run-dir": (str(a_file),), "--dataset": ("Digits", "mnist"),
+        "--attacks": ("", "nonexistent", "pgd,pgd", ","), "--run-dir": (str(a_file), ""),
+        "--dataset": ("Digits", "mnist", ""), "--data-dir": ("", str(a_file)),
         "--classifier": ("TINY_CNN.digits", "nope"), "--defense": ("tiny-diffpure.digits",),
         "--attack-option": ("pgd.steps", "pgd=3", "nope.steps=3", "pgd.bogus=1", ".steps=3"),
         "--check-loss": ("l1",), "--gradient": ("bpda",), "--score-model": ("x",), "--score-checkpoint": ("x",),
@@ -519,6 +534,8 @@ def cli_cases(rng: random.Random, tmp: Path) -> list[Case]:
         ["corruption-sweep", "--methods", "bogus"], ["corruption-sweep", "--device", "foo"],
         ["corruption-sweep", "--n-examples", "-1"], ["corruption-sweep", "--classifier", "Resnet20.cifar10"],
         ["bogus-command"], ["-v", "-q", "list"], ["list", "-v", "-q"], ["--nonsense"], ["bench"],
+        ["accuracy", "tiny_cnn.digits", "--dataset", ""], ["accuracy", ""], ["report", ""], ["list", "--pattern", " "],
+        ["corruption-sweep", "--classifier", ""], ["train-diffusion", "--out", ""], ["make-cifar10c", "--out", " "],
         ["bench", "--eps", "0.1"], ["bench", "--classifier", "tiny_cnn.digits"],
     ]
     argvs += [(" ".join(a), a) for a in others]

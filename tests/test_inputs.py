@@ -159,3 +159,29 @@ def test_monotone_eps_passes_a_falling_curve():
     acc = mono.details["accuracy"]
     assert mono.status == "pass", mono.message
     assert acc[0] > acc[3], acc  # it falls
+
+
+def test_check_type_follows_the_annotation():
+    from typing import Literal, Optional
+
+    from robustkit.utils import check_type
+
+    for value, hint in ((1, float), (0.5, float), (3, int), (True, bool), ("a", str), (None, Optional[int]),
+                        (4, int | None), ("ode", Literal["sde", "ode"]), ((0.9, 0.99), tuple[float, float])):
+        check_type("f", value, hint)  # accepted
+    for value, hint in ((True, float), (math.nan, float), (math.inf, float), ("1", float), (True, int), (2.5, int),
+                        (2 ** 64, int), (1, bool), (3, str), ("x", int | None), ("SDE", Literal["sde", "ode"]),
+                        (1, Literal[True, False]), (0.9, tuple[float, float])):
+        with pytest.raises(InputError, match="^f must be"):
+            check_type("f", value, hint)
+
+
+def test_defense_overrides_are_checked_against_their_fields():
+    from robustkit.defenses import create_defense
+
+    with pytest.raises(InputError, match="t_star must be a finite number, got '0.1'"):
+        create_defense("tiny_diffpure.digits", t_star="0.1")
+    with pytest.raises(InputError, match="seed must be int or None"):
+        create_defense("tiny_rdc.digits", seed="x")
+    d = create_defense("tiny_diffpure.digits", t_star=0.2)  # a right value still goes through
+    assert d.purifier.config.t_star == 0.2

@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from ..classifier import Classifier
 from ..diffusion.solvers import euler_maruyama
 from ..errors import InputError
-from ..utils import check_positive_int
+from ..utils import check_positive_int, replace_checked
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier
 from .purification import PurifiedClassifier
 
@@ -537,14 +537,14 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
                          "ContrastiveGuidanceConfig fields")
     pure = {k: v for k, v in overrides.items() if k in pure_fields}
     guide = {k: v for k, v in overrides.items() if k in guide_fields}
-    purifier_cfg = dataclasses.replace(cfg.purifier, **pure) if pure else cfg.purifier
+    purifier_cfg = replace_checked(cfg.purifier, **pure) if pure else cfg.purifier
     check_classifier_argument(name, cfg, classifier)
     replacement = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     # the entry's weights are not loaded when its score model is replaced: only its guidance config is used
     models = entry.factory(pretrained and replacement is None)
     if not isinstance(models, ContrastiveScoreModel):
         raise InputError(f"{name}'s factory must return a ContrastiveScoreModel, got {type(models).__name__}")
-    guidance = dataclasses.replace(models.guidance, **guide) if guide else models.guidance
+    guidance = replace_checked(models.guidance, **guide) if guide else models.guidance
     clf = resolve_classifier(cfg, classifier, pretrained)
     purifier = ContrastiveGuidedPurifier(models.score_model if replacement is None else replacement, clf,
                                          purifier_cfg, guidance)

@@ -85,7 +85,7 @@ from torch.utils.checkpoint import checkpoint
 from ..classifier import Classifier, DefenseTraits, check_images
 from ..diffusion.schedule import VPSDE, DiscreteVPSchedule
 from ..errors import InputError
-from ..utils import check_positive_int
+from ..utils import check_positive_int, replace_checked
 from .likelihood import (WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier, edm_lambda,
                          edm_sigma_density)
 from .purification import PurifiedClassifier, module_name
@@ -582,7 +582,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
                                   else (replacement, None))
     cfg = models.classifier_config
     if classifier_overrides:
-        cfg = dataclasses.replace(cfg, **classifier_overrides)
+        cfg = replace_checked(cfg, **classifier_overrides)
     rdc = RobustDiffusionClassifier(conditional, unconditional, classifier_config=cfg,
                                     purifier_config=models.purifier_config,
                                     gradient=gradient or entry.config.gradient, seed=seed, fixed_noise=fixed_noise)
