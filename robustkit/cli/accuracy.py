@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._args import device, positive_int
 from ..data import load_dataset
 from ..eval import clean_accuracy
 from ..registry import create_classifier
+from ._args import device, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

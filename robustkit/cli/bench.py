@@ -26,10 +26,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ._args import device, positive_int, seed
 from ..errors import InputError
 from ..eval import benchmark
 from ..registry import create_classifier
+from ._args import device, positive_int, seed
 
 
 def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None = None) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import device, positive_int, seed
 from ..errors import InputError
+from ..utils import did_you_mean
+from ._args import device, positive_int, seed
 
 METHODS = ("source", "bn", "tent", "tea")
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}"
+                         f"{did_you_mean(unknown[0], METHODS) if unknown else ''}; choose from {', '.join(METHODS)}")
     corruptions = ALL_15
     if args.corruptions:
         corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip())

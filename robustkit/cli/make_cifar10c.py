@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
+from ..utils import did_you_mean
 from ._args import positive_int, seed
 
 
@@ -49,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip())
         unknown = [c for c in corruptions if c not in CORRUPTIONS]
         if unknown or not corruptions:
-            raise InputError(f"unknown corruption(s) {', '.join(unknown) or '(none given)'}; "
-                             f"choose from: {', '.join(CORRUPTIONS)}")
+            raise InputError(f"unknown corruption(s) {', '.join(unknown) or '(none given)'}"
+                             f"{did_you_mean(unknown[0], CORRUPTIONS) if unknown else ''}; choose from: "
+                             f"{', '.join(CORRUPTIONS)}")
     frost = load_frost_images(args.frost_dir) if args.frost_dir and "frost" in corruptions else None
     x, y = cifar10.load_arrays("test", Path(args.data_dir).expanduser() if args.data_dir else None)
     if args.n_examples is not None:
