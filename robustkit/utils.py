@@ -127,13 +127,23 @@ def replace_checked(config: T, **overrides: object) -> T:
     return dataclasses.replace(config, **overrides)
 
 
+def _is_scalar_hint(hint: object) -> bool:
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return all(_is_scalar_hint(a) for a in typing.get_args(hint))
+    return typing.get_origin(hint) is typing.Literal or hint in (bool, int, float, str, type(None))
+
+
 def check_keyword_types(fn: Callable[..., object], kwargs: Mapping[str, object]) -> None:
-    """:func:`check_type` of each keyword argument that ``fn`` annotates (the others are left to ``fn``)."""
+    """:func:`check_type` of each keyword argument that ``fn`` annotates with scalar types (bool, int,
+    float, str, Literal, or None); arguments taking objects are left to ``fn``, whose messages say more."""
     import typing
 
     hints = typing.get_type_hints(fn)
     for key, value in kwargs.items():
-        if key in hints:
+        if key in hints and _is_scalar_hint(hints[key]):
             check_type(key, value, hints[key])
 
 
