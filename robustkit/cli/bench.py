@@ -164,11 +164,6 @@ def _build(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     options = parse_attack_options(args.attack_option)
     model, base, dataset = _build(args)
-    from ..eval.arguments import check_attack_options
-    from ..eval.benchmark import parse_eps, resolve_attacks
-
-    # benchmark() checks them too; checked here with the flag's name before anything is loaded
-    check_attack_options(options, resolve_attacks(model, args.attacks), parse_eps(args.eps), args.threat_model)
     rec = benchmark(model, dataset=args.dataset or dataset, base_classifier=base, threat_model=args.threat_model,
                     eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,

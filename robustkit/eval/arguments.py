@@ -100,7 +100,7 @@ def check_attack_options(options: Mapping[str, Mapping[str, Any]], attacks: Sequ
 
 def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
     """Validate the bound arguments of :func:`robustkit.benchmark` (all of them, defaults applied)."""
-    from .benchmark import parse_eps
+    from .benchmark import EXECUTORS, parse_eps
 
     defense = a["defense"]
     if not isinstance(defense, Classifier):
@@ -159,6 +159,10 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
             raise InputError(f"base_classifier takes {base.input_shape} and has {base.num_classes} classes, the "
                              f"defense {defense.input_shape} and {defense.num_classes}: they must agree")
     check_positive_int("workers", a["workers"], none_ok=True)
+    for name in ("batch_size", "n_reeval", "probe_size"):
+        check_positive_int(name, a[name])
+    if a["executor"] not in EXECUTORS:
+        raise InputError(f"executor must be one of {EXECUTORS}, got {a['executor']!r}")
     lt = a["lease_timeout"]
     if isinstance(lt, bool) or not isinstance(lt, (int, float)) or not math.isfinite(lt) or lt <= 0:
         raise InputError(f"lease_timeout must be a positive number of seconds, got {lt!r}")

@@ -57,7 +57,7 @@ from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
 from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels, module_placement, resolve_device
 from ..errors import InputError
-from ..utils import check_positive_int, did_you_mean, progress_bar, state_digest
+from ..utils import did_you_mean, progress_bar, state_digest
 from .arguments import checked_benchmark
 from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
@@ -478,16 +478,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             holds its parameters) or ``"submitit-local"``.
     """
     t_start = time.perf_counter()
-    if not isinstance(defense, Classifier):
-        raise InputError(f"defense must be a robustkit Classifier (see robustkit.wrap_classifier), got "
-                         f"{type(defense).__name__}")
-    if threat_model not in ("Linf", "L2"):
-        raise InputError(f"threat_model must be 'Linf' or 'L2', got {threat_model!r}")
-    eps_value = parse_eps(eps)
-    if executor not in EXECUTORS:
-        raise InputError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
-        check_positive_int(label, v)
+    eps_value = parse_eps(eps)  # every argument was checked by @checked_benchmark (robustkit/eval/arguments.py)
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)
