@@ -175,11 +175,10 @@ def did_you_mean(name: object, choices: Iterable[str], *, n: int = 3) -> str:
     exact = [c for c in choices if squashed[c] == _squash(name)]
     if exact:
         return f"; did you mean {', '.join(exact)}?"
-    by_squash: dict[str, list[str]] = {}
-    for c, sq in squashed.items():
-        by_squash.setdefault(sq, []).append(c)
-    close = [c for sq in difflib.get_close_matches(_squash(name), list(by_squash), n=n, cutoff=0.6)
-             for c in by_squash[sq]]
+    # close spellings: difflib's ratio on the squashed names; ties in name order, so the hint is stable
+    target = _squash(name)
+    scored = sorted((-difflib.SequenceMatcher(None, target, sq).ratio(), c) for c, sq in squashed.items())
+    close = [c for score, c in scored if -score >= 0.75][:n]
     head = _squash(name.split(".")[0])
     if not close and head:
         close = [c for c in choices if _squash(c.split(".")[0]) == head][:n]
