@@ -316,6 +316,7 @@ def benchmark_cases(rng: random.Random, tmp: Path) -> list[Case]:
             add(f"{name}={v!r}", Typed(InputError, name), **{name: v})
     for name in ("batch_size", "n_reeval", "probe_size"):
         add(f"{name}=None", Typed(InputError, name), **{name: None})
+    add("n_examples beyond the data", Typed(InputError, "n_examples"), n_examples=5)
     for v in (-1, 1.5, True, "0", 2 ** 64, None):
         add(f"seed={v!r}", Typed(InputError, "seed"), seed=v)
     for v in (a_file, str(a_file), 5, "", "   "):

@@ -131,6 +131,8 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
             raise InputError(f"data must be a pair (x, y) of tensors, got {type(data).__name__}"
                              + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
         n = data[0].shape[0] if isinstance(data[0], torch.Tensor) and data[0].dim() else None
+        if n is not None and a["n_examples"] is not None and a["n_examples"] > n:
+            raise InputError(f"n_examples={a['n_examples']} but data holds {n} examples")
         if a["indices"] is not None and n is not None:
             n_used = n if a["n_examples"] is None else min(n, a["n_examples"])
             if len(a["indices"]) != n_used:
