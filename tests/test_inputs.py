@@ -185,3 +185,22 @@ def test_defense_overrides_are_checked_against_their_fields():
         create_defense("tiny_rdc.digits", seed="x")
     d = create_defense("tiny_diffpure.digits", t_star=0.2)  # a right value still goes through
     assert d.purifier.config.t_star == 0.2
+
+
+def test_a_failed_benchmark_leaves_no_adapted_state(monkeypatch):
+    from robustkit.attacks.pgd import PGD
+    from robustkit.defenses import create_defense
+
+    tent = create_defense("tent.tiny_cnn.digits", pretrained=True)
+    before = {k: v.clone() for k, v in tent.state_dict().items()}
+    x, y = robustkit.load_dataset("digits", n_examples=8)
+
+    def fail(self, *args, **kwargs):
+        tent(x)  # the attack's first query adapts the model ...
+        raise RuntimeError("attack failed")  # ... then the run fails
+
+    monkeypatch.setattr(PGD, "perturb", fail)
+    with pytest.raises(RuntimeError, match="attack failed"):
+        robustkit.benchmark(tent, dataset="digits", data=(x, y), eps=0.1, attacks=["pgd"], checks=False)
+    after = tent.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

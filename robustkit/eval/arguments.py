@@ -5,7 +5,8 @@ ranges, and ``eps`` against the threat model and the data range, :func:`check_ep
 :class:`~robustkit.InputError` naming the argument before a model is moved, a dataset loaded or a run
 directory written; then it runs the benchmark inside :func:`~robustkit.classifier.kept_placement`, so
 afterwards (whether it finished or failed) the defense and the base classifier are on the devices and
-in the training modes they had.
+in the training modes they had; after a failure the defense is also ``reset()`` (no adapted test-time
+state is left behind).
 
 Example::
 
@@ -181,6 +182,10 @@ def checked_benchmark(fn: F) -> F:
         check_benchmark_arguments(bound.arguments)
         defense = bound.arguments["defense"]
         with kept_placement(defense, bound.arguments["base_classifier"], getattr(defense, "base_classifier", None)):
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except BaseException:
+                defense.reset()  # a failure mid-run leaves no test-time state (an adapted TTA model) behind
+                raise
 
     return wrapper  # type: ignore[return-value]
