@@ -50,6 +50,9 @@ __all__ = [
 GradientMode = Literal["exact", "bpda", "surrogate"]
 _GRADIENT_MODES = ("exact", "bpda", "surrogate")
 
+#: Floating dtypes whose values are checked as they are; others (float8) are checked as float32.
+_CHECKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 #: Values this far outside [0, 1] are still accepted (float rounding in attacks' projections).
 RANGE_TOLERANCE = 1e-6
 
@@ -112,7 +115,7 @@ def check_images(x: object, input_shape: Sequence[int] | None = None, *, name: s
     outside ``[0, 1]`` by more than ``RANGE_TOLERANCE``, or (with ``device``) images on another device.
 
     Conversion (documented, differentiable): with ``dtype`` given, floating images of another precision
-    (float16, bfloat16, float64, ...) are returned as ``x.to(dtype)``, after the range check in their own
+    (float16, bfloat16, float64, float8) are returned as ``x.to(dtype)``, after the range check in their own
     precision. :meth:`Classifier.forward` passes the classifier's own dtype, so a float32 model accepts
     float16/bfloat16/float64 images and a float64 model float32 ones. Without ``dtype`` x is returned as is.
 
@@ -136,10 +139,11 @@ def check_images(x: object, input_shape: Sequence[int] | None = None, *, name: s
                          f"x.to({str(device)!r})")
     if x.numel():
         with torch.no_grad():  # validation only reads values; it must not enter the autograd graph
-            if not bool(torch.isfinite(x).all()):
-                n_bad = int((~torch.isfinite(x)).sum())
+            v = x if x.dtype in _CHECKED_DTYPES else x.float()  # float8 has no isfinite/aminmax kernels
+            if not bool(torch.isfinite(v).all()):
+                n_bad = int((~torch.isfinite(v)).sum())
                 raise InputError(f"{name} contain {n_bad} NaN/Inf value(s)")
-            lo, hi = torch.aminmax(x)
+            lo, hi = torch.aminmax(v)
             lo, hi = float(lo), float(hi)
         if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
             raise InputError(f"{name} must lie in [0, 1] (tolerance {RANGE_TOLERANCE:g}), got values in "
@@ -150,7 +154,7 @@ def check_images(x: object, input_shape: Sequence[int] | None = None, *, name: s
 def check_labels(y: object, n: int, num_classes: int, *, device: torch.device | None = None) -> torch.Tensor:
     """Validate integer labels for ``n`` examples of a ``num_classes``-way classifier; return them as int64.
 
-    Conversion (documented): labels of any integer dtype (uint8, int8, int16, int32) are returned as
+    Conversion (documented): labels of any integer dtype (uint8 to uint64, int8 to int32) are returned as
     int64, and moved to ``device`` when given (the images' device). Floating, complex and bool labels,
     other shapes and values outside ``[0, num_classes - 1]`` raise :class:`InputError`.
 
@@ -165,10 +169,11 @@ def check_labels(y: object, n: int, num_classes: int, *, device: torch.device | 
         raise InputError(f"expected labels of shape [{n}], got {_shape(y)}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise InputError(f"labels must be an integer tensor, got dtype {y.dtype}")
+    y = y.to(device=device, dtype=torch.int64)  # first: uint16/32/64 have no min/max kernels
     if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise InputError(f"labels must lie in [0, {num_classes - 1}], got values in "
                          f"[{int(y.min())}, {int(y.max())}]")
-    return y.to(device=device, dtype=torch.int64)
+    return y
 
 
 def resolve_device(device: object) -> torch.device:

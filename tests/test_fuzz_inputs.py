@@ -123,7 +123,8 @@ def forward_cases(rng: random.Random) -> list[Case]:
         cases.append(Case("forward", label, fn, expect))
 
     # documented conversions: other floating precisions become the classifier's dtype (values rounded)
-    for dtype, atol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2), (torch.float64, 1e-5)):
+    for dtype, atol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2), (torch.float64, 1e-5),
+                        (torch.float8_e4m3fn, 0.5), (torch.float8_e5m2, 0.5)):
         xd = x.to(dtype)
         add(f"images {dtype}", lambda xd=xd: clf(xd), Converted(_close_to_float32(clf, xd, atol)))
     x64 = x.double().requires_grad_(True)
@@ -139,7 +140,8 @@ def forward_cases(rng: random.Random) -> list[Case]:
     add("float32 images into a float64 model", lambda: clf64(x),
         Converted(lambda out: out.dtype == torch.float64 or pytest.fail(str(out.dtype))))
     # refused dtypes
-    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64):
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64,
+                  torch.uint16, torch.uint32):
         xd = (x * 255).to(dtype) if dtype != torch.complex64 else x.to(dtype)
         add(f"images {dtype}", lambda xd=xd: clf(xd), Typed(InputError, "floating-point"))
     # not a tensor
@@ -251,7 +253,7 @@ def label_cases(rng: random.Random) -> list[Case]:
         assert out.dtype == torch.int64 and out.tolist() == y.tolist(), out
 
     pgd = robustkit.attacks.make_attack("pgd", eps=0.05, steps=1)
-    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16, torch.uint32, torch.uint64):
         yd = y.to(dtype)
         add(f"check_labels {dtype}", lambda yd=yd: robustkit.check_labels(yd, 4, K), Converted(as_int64))
         add(f"attack with {dtype} labels", lambda yd=yd: pgd(clf, x, yd),
