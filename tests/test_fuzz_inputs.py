@@ -315,7 +315,8 @@ def benchmark_cases(rng: random.Random, tmp: Path) -> list[Case]:
         add(f"attacks={v!r}", Typed(InputError, "attack"), attacks=v)
     for name in ("n_examples", "batch_size", "n_reeval", "probe_size", "workers"):
         for v in (0, -1, 2.5, True, "8", [4]):
-            add(f"{name}={v!r}", Typed(InputError, name), **{name: v})
+            extra = {"executor": "processes"} if name == "workers" else {}
+            add(f"{name}={v!r}", Typed(InputError, name), **{name: v}, **extra)
     for name in ("batch_size", "n_reeval", "probe_size"):
         add(f"{name}=None", Typed(InputError, name), **{name: None})
     add("n_examples beyond the data", Typed(InputError, "n_examples"), n_examples=5)
@@ -355,6 +356,11 @@ def benchmark_cases(rng: random.Random, tmp: Path) -> list[Case]:
     for v in (0, -5, math.nan, math.inf, "10", True):
         add(f"lease_timeout={v!r}", Typed(InputError, "lease_timeout"), lease_timeout=v)
     add("slurm='x'", Typed(InputError, "slurm"), slurm="x")
+    add("slurm without the submitit executor", Typed(InputError, "slurm"), slurm={"partition": "gpu"})
+    add("workers with the inline executor", Typed(InputError, "workers"), workers=4)
+    add("data_dir with data given", Typed(InputError, "data_dir"), data_dir=str(tmp))
+    for v in ("Linf", "val", "TEST"):
+        add(f"split={v!r}", Typed(InputError, "split"), split=v)
     other = robustkit.wrap_classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, K)), input_shape=(3, 8, 8))
     for label, v in (("an nn.Module", nn.Linear(2, 2)), ("another input shape", other), ("a string", "resnet20")):
         add(f"base_classifier={label}", Typed(InputError, "base_classifier"), base_classifier=v)

@@ -107,9 +107,10 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
     if not isinstance(defense, Classifier):
         raise InputError(f"defense must be a robustkit Classifier (see robustkit.wrap_classifier), got "
                          f"{type(defense).__name__}")
-    for name in ("dataset", "split"):
-        if not isinstance(a[name], str) or not a[name]:
-            raise InputError(f"{name} must be a non-empty string, got {a[name]!r}")
+    if not isinstance(a["dataset"], str) or not a["dataset"]:
+        raise InputError(f"dataset must be a non-empty string, got {a['dataset']!r}")
+    if a["split"] not in ("test", "train"):
+        raise InputError(f"split must be 'test' or 'train', got {a['split']!r}")
     if a["threat_model"] not in ("Linf", "L2"):
         raise InputError(f"threat_model must be 'Linf' or 'L2', got {a['threat_model']!r}")
     eps = parse_eps(a["eps"])
@@ -161,11 +162,19 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
         if (base.input_shape, base.num_classes) != (defense.input_shape, defense.num_classes):
             raise InputError(f"base_classifier takes {base.input_shape} and has {base.num_classes} classes, the "
                              f"defense {defense.input_shape} and {defense.num_classes}: they must agree")
-    check_positive_int("workers", a["workers"], none_ok=True)
-    for name in ("batch_size", "n_reeval", "probe_size"):
-        check_positive_int(name, a[name])
     if a["executor"] not in EXECUTORS:
         raise InputError(f"executor must be one of {EXECUTORS}, got {a['executor']!r}")
+    check_positive_int("workers", a["workers"], none_ok=True)
+    # options that the chosen path would ignore are mistakes, not no-ops
+    if a["workers"] is not None and a["executor"] == "inline":
+        raise InputError("workers applies to executor='processes' or 'submitit'; the inline executor is one worker "
+                         "(under torchrun, one per rank)")
+    if a["slurm"] and not a["executor"].startswith("submitit"):
+        raise InputError(f"slurm parameters apply to executor='submitit' (or 'submitit-local'), not {a['executor']!r}")
+    if a["data"] is not None and a["data_dir"] is not None:
+        raise InputError("data_dir locates a dataset to load; with data=(x, y) given it would be unused")
+    for name in ("batch_size", "n_reeval", "probe_size"):
+        check_positive_int(name, a[name])
     lt = a["lease_timeout"]
     if isinstance(lt, bool) or not isinstance(lt, (int, float)) or not math.isfinite(lt) or lt <= 0:
         raise InputError(f"lease_timeout must be a positive number of seconds, got {lt!r}")
