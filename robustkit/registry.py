@@ -30,6 +30,7 @@ import torch.nn as nn
 from . import hub
 from .classifier import Classifier, DefenseTraits, wrap_classifier
 from .errors import CheckpointError, InputError, RegistryError
+from .utils import check_bool, check_path, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,17 @@ class Registry(Generic[T]):
         self._entries[name] = entry
 
     def get(self, name: str) -> T:
+        if not isinstance(name, str):
+            raise InputError(f"a {self.kind} name must be a string, got {type(name).__name__}")
         try:
             return self._entries[name]
         except KeyError:
-            close = fnmatch.filter(self._entries, f"*{name.split('.')[0]}*") if isinstance(name, str) else []
-            hint = f"; did you mean {', '.join(sorted(close))}?" if close else ""
+            hint = did_you_mean(name, self._entries)
             raise RegistryError(f"unknown {self.kind} {name!r}{hint} (see robustkit list)") from None
 
     def names(self, pattern: str = "*") -> list[str]:
+        if not isinstance(pattern, str):
+            raise InputError(f"a name pattern must be a string (a glob such as '*.cifar10'), got {pattern!r}")
         return sorted(fnmatch.filter(self._entries, pattern))
 
     def __contains__(self, name: object) -> bool:
@@ -199,6 +203,8 @@ def create_classifier(name: str, *, pretrained: bool = False,
     _ensure_models_registered()
     entry = CLASSIFIERS.get(name)
     cfg = entry.config
+    check_bool("pretrained", pretrained)
+    check_path("checkpoint", checkpoint)
     if pretrained and checkpoint is not None:
         raise InputError("pass either pretrained=True or checkpoint=PATH, not both")
     net = entry.factory()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable, Iterable, Mapping, TypeVar
 
 import torch
 
 from .errors import InputError
+
+T = TypeVar("T")
 
 
 def check_positive_int(name: str, value: object, *, none_ok: bool = False) -> int | None:
@@ -29,12 +32,166 @@ def check_positive_int(name: str, value: object, *, none_ok: bool = False) -> in
     return value
 
 
+def check_bool(name: str, value: object, *, none_ok: bool = False) -> None:
+    """Raise :class:`~robustkit.InputError` unless ``value`` is a bool (or None with ``none_ok``):
+    ``pretrained="no"`` or ``pretrained=1`` is a mistake, not a truth value.
+
+    >>> check_bool("pretrained", "yes")
+    Traceback (most recent call last):
+    ...
+    robustkit.errors.InputError: pretrained must be a bool (True or False), got 'yes'
+    """
+    if not (isinstance(value, bool) or (none_ok and value is None)):
+        raise InputError(f"{name} must be a bool (True or False){' or None' if none_ok else ''}, got {value!r}")
+
+
+def check_path(name: str, value: object) -> None:
+    """Raise :class:`~robustkit.InputError` unless ``value`` is a non-empty path (str or os.PathLike) or None."""
+    import os
+
+    if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip()):
+        raise InputError(f"{name} must be a path (str or os.PathLike) or None, got {value!r}")
+
+
+_MAX_INT = 2 ** 63 - 1  # what torch and the record's JSON readers take as an integer
+
+
+def check_type(name: str, value: object, hint: object) -> None:
+    """Raise :class:`~robustkit.InputError` unless ``value`` fits the type ``hint`` of a typed config field.
+
+    Checked: ``bool`` (a bool, not 1), ``int`` (an int, not a bool, within 64 bits), ``float`` (a finite
+    int or float, not a bool), ``str``, classes, ``Literal[...]``, unions and ``X | None``, and the
+    container kind of ``tuple[...]``/``list[...]``. Other hints (``Any``, callables, ...) are not checked.
+
+    >>> check_type("t_star", "0.1", float)
+    Traceback (most recent call last):
+    ...
+    robustkit.errors.InputError: t_star must be a finite number, got '0.1'
+    """
+    import math
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or isinstance(hint, (str, typing.TypeVar)):
+        return
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        for option in (a for a in args if a is not type(None)):
+            try:
+                check_type(name, value, option)
+                return
+            except InputError:
+                continue
+        raise InputError(f"{name} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise InputError(f"{name} must be one of {list(args)}, got {value!r}")
+        return
+    if hint is bool:
+        ok, what = isinstance(value, bool), "a bool (True or False)"
+    elif hint is int:
+        ok, what = not isinstance(value, bool) and isinstance(value, int) and abs(value) <= _MAX_INT, "an int"
+    elif hint is float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        what = "a finite number"
+    elif origin in (tuple, list):
+        ok, what = isinstance(value, (tuple, list)), "a tuple or list"
+    elif isinstance(hint, type):
+        ok, what = isinstance(value, hint), _type_name(hint)
+    else:
+        return
+    if not ok:
+        raise InputError(f"{name} must be {what}, got {value!r}")
+
+
+def _type_name(hint: object) -> str:
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def replace_checked(config: T, **overrides: object) -> T:
+    """``dataclasses.replace(config, **overrides)`` after :func:`check_type` of every override against its
+    field's annotation, so ``t_star="0.1"`` or ``n_samples=True`` is a typed error naming the field, not a
+    TypeError from a comparison inside ``__post_init__``. Unknown fields raise :class:`InputError` too."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InputError(f"unknown {type(config).__name__} field(s): {', '.join(unknown)}")
+    for key, value in overrides.items():
+        check_type(key, value, hints[key])
+    return dataclasses.replace(config, **overrides)
+
+
+def _is_scalar_hint(hint: object) -> bool:
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return all(_is_scalar_hint(a) for a in typing.get_args(hint))
+    return typing.get_origin(hint) is typing.Literal or hint in (bool, int, float, str, type(None))
+
+
+def check_keyword_types(fn: Callable[..., object], kwargs: Mapping[str, object]) -> None:
+    """:func:`check_type` of each keyword argument that ``fn`` annotates with scalar types (bool, int,
+    float, str, Literal, or None); arguments taking objects are left to ``fn``, whose messages say more."""
+    import typing
+
+    hints = typing.get_type_hints(fn)
+    for key, value in kwargs.items():
+        if key in hints and _is_scalar_hint(hints[key]):
+            check_type(key, value, hints[key])
+
+
+#: Set by the command line's ``-q``: no progress bars, even on a terminal.
+QUIET = False
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def did_you_mean(name: object, choices: Iterable[str], *, n: int = 3) -> str:
+    """``"; did you mean X, Y?"`` for the registered names closest to a misspelt ``name``, else ``""``.
+
+    Case and punctuation do not count (``ResNet20-CIFAR10`` finds ``resnet20.cifar10``); then close
+    spellings (difflib) and names sharing the architecture part (before the first dot) are offered.
+
+    >>> did_you_mean("ResNet20_CIFAR10", ["resnet20.cifar10", "resnet32.cifar10"])
+    '; did you mean resnet20.cifar10?'
+    >>> did_you_mean("APGD_CE", ["apgd-ce", "apgd-dlr", "pgd"])
+    '; did you mean apgd-ce?'
+    """
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    choices = sorted(set(choices))
+    squashed = {c: _squash(c) for c in choices}
+    exact = [c for c in choices if squashed[c] == _squash(name)]
+    if exact:
+        return f"; did you mean {', '.join(exact)}?"
+    # close spellings: difflib's ratio on the squashed names; ties in name order, so the hint is stable
+    target = _squash(name)
+    scored = sorted((-difflib.SequenceMatcher(None, target, sq).ratio(), c) for c, sq in squashed.items())
+    close = [c for score, c in scored if -score >= 0.75][:n]
+    head = _squash(name.split(".")[0])
+    if not close and head:
+        close = [c for c in choices if _squash(c.split(".")[0]) == head][:n]
+    return f"; did you mean {', '.join(close[:n])}?" if close else ""
+
+
 def progress_bar(iterable=None, *, enabled: bool | None = None, **kwargs):
-    """A tqdm bar on stderr, shown only when stderr is a terminal (or when ``enabled=True``)."""
+    """A tqdm bar on stderr, shown only when stderr is a terminal and ``-q`` was not given (or when
+    ``enabled=True``)."""
     from tqdm.auto import tqdm
 
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = sys.stderr.isatty() and not QUIET
     return tqdm(iterable, disable=not enabled, leave=False, file=sys.stderr, **kwargs)
 
 

@@ -51,7 +51,7 @@ from typing import Any, Iterator, Literal
 import torch
 import torch.nn as nn
 
-from ..classifier import Classifier, check_images, check_labels
+from ..classifier import Classifier, check_images, check_labels, module_placement
 from ..errors import InputError
 
 Norm = Literal["Linf", "L2"]
@@ -295,8 +295,9 @@ class Attack(abc.ABC):
         if not isinstance(model, Classifier):
             raise InputError(f"model must be a robustkit Classifier (see robustkit.wrap_classifier), "
                              f"got {type(model).__name__}")
-        check_images(x, model.input_shape)
-        check_labels(y, x.shape[0], model.num_classes)
+        device, dtype = module_placement(model)  # documented conversions: x to the model's dtype, y to int64
+        x = check_images(x, model.input_shape, dtype=dtype, device=device)
+        y = check_labels(y, x.shape[0], model.num_classes, device=x.device)
         with eval_mode(model):
             entry_state = {} if model.traits.adapts_at_test_time else _snapshot(model)
             model.reset()

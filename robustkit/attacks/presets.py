@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..utils import did_you_mean
 from ..errors import InputError
 from .apgd import APGD
 from .autoattack import AutoAttack
@@ -107,7 +108,8 @@ def make_attack(name: str, *, eps: float, norm: str = "Linf", seed: int = 0, **o
     if name.startswith("torchattacks:"):
         return TorchAttack(name.split(":", 1)[1], eps=eps, norm=norm, seed=seed, **overrides)
     if name not in PRESETS:
-        raise InputError(f"unknown attack {name!r}; available: {', '.join(sorted(PRESETS))}, torchattacks:<Name>")
+        raise InputError(f"unknown attack {name!r}{did_you_mean(name, PRESETS)} (available: "
+                         f"{', '.join(sorted(PRESETS))}, torchattacks:<Name>)")
     attack = PRESETS[name](eps=eps, norm=norm, seed=seed, **overrides)
     attack.preset = name
     return attack

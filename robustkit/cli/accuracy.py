@@ -8,6 +8,7 @@ import time
 from ..data import load_dataset
 from ..eval import clean_accuracy
 from ..registry import create_classifier
+from ._args import device, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="registered classifier, e.g. resnet20.cifar10")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--n-examples", type=int, default=None, help="first N examples (default: all)")
+    p.add_argument("--n-examples", type=positive_int, default=None, help="first N examples (default: all)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
     p.add_argument("--checkpoint", default=None, help="weights file instead of the published ones")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", type=device, default="cpu")
     p.set_defaults(run=run)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import InputError
 from ..eval import benchmark
 from ..registry import create_classifier
+from ._args import device, positive_float, positive_int, seed
 
 
 def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None = None) -> None:
@@ -57,18 +58,18 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="override one preset parameter of an attack, e.g. pgd-eot.steps=50 or pgd-eot.step_size=2/255 "
                         "(repeatable; recorded with the result)")
-    p.add_argument("--n-examples", type=int, default=None, help="first N test examples (default: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per shard")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-reeval", type=int, default=10, help="re-evaluations per example (stochastic defenses)")
+    p.add_argument("--n-examples", type=positive_int, default=None, help="first N test examples (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="examples per shard")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--n-reeval", type=positive_int, default=10, help="re-evaluations per example (stochastic defenses)")
     p.add_argument("--run-dir", default=None, help="resumable run directory (default: a temporary one)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model is)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1, ... (default: where the model is)")
     p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
     add_check_arguments(p)
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every example")
     p.add_argument("--executor", default="inline", choices=["inline", "processes", "submitit", "submitit-local"])
-    p.add_argument("--workers", type=int, default=None, help="worker processes / Slurm tasks")
-    p.add_argument("--lease-timeout", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--workers", type=positive_int, default=None, help="worker processes / Slurm tasks")
+    p.add_argument("--lease-timeout", type=positive_float, default=60.0, metavar="SECONDS",
                    help="take over a shard whose worker on another host has sent no heartbeat for this long "
                         "(default 60; a worker gone from this host is taken over at once)")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of the table")
@@ -88,13 +89,13 @@ def _option_value(text: str) -> Any:
 
 def add_check_arguments(p: argparse.ArgumentParser, *, loss_default: str | None = None) -> None:
     """The sanity checks' probe and budget flags; :func:`check_options_from_args` reads them back."""
-    p.add_argument("--probe-size", type=int, default=16, help="examples the sanity checks run on (the first N)")
+    p.add_argument("--probe-size", type=positive_int, default=16, help="examples the sanity checks run on (the first N)")
     sized = "; not given: sized with the others to at most 30%% of the run's estimated cost"
-    p.add_argument("--check-steps", type=int, default=None,
+    p.add_argument("--check-steps", type=positive_int, default=None,
                    help="PGD steps of the checks' attacks (default 20" + sized + ")")
-    p.add_argument("--check-eot", type=int, default=None,
+    p.add_argument("--check-eot", type=positive_int, default=None,
                    help="EOT of the checks' attacks (default 8 for a stochastic defense, else 1" + sized + ")")
-    p.add_argument("--check-square-queries", type=int, default=None,
+    p.add_argument("--check-square-queries", type=positive_int, default=None,
                    help="Square Attack queries of the black-box check (default 1000" + sized + ")")
     p.add_argument("--check-loss", choices=["auto", "ce", "margin"], default=loss_default,
                    help=f"PGD loss of the checks' attacks (default {loss_default or 'auto'}: the margin for a "
@@ -126,21 +127,6 @@ def parse_attack_options(items: list[str]) -> dict[str, dict[str, Any]]:
             raise InputError(f"--attack-option sets {attack}.{name} twice")
         out.setdefault(attack, {})[name] = _option_value(value)
     return out
-
-
-def _check_attack_options(options: dict[str, dict[str, Any]], eps: str, norm: str) -> None:
-    """Build each overridden attack once, so a misspelt parameter fails now, not inside the first shard."""
-    from ..attacks import make_attack
-    from ..eval.benchmark import parse_eps
-
-    for name, opts in options.items():
-        opts = dict(opts)
-        if name == "transfer":  # its own option 'attack' names the attack run on the base model
-            name = opts.pop("attack", "autoattack-standard")
-        try:
-            make_attack(name, eps=parse_eps(eps), norm=norm, **opts)
-        except TypeError as e:
-            raise InputError(f"--attack-option for {name}: {e}") from e
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -183,14 +169,6 @@ def _build(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     options = parse_attack_options(args.attack_option)
     model, base, dataset = _build(args)
-    from ..eval.benchmark import resolve_attacks
-
-    unused = sorted(set(options) - set(resolve_attacks(model, args.attacks)))
-    if unused:
-        raise InputError(f"--attack-option names attack(s) not run: {', '.join(unused)} (attacks: {args.attacks})")
-    _check_attack_options(options, args.eps, args.threat_model)
-    if args.device:
-        model = model.to(args.device)
     rec = benchmark(model, dataset=args.dataset or dataset, base_classifier=base, threat_model=args.threat_model,
                     eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,

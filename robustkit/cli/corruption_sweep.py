@@ -14,6 +14,8 @@ import argparse
 import sys
 
 from ..errors import InputError
+from ..utils import did_you_mean
+from ._args import device, positive_int, seed
 
 METHODS = ("source", "bn", "tent", "tea")
 
@@ -24,12 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="weights file instead of the published ones")
     p.add_argument("--methods", default="source,bn,tent,tea", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--corruptions", default=None, help="comma-separated subset (default: all 15)")
-    p.add_argument("--severity", type=int, default=5, help="1..5 (default 5)")
-    p.add_argument("--n-examples", type=int, default=None, help="first N test images (default: all)")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--severity", type=int, default=5, choices=range(1, 6), metavar="{1..5}", help="1..5 (default 5)")
+    p.add_argument("--n-examples", type=positive_int, default=None, help="first N test images (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=200)
     p.add_argument("--data-dir", default=None, help="folder holding CIFAR-10-C/")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")
     p.set_defaults(run=run)
 
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}"
+                         f"{did_you_mean(unknown[0], METHODS) if unknown else ''}; choose from {', '.join(METHODS)}")
     corruptions = ALL_15
     if args.corruptions:
         corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip())

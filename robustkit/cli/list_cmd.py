@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,10 @@ _LISTERS = {"classifiers": _classifiers, "defenses": _defenses, "score-models": 
 
 def run(args: argparse.Namespace) -> int:
     rows = _LISTERS[args.what](args.pattern)
+    if not rows:  # like grep: a pattern that matches nothing says so and exits 1
+        print(f"robustkit: no {args.what} match {args.pattern!r} (robustkit list {args.what} shows them all)",
+              file=sys.stderr)
+        return 1
     width = max((len(n) for n, _ in rows), default=0)
     for name, desc in rows:
         print(f"{name:<{width}}  {desc}")

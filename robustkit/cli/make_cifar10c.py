@@ -16,26 +16,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from e
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
+from ..utils import did_you_mean
+from ._args import positive_int, seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/CIFAR-10-C/")
     p.add_argument("--data-dir", default=None, metavar="D", help="where CIFAR-10 is (default: $ROBUSTKIT_DATA, "
                    "else $ROBUSTKIT_HOME/data)")
-    p.add_argument("--n-examples", type=_positive, default=None, metavar="N",
+    p.add_argument("--n-examples", type=positive_int, default=None, metavar="N",
                    help="first N test images (default: all 10,000)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--corruptions", default=None, metavar="LIST",
                    help="comma-separated subset (default: all 15, in the official order)")
     p.add_argument("--frost-dir", default=None, metavar="DIR", help="folder with the official frost photographs "
@@ -68,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip())
         unknown = [c for c in corruptions if c not in CORRUPTIONS]
         if unknown or not corruptions:
-            raise InputError(f"unknown corruption(s) {', '.join(unknown) or '(none given)'}; "
-                             f"choose from: {', '.join(CORRUPTIONS)}")
+            raise InputError(f"unknown corruption(s) {', '.join(unknown) or '(none given)'}"
+                             f"{did_you_mean(unknown[0], CORRUPTIONS) if unknown else ''}; choose from: "
+                             f"{', '.join(CORRUPTIONS)}")
     frost = load_frost_images(args.frost_dir) if args.frost_dir and "frost" in corruptions else None
     x, y = cifar10.load_arrays("test", Path(args.data_dir).expanduser() if args.data_dir else None)
     if args.n_examples is not None:

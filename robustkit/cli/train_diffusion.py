@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from ._args import decay, device, nonnegative_int, positive_float, positive_int, probability, seed
+
 # command-line flag -> DiffusionTrainConfig field
 _OVERRIDES = {
     "dataset": "dataset", "n_examples": "n_examples", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
@@ -29,22 +31,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "diffussm_tiny.digits (default: tiny_unet.digits)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, final weights and sample grid")
     p.add_argument("--dataset", default=None, help="dataset (default: the recipe's)")
-    p.add_argument("--n-examples", type=int, default=None, help="train on the first N examples")
-    p.add_argument("--steps", type=int, default=None, help="total optimiser steps")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--ema-decay", type=float, default=None)
-    p.add_argument("--p-uncond", type=float, default=None, help="label dropout probability")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-examples", type=positive_int, default=None, help="train on the first N examples")
+    p.add_argument("--steps", type=positive_int, default=None, help="total optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=None)
+    p.add_argument("--ema-decay", type=decay, default=None)
+    p.add_argument("--p-uncond", type=probability, default=None, help="label dropout probability")
+    p.add_argument("--seed", type=seed, default=None)
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
-    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after N steps of this run")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--stop-after", type=positive_int, default=None, help="stop (with a checkpoint) after N steps of this run")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1000)
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
-    p.add_argument("--samples-per-class", type=int, default=10, help="size of the final sample grid (0: none)")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the final samples")
+    p.add_argument("--samples-per-class", type=nonnegative_int, default=10, help="size of the final sample grid (0: none)")
+    p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of the final samples")
     p.set_defaults(run=run)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +25,7 @@ import torch
 
 from ..errors import DatasetError, InputError
 from ..hub import data_dir as default_data_dir
+from ..utils import check_path, did_you_mean
 from . import cifar10, cifar10c, cifar100, digits, imagenet
 
 __all__ = ["DATASETS", "DatasetError", "load_dataset", "default_data_dir"]
@@ -56,6 +58,8 @@ def _tensors(xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 # A loader too large to decode whole (imagenet) has a ``count(split, data_dir, **options)`` attribute and a
 # ``rows`` keyword: the rows are chosen first and only they are decoded.
 Loader = Callable[..., "tuple[np.ndarray, np.ndarray]"]
+#: Datasets that ship with an installed package: they never read ``data_dir``.
+BUNDLED = frozenset({"digits"})
 DATASETS: dict[str, Loader] = {"cifar10": cifar10.load_arrays, "cifar10c": cifar10c.load_arrays,
                                "cifar100": cifar100.load_arrays, "digits": digits.load_arrays,
                                "imagenet": imagenet.load_arrays}
@@ -87,8 +91,12 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
 
         x, y = load_dataset("cifar10c", corruption="fog", severity=5, n_examples=100)
     """
+    if not isinstance(name, str):
+        raise InputError(f"a dataset name must be a string, got {type(name).__name__}")
+    check_path("data_dir", data_dir)
     if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+        raise InputError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)} (available: "
+                         f"{', '.join(sorted(DATASETS))})")
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     loader = DATASETS[name]
@@ -96,6 +104,10 @@ def load_dataset(name: str, *, split: str = "test", n_examples: int | None = Non
     if unknown:
         allowed = ", ".join(_options(loader)) or "none"
         raise InputError(f"dataset {name!r} takes no option {', '.join(unknown)} (its options: {allowed})")
+    if data_dir is not None and Path(data_dir).expanduser().is_file():
+        raise InputError(f"data_dir {str(data_dir)!r} names a file, not a directory")
+    if data_dir is not None and name in BUNDLED:
+        warnings.warn(f"{name} is bundled (scikit-learn): data_dir={str(data_dir)!r} is not used", stacklevel=2)
     where = Path(data_dir).expanduser() if data_dir is not None else None
     count = getattr(loader, "count", None)
     if count is not None:

@@ -69,6 +69,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..utils import did_you_mean
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "SUBSTITUTES", "corrupt", "frost_texture", "load_frost_images",
            "plasma_fractal"]
@@ -427,7 +428,8 @@ CORRUPTIONS: tuple[str, ...] = tuple(_FUNCTIONS)
 def check_corruption(corruption: object, severity: object) -> None:
     """Raise ``InputError`` unless ``corruption`` is one of ``CORRUPTIONS`` and ``severity`` in 1..5."""
     if not isinstance(corruption, str) or corruption not in _FUNCTIONS:
-        raise InputError(f"unknown corruption {corruption!r}; CIFAR-10-C has: {', '.join(CORRUPTIONS)}")
+        raise InputError(f"unknown corruption {corruption!r}{did_you_mean(corruption, CORRUPTIONS)} (CIFAR-10-C has: "
+                         f"{', '.join(CORRUPTIONS)})")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
         raise InputError(f"severity must be an int in 1..5, got {severity!r}")
 

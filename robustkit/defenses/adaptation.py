@@ -54,6 +54,7 @@ from torch.func import functional_call
 
 from ..classifier import Classifier, DefenseTraits
 from ..errors import InputError
+from ..utils import replace_checked
 
 __all__ = ["ADAPTERS", "AdaptationConfig", "NoNormLayersError", "NormStatsClassifier", "SourceClassifier",
            "TentClassifier", "TentConfig", "TestTimeAdaptedClassifier", "adam_update", "create_adapted_defense",
@@ -178,7 +179,7 @@ class TestTimeAdaptedClassifier(Classifier):
             unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
             if unknown:
                 raise InputError(f"unknown {self.config_class.__name__} field(s): {', '.join(unknown)}")
-            cfg = dataclasses.replace(cfg, **overrides)
+            cfg = replace_checked(cfg, **overrides)
         super().__init__(classifier.num_classes, classifier.input_shape, self._traits_for(cfg))
         self.config = cfg
         self.base_classifier = classifier

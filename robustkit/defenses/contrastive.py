@@ -104,7 +104,7 @@ import torch.nn.functional as F
 from ..classifier import Classifier
 from ..diffusion.solvers import euler_maruyama
 from ..errors import InputError
-from ..utils import check_positive_int
+from ..utils import check_positive_int, replace_checked
 from .contrastive_head import (CONTRASTIVE_HEADS, GatedProjectionHead, HeadArg, HeadState, ProjectionHead, build_head,
                                head_forward, online_head_update)
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier
@@ -748,7 +748,7 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
                          "preset and DiffPureConfig / ContrastiveGuidanceConfig fields")
     pure = {k: v for k, v in overrides.items() if k in pure_fields}
     guide = {k: v for k, v in overrides.items() if k in guide_fields}
-    purifier_cfg = dataclasses.replace(cfg.purifier, **pure) if pure else cfg.purifier
+    purifier_cfg = replace_checked(cfg.purifier, **pure) if pure else cfg.purifier
     check_classifier_argument(name, cfg, classifier)
     replacement = resolve_score_model(name, score_model, score_checkpoint, pretrained)
     # the entry's weights are not loaded when its score model is replaced: only its guidance config is used
@@ -756,7 +756,7 @@ def create_contrastive_purification(name: str, *, pretrained: bool = False, clas
     if not isinstance(models, ContrastiveScoreModel):
         raise InputError(f"{name}'s factory must return a ContrastiveScoreModel, got {type(models).__name__}")
     guidance = models.guidance if preset is None else ContrastiveGuidanceConfig.preset(preset)
-    guidance = dataclasses.replace(guidance, **guide) if guide else guidance
+    guidance = replace_checked(guidance, **guide) if guide else guidance
     clf = resolve_classifier(cfg, classifier, pretrained)
     purifier = ContrastiveGuidedPurifier(models.score_model if replacement is None else replacement, clf,
                                          purifier_cfg, guidance)

@@ -93,7 +93,7 @@ from torch.utils.checkpoint import checkpoint
 from ..classifier import Classifier, DefenseTraits, check_images
 from ..diffusion.schedule import VPSDE, DiscreteVPSchedule
 from ..errors import InputError
-from ..utils import check_positive_int
+from ..utils import check_positive_int, replace_checked
 from .likelihood import (SIGMA_DENSITIES, WEIGHTINGS, LikelihoodMaximizationConfig, LikelihoodMaximizationPurifier,
                          edm_time_weights)
 from .purification import PurifiedClassifier, PurifiedClassifierConfig, module_name
@@ -649,7 +649,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
                                   else (replacement, None))
     cfg = models.classifier_config
     if classifier_overrides:
-        cfg = dataclasses.replace(cfg, **classifier_overrides)
+        cfg = replace_checked(cfg, **classifier_overrides)
     rdc = RobustDiffusionClassifier(conditional, unconditional, classifier_config=cfg,
                                     purifier_config=dataclasses.replace(models.purifier_config, **purifier_options),
                                     gradient=gradient or entry.config.gradient, seed=seed, fixed_noise=fixed_noise)

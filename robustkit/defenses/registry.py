@@ -31,6 +31,7 @@ import torch.nn as nn
 from ..classifier import Classifier
 from ..errors import InputError, RegistryError
 from ..registry import Registry, WeightSource, create_classifier, resolve_source
+from ..utils import check_bool, check_keyword_types, replace_checked
 from .diffpure import DiffPureConfig, DiffPurePurifier
 from .purification import GRADIENT_MODES, VOTES, PurifiedClassifier
 
@@ -159,8 +160,7 @@ def builder_entry(name: str, methods: tuple[str, ...], kind: str, pretrained: ob
     entry = DEFENSES.get(name)
     if entry.config.method not in methods:
         raise InputError(f"{name} is not {kind} defense (method {entry.config.method!r}); use create_defense")
-    if not isinstance(pretrained, bool):
-        raise InputError(f"pretrained must be a bool, got {pretrained!r}")
+    check_bool("pretrained", pretrained)
     return entry
 
 
@@ -259,6 +259,7 @@ def create_defense(name: str, *, pretrained: bool = False, **options: Any) -> Cl
     method = DEFENSES.get(name).config.method
     if method not in _BUILDERS:
         raise RegistryError(f"{name}: no builder is registered for its method {method!r}")
+    check_keyword_types(_BUILDERS[method], options)  # seed="x" is a typed error, not a TypeError deep inside
     return _BUILDERS[method](name, pretrained=pretrained, **options)
 
 
@@ -292,7 +293,7 @@ def create_diffpure(name: str, *, pretrained: bool = False, classifier: Classifi
     if unknown:
         raise InputError(f"unknown argument(s) {', '.join(unknown)}: {name} (DiffPure) takes pretrained, classifier, "
                          f"score_model, score_checkpoint, gradient, n_samples, vote, seed and DiffPureConfig fields")
-    purifier_cfg = dataclasses.replace(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
+    purifier_cfg = replace_checked(cfg.purifier, **purifier_overrides) if purifier_overrides else cfg.purifier
     # Cheap checks first: nothing is loaded before the arguments are known to be usable.
     check_classifier_argument(name, cfg, classifier)
     model = resolve_score_model(name, score_model, score_checkpoint, pretrained)

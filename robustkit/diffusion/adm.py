@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, InputError
 from ..hub import load_state_dict_file, load_strict, verify_file
+from ..utils import did_you_mean
 from .adm_layers import (NUM_GROUPS, AttentionBlock, Downsample, GroupNorm32, ResBlock, TimestepSequential,
                          Upsample, timestep_embedding)
 from .schedule import DiscreteVPSchedule
@@ -228,7 +229,7 @@ def adm_config(config: str | ADMConfig) -> ADMConfig:
         return config
     if isinstance(config, str) and config in ADM_CONFIGS:
         return ADM_CONFIGS[config]
-    raise InputError(f"unknown ADM config {config!r}; known: {', '.join(sorted(ADM_CONFIGS))} "
+    raise InputError(f"unknown ADM config {config!r}{did_you_mean(config, ADM_CONFIGS)}; known: {', '.join(sorted(ADM_CONFIGS))} "
                      "(or pass an ADMConfig)")
 
 

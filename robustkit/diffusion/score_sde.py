@@ -40,6 +40,7 @@ import torch
 
 from ..errors import CheckpointError, InputError, RegistryError
 from ..hub import load_state_dict_file, load_strict, verify_file
+from ..utils import did_you_mean
 from .ncsnpp import NCSNpp
 from .score_model import ScoreModel
 
@@ -253,7 +254,8 @@ def get_score_sde_config(name: str) -> ScoreSDEConfig:
     try:
         factory = SCORE_SDE_CONFIGS[name]
     except KeyError:
-        raise RegistryError(f"unknown score_sde config {name!r}; known: {', '.join(SCORE_SDE_CONFIGS)}") from None
+        raise RegistryError(f"unknown score_sde config {name!r}{did_you_mean(name, SCORE_SDE_CONFIGS)} (known: "
+                            f"{', '.join(SCORE_SDE_CONFIGS)})") from None
     return factory()
 
 

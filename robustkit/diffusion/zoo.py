@@ -44,6 +44,7 @@ import torch
 from .. import hub
 from ..errors import CheckpointError, InputError, RegistryError
 from ..registry import Registry, WeightSource, resolve_source
+from ..utils import check_bool, check_path
 from .schedule import VPSDE
 from .score_model import ScoreModel
 from .train import BACKBONES, CHECKPOINT_FORMAT, DiffusionTrainConfig, backbone_tag
@@ -185,6 +186,8 @@ def create_score_model(name: str, *, pretrained: bool = False,
     """
     entry = SCORE_MODELS.get(name)
     cfg = entry.config
+    check_bool("pretrained", pretrained)
+    check_path("checkpoint", checkpoint)
     if pretrained and checkpoint is not None:
         raise InputError("pass either pretrained=True or checkpoint=PATH, not both")
     model = entry.factory()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..attacks.base import eval_mode
-from ..classifier import Classifier, check_images, check_labels
+from ..classifier import Classifier, check_images, check_labels, resolve_device
 from ..errors import InputError
 from ..utils import check_positive_int, progress_bar
 from .stats import Accuracy, accuracy_with_ci
@@ -32,6 +32,8 @@ def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device
     check_images(x, model.input_shape)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    else:
+        device = resolve_device(device)
     preds = []
     with eval_mode(model), torch.no_grad():
         for i in progress_bar(range(0, x.shape[0], batch_size), enabled=progress, desc=desc, unit="batch"):

@@ -61,9 +61,10 @@ import torch
 from .. import __version__
 from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
 from ..attacks.base import eval_mode
-from ..classifier import Classifier, check_images, check_labels
+from ..classifier import Classifier, check_images, check_labels, module_placement, resolve_device
 from ..errors import InputError
-from ..utils import check_positive_int, progress_bar, state_digest
+from ..utils import did_you_mean, progress_bar, state_digest
+from .arguments import checked_benchmark
 from .checks import plan_check_budget, run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import (DEFAULT_LEASE_TIMEOUT, RunDir, RunIntegrityError, Shard, atomic_write_text, canonical_json,
@@ -83,7 +84,7 @@ def parse_eps(eps: float | str) -> float:
     elif isinstance(eps, str):
         try:
             value = float(Fraction(eps.strip()))
-        except (ValueError, ZeroDivisionError) as e:
+        except (ValueError, ZeroDivisionError, OverflowError) as e:
             raise InputError(f"eps must be a number or a fraction like '8/255', got {eps!r}") from e
     else:
         raise InputError(f"eps must be a number or a fraction like '8/255', got {eps!r}")
@@ -534,6 +535,7 @@ def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult]
 
 # ------------------------------------------------------------------------------------------- entry point
 
+@checked_benchmark  # arguments (eps vs threat model, device, ...) checked first; models kept in place
 def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
               attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int = 64,
               seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
@@ -557,7 +559,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         n_reeval: re-classifications of every clean and adversarial example for stochastic defenses
             (1 is used for deterministic ones).
         run_dir: kill-safe run directory; re-running with it resumes. None: a temporary directory.
-        data: ``(x, y)`` tensors to use instead of loading ``dataset``.
+        data: ``(x, y)`` tensors to use instead of loading ``dataset``; floating images of another precision
+            are converted to the model's dtype and integer labels to int64 (see :func:`~robustkit.check_images`).
         checks: run the sanity checks on the first ``probe_size`` examples.
         check_options: budget of the checks' attacks, keys ``steps`` (20), ``eot`` (8 for a stochastic
             defense, else 1) and ``square_queries`` (1000), and their PGD ``loss`` (``"auto"``: the margin
@@ -579,18 +582,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             host is taken over (60; a lease of a process gone from this host is taken over at once).
     """
     t_start = time.perf_counter()
-    if not isinstance(defense, Classifier):
-        raise InputError(f"defense must be a robustkit Classifier (see robustkit.wrap_classifier), got "
-                         f"{type(defense).__name__}")
-    if threat_model not in ("Linf", "L2"):
-        raise InputError(f"threat_model must be 'Linf' or 'L2', got {threat_model!r}")
-    eps_value = parse_eps(eps)
-    if executor not in EXECUTORS:
-        raise InputError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
-        check_positive_int(label, v)
-    if isinstance(lease_timeout, bool) or not isinstance(lease_timeout, (int, float)) or not 0 < lease_timeout < 1e9:
-        raise InputError(f"lease_timeout must be a positive number of seconds, got {lease_timeout!r}")
+    eps_value = parse_eps(eps)  # every argument was checked by @checked_benchmark (robustkit/eval/arguments.py)
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)
@@ -598,7 +590,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
 
     for a in names:
         if a != "transfer" and not a.startswith("torchattacks:") and a not in list_attacks():
-            raise InputError(f"unknown attack {a!r}; available: {', '.join(list_attacks())}, transfer, "
+            raise InputError(f"unknown attack {a!r}{did_you_mean(a, [*list_attacks(), 'transfer'])}; available: "
+                             f"{', '.join(list_attacks())}, transfer, "
                              "torchattacks:<Name>")
     if not defense.traits.stochastic:
         _warn_eot_on_deterministic(names, attack_options or {}, eps_value, threat_model)
@@ -606,8 +599,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         base_classifier = getattr(defense, "base_classifier", None)
     if data is not None:
         x, y = data
-        check_images(x, defense.input_shape)
-        check_labels(y, x.shape[0], defense.num_classes)
+        x = check_images(x, defense.input_shape, dtype=module_placement(defense)[1])  # documented conversions
+        y = check_labels(y, x.shape[0], defense.num_classes)
         if n_examples is not None:
             x, y = x[:n_examples], y[:n_examples]
         idx = list(indices) if indices is not None else list(range(x.shape[0]))
@@ -616,9 +609,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
 
         x, y = load_dataset(dataset, split=split, n_examples=n_examples, data_dir=data_dir, indices=indices)
         idx = list(indices)[: x.shape[0]] if indices is not None else list(range(x.shape[0]))
-        check_images(x, defense.input_shape, name=f"{dataset} images")
-        check_labels(y, x.shape[0], defense.num_classes)
-    dev = torch.device(device) if device is not None else next(
+        x = check_images(x, defense.input_shape, name=f"{dataset} images", dtype=module_placement(defense)[1])
+        y = check_labels(y, x.shape[0], defense.num_classes)
+    dev = resolve_device(device) if device is not None else next(
         (p.device for p in defense.parameters()), torch.device("cpu"))
     draws = n_reeval if defense.traits.stochastic else 1
     options = {k: _jsonable(v) for k, v in (attack_options or {}).items()}

@@ -14,7 +14,7 @@ gradients                  input gradients of the checks' loss exist, are finite
 test_time_state            parameters/buffers change on forward ⇔ ``traits.adapts_at_test_time``    yes
 batch_dependence           splitting the batch changes logits ⇔ ``traits.batch_threat_model``        yes
 unbounded_attack           PGD with eps = 0.5 (Linf) / 10 (L2) reaches ≈ 0% accuracy                yes
-monotone_eps               accuracy does not rise with eps (eps/4, eps/2, eps, 2·eps)               yes
+monotone_eps               accuracy neither rises nor stays flat over eps/4, eps/2, eps, 2·eps  yes
 more_steps                 doubling PGD steps lowers accuracy by no more than the CI                no
 black_box                  Square Attack does not beat white-box PGD                                yes
 transfer                   PGD (last iterate) on the undefended base model does not beat PGD        yes
@@ -22,6 +22,8 @@ transfer                   PGD (last iterate) on the undefended base model does 
 
 Tolerances are statistical. Accuracy-versus-accuracy checks (monotone_eps, more_steps) count a
 difference only when it exceeds the 95% half-width at p = 1/2 (``1.96·sqrt(0.25/n)``) plus one example.
+monotone_eps also fails on a flat curve: not one more example broken from eps/4 to 2·eps while more
+than that tolerance of the probe stays unbroken (an attack that does not use its budget).
 The "does attack A beat white-box PGD" checks (black_box, transfer) compare two attacks on the *same*
 probe points, so they use the paired test for that: McNemar's exact (sign) test on the discordant
 points, one-sided at ``ALPHA``. On 24 points, A breaking 6 points that PGD cannot (and PGD none that
@@ -462,11 +464,18 @@ def _run_checks(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     ladder_results = [pgd(e) for e in ladder]
     accs = [r.robust_accuracy for r in ladder_results]
     rises = [(ladder[i], ladder[i + 1]) for i in range(3) if accs[i + 1] > accs[i] + tol]
+    # flat: an 8-fold budget breaks not one more example, while more than the tolerance remain unbroken
+    flat = not rises and accs[3] >= accs[0] and accs[3] > tol
     details = {"eps": ladder, "accuracy": accs}
     if rises:
         results.append(CheckResult("monotone_eps", "fail", f"accuracy rises with eps ({', '.join(f'{a:.4g}→{b:.4g}' for a, b in rises)}; "
                                    f"accuracies {[round(a, 3) for a in accs]}): a larger budget should never help "
                                    "the model; the attack is failing", True, details))
+    elif flat:
+        results.append(CheckResult("monotone_eps", "fail", f"accuracy is flat in eps: {[round(a, 3) for a in accs]} "
+                                   f"from eps/4 to 2·eps ({ladder[0]:.4g} to {ladder[3]:.4g}): an 8-fold budget breaks "
+                                   "no further example, so the attack is not using its budget (masked gradients or a "
+                                   "broken attack)", True, details))
     else:
         results.append(CheckResult("monotone_eps", "pass", f"accuracy falls with eps: {[round(a, 3) for a in accs]}",
                                    True, details))

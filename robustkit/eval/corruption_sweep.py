@@ -48,7 +48,7 @@ from ..attacks.base import eval_mode
 from ..classifier import Classifier
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..errors import InputError
-from ..utils import check_positive_int
+from ..utils import check_positive_int, did_you_mean
 from .record import RecordError
 from .schema import check_finite, loads_strict, read_json_file, validate_fields
 from .stats import wilson_interval
@@ -262,8 +262,8 @@ def corruption_sweep(methods: Mapping[str, Classifier], *, corruptions: Sequence
     corruptions = list(corruptions)
     bad = [c for c in corruptions if c not in CORRUPTIONS]
     if bad or not corruptions:
-        raise InputError(f"unknown corruption(s) {', '.join(bad) or '(none given)'}; "
-                         f"choose from {', '.join(CORRUPTIONS)}")
+        raise InputError(f"unknown corruption(s) {', '.join(map(str, bad)) or '(none given)'}"
+                         f"{did_you_mean(bad[0], CORRUPTIONS) if bad else ''}; choose from {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise InputError(f"severity must be one of {list(SEVERITIES)}, got {severity!r}")
     check_positive_int("batch_size", batch_size)
