@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--score-checkpoint", default=None,
                    help="weights file for --score-model NAME (e.g. runs/dit/ema.safetensors from robustkit "
                         "train-diffusion) instead of its published ones; not with a run folder")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the registered models without their trained weights and benchmark them anyway "
+                        "(architecture checks only: the numbers mean nothing about the published model)")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
     p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
@@ -163,13 +166,14 @@ def _build(args: argparse.Namespace):
             raise InputError(f"--checkpoint loads a classifier, but {args.defense} has no separate classifier")
     clf = None
     if name is not None:
-        clf = create_classifier(name, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+        clf = create_classifier(name, pretrained=args.checkpoint is None and not args.random_weights,
+                                checkpoint=args.checkpoint)
     if args.defense is None:
         return clf, None, clf.config.dataset
 
     options = {k: v for k, v in (("classifier", clf), ("gradient", args.gradient), ("score_model", args.score_model),
                                  ("score_checkpoint", args.score_checkpoint)) if v is not None}
-    defense = create_defense(args.defense, pretrained=True, **options)
+    defense = create_defense(args.defense, pretrained=not args.random_weights, **options)
     # purifiers keep their classifier as .classifier, test-time adaptation its static copy as .base_classifier
     base = getattr(defense, "base_classifier", getattr(defense, "classifier", None))
     return defense, base, defense_config(args.defense).dataset
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
                     check_options=check_options_from_args(args),
                     attack_options=options,
-                    executor=args.executor, workers=args.workers)
+                    executor=args.executor, workers=args.workers, allow_random_weights=args.random_weights)
     if args.json:
         print(rec.to_json())
     else:

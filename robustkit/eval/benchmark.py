@@ -56,7 +56,8 @@ from .. import __version__
 from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
 from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels
-from ..errors import InputError
+from ..registry import random_weight_parts
+from ..errors import CheckpointError, InputError
 from ..utils import check_positive_int, progress_bar, state_digest
 from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
@@ -445,7 +446,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = 600.0,
-              slurm: dict[str, Any] | None = None, progress: bool | None = None) -> BenchmarkRecord:
+              slurm: dict[str, Any] | None = None, progress: bool | None = None,
+              allow_random_weights: bool = False) -> BenchmarkRecord:
     """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
 
     Args:
@@ -473,11 +475,20 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         executor: ``"inline"`` (this process; also one worker per rank under torchrun), ``"processes"``
             (one per visible GPU, or ``workers`` CPU processes), ``"submitit"`` (Slurm job array, ``slurm``
             holds its parameters) or ``"submitit-local"``.
+        allow_random_weights: benchmark a model built from the registry without trained weights (e.g.
+            ``create_classifier(name)`` without ``pretrained=True``, never trained since). Refused by
+            default with a :class:`~robustkit.CheckpointError` saying how to get the weights; when allowed,
+            the record's ``defense_config["random_weights"]`` lists the random parts and its summary says so.
     """
     t_start = time.perf_counter()
     if not isinstance(defense, Classifier):
         raise InputError(f"defense must be a robustkit Classifier (see robustkit.wrap_classifier), got "
                          f"{type(defense).__name__}")
+    random_parts = sorted({p.name: p for p in random_weight_parts(defense)}.values(), key=lambda p: p.name)
+    if random_parts and not allow_random_weights:
+        raise CheckpointError(f"{random_parts[0].name} has random weights (built without pretrained=True and never "
+                              f"trained): {random_parts[0].how}; or pass allow_random_weights=True "
+                              "(CLI: --random-weights) to benchmark it anyway")
     if threat_model not in ("Linf", "L2"):
         raise InputError(f"threat_model must be 'Linf' or 'L2', got {threat_model!r}")
     eps_value = parse_eps(eps)
@@ -520,6 +531,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               "threat_model": threat_model, "eps": eps_value, "attacks": names, "attack_options": options,
               "seed": seed, "batch_size": batch_size, "n_reeval": draws, "cascade": cascade,
               "base_classifier": describe_defense(base_classifier) if base_classifier is not None else None}
+    if random_parts:  # allowed, and said so in the record (its defense_config) and its summary
+        config["defense"]["random_weights"] = [p.name for p in random_parts]
     tmp = None
     if run_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="robustkit-run-")

@@ -151,6 +151,8 @@ class BenchmarkRecord:
             flag = " [blocking]" if c.is_blocking_failure else ""
             lines.append(f"check {c.status.upper():<5} {c.name}{flag}: {c.message}")
         lines.append("UNRELIABLE: a blocking check failed" if self.unreliable else "reliable: no blocking check failed")
+        if self.defense_config.get("random_weights"):
+            lines.append(f"RANDOM WEIGHTS (never trained): {', '.join(self.defense_config['random_weights'])}")
         c = self.cost
         lines.append(f"cost: {c.get('forward_nfe', 0)} forward / {c.get('backward_nfe', 0)} backward example-passes, "
                      f"{c.get('wall_seconds', 0):.1f}s wall on {c.get('device', '?')}")
