@@ -35,6 +35,15 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--defense", default=None, help="registered defense (robustkit list defenses)")
     p.add_argument("--classifier", default=classifier_default,
                    help="registered classifier (robustkit list); with --defense, the classifier behind it")
+    p.add_argument("--model", default=None, metavar="FILE.py:FUNCTION | FILE.pt",
+                   help="your own classifier instead of --classifier: a function (no arguments) returning an "
+                        "nn.Module or a robustkit Classifier, or a TorchScript file; give --dataset and, for a "
+                        "module, --input-shape (and --mean/--std when it expects normalised inputs)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W", help="with --model: image shape, e.g. 3,32,32")
+    p.add_argument("--mean", default=None, metavar="M1,M2,M3",
+                   help="with --model: per-channel mean subtracted inside the wrapper, e.g. 0.4914,0.4822,0.4465")
+    p.add_argument("--std", default=None, metavar="S1,S2,S3", help="with --model: per-channel std, e.g. 0.2471,0.2435,0.2616")
+    p.add_argument("--name", default=None, help="with --model: its name in records and boards (default: from the file)")
     p.add_argument("--gradient", default=None, choices=["exact", "adjoint", "bpda", "surrogate"],
                    help="with --defense: the gradient mode attacks get (default: the entry's)")
     p.add_argument("--checkpoint", default=None,
@@ -149,8 +158,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace):
     """(model to benchmark, its undefended base classifier or None, its dataset)."""
-    if args.classifier is None and args.defense is None:
-        raise InputError("give --classifier NAME or --defense NAME (see `robustkit list`)")
+    if args.model is None:
+        for flag, value in (("--input-shape", args.input_shape), ("--mean", args.mean), ("--std", args.std),
+                            ("--name", args.name)):
+            if value is not None:
+                raise InputError(f"{flag} applies to --model FILE.py:FUNCTION or --model FILE.pt")
+    elif args.classifier is not None or args.checkpoint is not None:
+        raise InputError("--model is your classifier: give it instead of --classifier/--checkpoint, not with them")
+    elif args.dataset is None and args.defense is None:
+        raise InputError("--model needs --dataset (e.g. cifar10): robustkit cannot tell which data it classifies")
+    if args.classifier is None and args.defense is None and args.model is None:
+        raise InputError("give --classifier NAME, --model FILE.py:FUNCTION or --defense NAME (see `robustkit list`)")
     for flag, value in (("--gradient", args.gradient), ("--score-model", args.score_model),
                         ("--score-checkpoint", args.score_checkpoint)):
         if value is not None and args.defense is None:
@@ -165,7 +183,15 @@ def _build(args: argparse.Namespace):
         if name is None:
             raise InputError(f"--checkpoint loads a classifier, but {args.defense} has no separate classifier")
     clf = None
-    if name is not None:
+    if args.model is not None:
+        from ..models.user import load_user_model, parse_floats, parse_input_shape
+
+        clf = load_user_model(args.model, input_shape=parse_input_shape(args.input_shape),
+                              mean=parse_floats("--mean", args.mean), std=parse_floats("--std", args.std),
+                              name=args.name)
+        if args.defense is None:
+            return clf, None, args.dataset
+    elif name is not None:
         clf = create_classifier(name, pretrained=args.checkpoint is None and not args.random_weights,
                                 checkpoint=args.checkpoint)
     if args.defense is None:
