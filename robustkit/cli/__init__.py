@@ -17,9 +17,10 @@ from .. import __version__
 from ..errors import RobustkitError
 from . import (accuracy, bench, corruption_sweep, demo, export, leaderboard, list_cmd, make_cifar10c, report, serve,
                submit, train_diffusion)
+from . import compare
 
 SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo, export, submit, serve, leaderboard, train_diffusion,
-               make_cifar10c, corruption_sweep)
+               make_cifar10c, corruption_sweep, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -131,6 +131,10 @@ class BenchmarkRecord:
         return cls.from_json(Path(path).read_text())
 
     # ---------------------------------------------------------------------------------------- display
+    def __str__(self) -> str:
+        """The summary table (:meth:`summary`): ``print(record)`` shows what ``robustkit bench`` prints."""
+        return self.summary()
+
     def summary(self) -> str:
         """A plain-text table: clean and robust accuracy per protocol, per attack, checks, cost."""
         lines = [f"{self.defense} on {self.dataset}/{self.split}, {self.threat_model} eps={self.eps:.6g}, "
