@@ -216,15 +216,18 @@ def _warn_eot_on_deterministic(names: list[str], attack_options: dict, eps: floa
                         "it costs %dx for nothing; pass %s.eot=1", name, eot, eot, name)
 
 
-def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> list[list[bool]]:
-    """``draws`` independent classifications per example (reset() before each), as [N][draws] bools."""
+def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                   draws: int) -> tuple[list[list[bool]], list[list[int]]]:
+    """``draws`` independent classifications per example (reset() before each): ([N][draws] correct flags,
+    [N][draws] predicted classes)."""
     cols = []
     with torch.no_grad():
         for _ in range(draws):
             model.reset()
-            cols.append((model(x).argmax(1) == y).cpu())
+            cols.append(model(x).argmax(1).cpu())
     model.reset()
-    return torch.stack(cols, 1).tolist()
+    pred = torch.stack(cols, 1)
+    return (pred == y.cpu().view(-1, 1)).tolist(), pred.tolist()
 
 
 def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
@@ -235,7 +238,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     n = x.shape[0]
     t0 = time.perf_counter()
     with _seeded(derive_seed(job.seed, shard.start, "clean"), device):
-        clean = _predict_draws(model, x, y, job.draws)
+        clean, clean_pred = _predict_draws(model, x, y, job.draws)
     forwards, backwards = n * job.draws, 0
     where = f"shard {shard.index + 1}/{len(job.shards)} (examples {shard.start}-{shard.stop - 1})"
     log.info("%s: clean: %d/%d right on the first draw (of %d; %.0f s)", where, sum(c[0] for c in clean), n,
@@ -243,7 +246,8 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     records = [{"index": job.indices[shard.start + i], "label": int(y[i]), "clean": clean[i], "attacks": {}}
                for i in range(n)]
     alive = torch.tensor([any(protocol_correct(c, p) for p in PROTOCOLS) for c in clean], dtype=torch.bool)
-    tensors: dict[str, torch.Tensor] = {}
+    # next to each attack's x_adv, the predicted classes [n, draws] (-1: not attacked), for the report's figures
+    tensors: dict[str, torch.Tensor] = {"pred:clean": torch.tensor(clean_pred, dtype=torch.int64)}
     infos: dict[str, Any] = {}
     # An adapting or batch-dependent defense's prediction depends on the whole batch: attack every example
     # of the shard together (the batch threat model), even those a cascade would skip, so the batch never
@@ -252,6 +256,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     for name in job.attacks:
         todo = alive.nonzero().flatten() if job.cascade and not per_batch else torch.arange(n)
         x_adv_all = x.detach().clone()
+        pred_all = torch.full((n, job.draws), -1, dtype=torch.int64)
         if not todo.numel():
             log.info("%s: %s skipped: every example already broken", where, name)
         else:
@@ -272,7 +277,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             x_adv_all[ti] = res.x_adv
             if model.traits.stochastic:
                 with _seeded(derive_seed(job.seed, shard.start, f"reeval:{name}"), device):
-                    adv = _predict_draws(model, res.x_adv, y[ti], job.draws)
+                    adv, adv_pred = _predict_draws(model, res.x_adv, y[ti], job.draws)
             else:
                 # deterministic: re-classifying x_adv would repeat the attack's verification forward (a
                 # fresh reset() + forward of these very points, same batch); its flags are the answer.
@@ -280,6 +285,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
                 # equals "correct on x_adv" for every attacked example. Saves 1 forward per example
                 # (~2% of PGD-20 on ResNet-20) toward the runner's 5% overhead budget (bench/bench_runner.py).
                 adv = [[flag] for flag in res.robust.cpu().tolist()]
+                adv_pred = [[p] for p in res.pred.cpu().tolist()]
             forwards += todo.numel() * job.draws  # the verification (or re-evaluation) forwards
             dist = perturbation_norm(res.x_adv, x[ti], job.norm).cpu()
             valid = (torch.isfinite(res.x_adv).flatten(1).all(1).cpu() & (dist <= job.eps * (1 + 1e-5) + 1e-7)
@@ -288,12 +294,14 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
                      sum(a[0] for a in adv), todo.numel(), time.perf_counter() - t_attack)
             for j, i in enumerate(todo.tolist()):
                 records[i]["attacks"][name] = {"correct": adv[j], "distance": float(dist[j]), "valid": bool(valid[j])}
+                pred_all[i] = torch.tensor(adv_pred[j], dtype=torch.int64)
                 if job.cascade:
                     still = [protocol_correct(clean[i], p) and protocol_correct(adv[j], p) for p in PROTOCOLS]
                     alive[i] = alive[i] and any(still)
         for i in range(n):
             records[i]["attacks"].setdefault(name, None)  # None: skipped (already broken under every protocol)
         tensors[name] = x_adv_all
+        tensors[f"pred:{name}"] = pred_all
     meta = {"forwards": forwards, "backwards": backwards, "seconds": time.perf_counter() - t0,
             "device": str(device), "attack_info": _jsonable(infos)}
     return records, tensors, meta
@@ -581,7 +589,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         fp = defense.traits.forward_passes
         attack_protocols = []
         for s in run.shards[:1]:
-            for name, info in run.read_meta(s)["attack_info"].items():
+            infos = run.read_meta(s)["attack_info"]  # read back from sorted JSON: put the run order back
+            for name, info in sorted(infos.items(), key=lambda kv: names.index(kv[0]) if kv[0] in names else len(names)):
                 attack_protocols.append({"name": name, **{k: v for k, v in info.items()
                                                           if k not in ("cascade", "broken_at_step", "n_examples",
                                                                        "defended_after_attack")}})

@@ -77,11 +77,7 @@ def _protocols(a: BenchmarkRecord, b: BenchmarkRecord) -> list[str]:
 def _rows(a: BenchmarkRecord, b: BenchmarkRecord) -> list[tuple[str, dict[str, AccuracyStat] | None,
                                                               dict[str, AccuracyStat] | None]]:
     """(label, A's stats, B's stats) for clean, each attack (in A's order, then B's others), all attacks."""
-    def order(r: BenchmarkRecord) -> list[str]:  # the order the attacks ran in (per_attack's keys may be sorted)
-        ran = [att.get("name") for att in r.attacks]
-        return [n for n in ran if n in r.per_attack] + [n for n in r.per_attack if n not in ran]
-
-    attacks = order(a) + [n for n in order(b) if n not in a.per_attack]
+    attacks = a.attack_names() + [n for n in b.attack_names() if n not in a.per_attack]
     rows = [("clean", a.clean, b.clean)]
     rows += [(f"{'after ' if a.cascade and b.cascade else ''}{n}", a.per_attack.get(n), b.per_attack.get(n))
              for n in attacks]

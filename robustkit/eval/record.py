@@ -40,6 +40,12 @@ class AccuracyStat:
         a = accuracy_with_ci(flags, confidence)
         return cls(a.correct, a.n, a.value, a.low, a.high, confidence)
 
+    def attack_names(self) -> list[str]:
+        """The attacks in the order they ran (``per_attack``'s keys come back sorted from JSON; with a cascade,
+        "after X" is cumulative in this order)."""
+        ran = [a.get("name") for a in self.attacks]
+        return [n for n in ran if n in self.per_attack] + [n for n in self.per_attack if n not in ran]
+
     def __str__(self) -> str:
         return f"{100 * self.value:.2f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] (n={self.n})"
 
@@ -131,6 +137,12 @@ class BenchmarkRecord:
         return cls.from_json(Path(path).read_text())
 
     # ---------------------------------------------------------------------------------------- display
+    def attack_names(self) -> list[str]:
+        """The attacks in the order they ran (``per_attack``'s keys come back sorted from JSON; with a cascade,
+        "after X" is cumulative in this order)."""
+        ran = [a.get("name") for a in self.attacks]
+        return [n for n in ran if n in self.per_attack] + [n for n in self.per_attack if n not in ran]
+
     def __str__(self) -> str:
         """The summary table (:meth:`summary`): ``print(record)`` shows what ``robustkit bench`` prints."""
         return self.summary()
@@ -145,8 +157,8 @@ class BenchmarkRecord:
             return f"{label:<28}" + "".join(f"{str(stats[p]) if p in stats else '-':>32}" for p in PROTOCOLS)
 
         lines.append(row("clean", self.clean))
-        for name, stats in self.per_attack.items():
-            lines.append(row(("after " if self.cascade else "") + name, stats))
+        for name in self.attack_names():
+            lines.append(row(("after " if self.cascade else "") + name, self.per_attack[name]))
         lines.append(row("robust (all attacks)", self.robust))
         for a in self.attacks:
             proto = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("implementation",))
