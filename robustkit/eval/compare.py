@@ -139,9 +139,9 @@ def plot_comparison(run_a: str | os.PathLike, run_b: str | os.PathLike, path: st
             if r[pick] is None:  # an attack only the other run ran: say so instead of an empty slot
                 ax.text(i + (k - 0.5) * 0.4, 2, f"{tag}: not run", rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [textwrap.fill(r[0], 16) for r in rows], fontsize=8)
-    ax.set_ylim(0, 115)  # room above 100 % for the value labels and the legend
+    ax.set_ylim(0, 110)  # room above 100 % for the value labels
     ax.set_ylabel("accuracy (%), worst of M, 95% CI")
     ax.set_title(textwrap.fill(f"{a.dataset}/{a.split} {a.threat_model} eps={a.eps:.4g}, n={a.n_examples}", 70),
                  fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7)  # below the axes: never over a bar
     return _save(fig, Path(path))

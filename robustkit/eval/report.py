@@ -256,7 +256,7 @@ def _plot_per_attack(rec: BenchmarkRecord, path: Path) -> Path:
     chars = int(13 * max(4.0, 1.3 * len(labels) + 1.5))
     ax.set_title("\n".join(textwrap.fill(t, chars) for t in (
         rec.defense, f"{rec.dataset} {rec.threat_model} eps={_fmt_eps(rec.eps)} (n={rec.n_examples})")), fontsize=9)
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside lower center", ncol=len(protos), fontsize=8)  # below the axes: never over a bar
     return _save(fig, path)
 
 
@@ -347,8 +347,8 @@ def _plot_examples(run: RunData, clean: torch.Tensor | None, path: Path) -> tupl
 
     Each column is titled with the example's index and true class (by name where the dataset has names);
     the clean image is labelled with its prediction, the adversarial image with the attack and the class it
-    is now given (the first draw's, from the run's ``pred:*`` tensors; runs made before they were stored show
-    no predictions). An example with no adversarial image (misclassified clean, so never attacked, or an
+    is now given (from the run's ``pred:*`` tensors: the first wrong draw when a stochastic model erred in
+    some draw, as the worst-of-M status does; runs made before they were stored show no predictions). An example with no adversarial image (misclassified clean, so never attacked, or an
     attack that returned the clean image) says so in words instead of showing an empty perturbation.
     """
     rec = run.record
@@ -356,9 +356,12 @@ def _plot_examples(run: RunData, clean: torch.Tensor | None, path: Path) -> tupl
     lines = run.first_shard_records[:N_EXAMPLES_SHOWN]
     preds = run.first_shard_x_adv  # the tensor file holds x_adv per attack and "pred:<attack>" / "pred:clean"
 
-    def pred_of(key: str, i: int) -> int | None:
+    def pred_of(key: str, i: int, label: int) -> int | None:
+        # the first draw that is wrong, if any (the worst-of-M protocol that names the status), else draw 0
         t = preds.get(f"pred:{key}")
-        return int(t[i, 0]) if t is not None and i < t.shape[0] and int(t[i, 0]) >= 0 else None
+        if t is None or i >= t.shape[0] or int(t[i, 0]) < 0:
+            return None
+        return next((int(p) for p in t[i] if int(p) != label), int(t[i, 0]))
 
     shown = []
     for i, r in enumerate(lines):
@@ -373,7 +376,8 @@ def _plot_examples(run: RunData, clean: torch.Tensor | None, path: Path) -> tupl
         shown.append({"index": r["index"], "label": r["label"], "attack": attack, "status": status,
                       "x_adv": run.first_shard_x_adv[attack][i].float(),
                       "has_adv": result is not None and float(result["distance"]) > 0,
-                      "pred_clean": pred_of("clean", i), "pred_adv": pred_of(attack, i) if result else None})
+                      "pred_clean": pred_of("clean", i, r["label"]),
+                      "pred_adv": pred_of(attack, i, r["label"]) if result else None})
     name = functools.partial(_class_name, rec.dataset)
     rows = 3 if clean is not None else 1
     cols = len(shown)
