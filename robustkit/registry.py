@@ -179,6 +179,7 @@ def resolve_source(name: str, src: WeightSource, *, download: bool = True, what:
     if src.url is None or not download:
         raise CheckpointError(f"{what} of {name} not found: put {src.filename} at {path}"
                               + (f" (sha256 {src.sha256})" if src.sha256 else "")
+                              + (f"; get it from {src.manual}" if src.manual else "")
                               + (f"; train them with `{train_command}`" if train_command else ""))
     return hub.download(src.url, path, digest=src.sha256)
 

@@ -85,6 +85,7 @@ def test_cli_bench_missing_weights_is_one_line_and_random_weights_is_explicit(tm
     assert main(["bench", "--defense", "diffpure.cifar10", "--eps", "8/255"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "score_sde_vp_cifar10" in err and str(tmp_path / "checkpoints") in err
+    assert "get it from vp/cifar10_ddpmpp_deep_continuous/checkpoint_8.pth of score_sde's Google Drive folder" in err
 
     args = ["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--attacks", "pgd", "--attack-option",
             "pgd.steps=2", "--n-examples", "8", "--no-checks", "--json"]

@@ -7,6 +7,13 @@
     robustkit bench --defense tiny_diffpure.digits --eps 0.1 --attacks pgd-eot \\
         --attack-option pgd-eot.steps=20 --attack-option pgd-eot.eot=4 --attack-option pgd-eot.step_size=1/40
 
+    robustkit bench --model my_nets.py:build --input-shape 3,32,32 --mean 0.4914,0.4822,0.4465 \\
+        --std 0.2471,0.2435,0.2616 --dataset cifar10 --eps 8/255 --n-examples 512   # your own model
+
+A registered model is built with its trained weights; one that has none in place is refused with how to
+get them (``--random-weights`` benchmarks the architecture anyway, and the record says so). ``--model``
+takes your own: a function returning an ``nn.Module`` or a ``Classifier``, or a TorchScript file.
+
 With ``--defense`` the registered defense is built (``robustkit list defenses``); ``--classifier`` then
 replaces the classifier behind it, and that classifier is the undefended base of the transfer check.
 ``--score-model`` replaces a diffusion defense's score model (DiffPure, contrastive purification, RDC) by a
