@@ -38,8 +38,12 @@ __all__ = [
     "ClassifierConfig",
     "Registry",
     "WeightSource",
+    "RandomWeights",
     "create_classifier",
     "list_classifiers",
+    "mark_random_weights",
+    "random_weight_parts",
+    "weights_status",
     "register_classifier",
     "resolve_weights",
 ]
@@ -91,12 +95,15 @@ class WeightSource:
         sha256: expected digest (None only when no published digest exists; a warning says so).
         package_file: ``(package, relative path)`` of weights shipped inside an installed Python
             package (robustkit's own bundled weights, or e.g. the ResNet-18 in the pyautoattack wheel).
+        manual: where to get the file by hand when there is no ``url`` (e.g. the score_sde Google Drive
+            folder); shown by ``robustkit list`` and in the error refusing random weights.
     """
 
     filename: str
     url: str | None = None
     sha256: str | None = None
     package_file: tuple[str, str] | None = None
+    manual: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,8 +183,82 @@ def resolve_source(name: str, src: WeightSource, *, download: bool = True, what:
     if src.url is None or not download:
         raise CheckpointError(f"{what} of {name} not found: put {src.filename} at {path}"
                               + (f" (sha256 {src.sha256})" if src.sha256 else "")
+                              + (f"; get it from {src.manual}" if src.manual else "")
                               + (f"; train them with `{train_command}`" if train_command else ""))
     return hub.download(src.url, path, digest=src.sha256)
+
+
+def weights_status(src: WeightSource | None) -> str:
+    """Where an entry's weights stand: ``"present"`` (bundled, or in the cache), ``"downloadable: URL"``,
+    ``"manual: put FILE in DIR (from SOURCE)"`` or ``"none published"``. Looks at files only; downloads nothing.
+
+    Example::
+
+        >>> import robustkit
+        >>> weights_status(robustkit.registry.classifier_config("tiny_cnn.digits").weights)
+        'present'
+    """
+    if src is None:
+        return "none published"
+    if src.package_file is not None:
+        try:
+            return "present" if _package_file(*src.package_file).is_file() else f"missing from {src.package_file[0]}"
+        except CheckpointError:
+            return f"manual: pip install {src.package_file[0]}"
+    if (hub.home() / "checkpoints" / src.filename).is_file():
+        return "present"
+    if src.url is not None:
+        return f"downloadable: {src.url}"
+    return f"manual: put {src.filename} in {hub.home() / 'checkpoints'}" + (f" (from {src.manual})" if src.manual else "")
+
+
+def how_to_get_weights(name: str, src: WeightSource | None, *, train_command: str = "") -> str:
+    """One clause telling a user how to get ``name``'s trained weights (for errors and warnings)."""
+    if src is None:
+        return (f"{name} publishes no weights: load yours with checkpoint=PATH"
+                + (f" (train them with `{train_command}`)" if train_command else ""))
+    status = weights_status(src)
+    if status == "present":
+        return "its weights are in place: build it with pretrained=True"
+    if status.startswith("downloadable"):
+        return f"pretrained=True downloads its weights from {src.url}"
+    return f"{status.removeprefix('manual: ')}, then build it with pretrained=True"
+
+
+@dataclass(frozen=True)
+class RandomWeights:
+    """Mark left on a module built without trained weights (see :func:`mark_random_weights`).
+
+    Attributes:
+        name: the registered name it was built from.
+        how: how to get its trained weights (one clause).
+        digest: :func:`~robustkit.utils.state_digest` at creation; a module whose weights still have this
+            digest was never trained or loaded.
+    """
+
+    name: str
+    how: str
+    digest: str
+
+
+def mark_random_weights(module: nn.Module, name: str, how: str) -> nn.Module:
+    """Remember that ``module`` (built from registry entry ``name``) holds its random initialisation.
+
+    :func:`~robustkit.benchmark` refuses a model holding such a module while its weights are unchanged
+    (training or loading weights lifts the refusal); ``allow_random_weights=True`` overrides it.
+    """
+    from .utils import state_digest
+
+    module.random_weights = RandomWeights(name, how, state_digest(module))
+    return module
+
+
+def random_weight_parts(model: nn.Module) -> list[RandomWeights]:
+    """The marks of ``model``'s sub-modules that still hold their random initialisation (outermost first)."""
+    from .utils import state_digest
+
+    return [m.random_weights for m in model.modules()
+            if isinstance(getattr(m, "random_weights", None), RandomWeights) and state_digest(m) == m.random_weights.digest]
 
 
 def resolve_weights(name: str, *, download: bool = True) -> Path:
@@ -222,6 +303,8 @@ def create_classifier(name: str, *, pretrained: bool = False,
     clf.name = name
     clf.config = cfg
     clf.weights_path = str(path) if path is not None else None
+    if path is None:  # an architecture to train; benchmark() refuses it as long as its weights stay random
+        mark_random_weights(clf, name, how_to_get_weights(name, cfg.weights))
     return clf
 
 

@@ -192,7 +192,7 @@ def test_resume_skips_finished_shards_and_refuses_other_config(clf, tmp_path):
         benchmark(clf, **{**kw, "eps": 0.2})
     other = robustkit.create_classifier("tiny_cnn.digits")  # random weights: same name, different digest
     with pytest.raises(RunConfigError, match="defense"):
-        benchmark(other, **kw)
+        benchmark(other, allow_random_weights=True, **kw)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("x")
     with pytest.raises(RunConfigError, match="not empty"):

@@ -39,8 +39,8 @@ def test_list_other_registries(capsys, what, expected):
 def test_list_says_who_classifies(capsys):
     assert main(["list", "defenses", "--pattern", "*.digits"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert rows["tiny_diffpure.digits"].endswith("classifier tiny_cnn.digits")
-    assert rows["tiny_rdc.digits"].endswith("classified by its diffusion model")  # no classifier to pass
+    assert "classifier tiny_cnn.digits" in rows["tiny_diffpure.digits"]
+    assert "classified by its diffusion model" in rows["tiny_rdc.digits"]  # no classifier to pass
 
 
 def test_accuracy_on_digits(capsys):

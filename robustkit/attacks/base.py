@@ -130,6 +130,8 @@ class AttackResult:
         forwards, backwards: examples passed forward / backward through the model during the attack
             (verification excluded), i.e. the attack's cost in per-example model evaluations.
         info: the attack's protocol (name, norm, eps, steps, EOT, restarts, seed, ...) and extras.
+        pred: long ``[N]``: the class predicted on the verification forward of ``x_adv`` (None when the
+            result was built elsewhere).
     """
 
     x_adv: torch.Tensor
@@ -138,6 +140,7 @@ class AttackResult:
     forwards: int
     backwards: int
     info: dict[str, Any] = field(default_factory=dict)
+    pred: torch.Tensor | None = None
 
     @property
     def robust_accuracy(self) -> float:
@@ -321,7 +324,8 @@ class Attack(abc.ABC):
             altered = [] if model.traits.adapts_at_test_time else _restore(model, entry_state)
             model.reset()
             with torch.no_grad():
-                robust = clean_correct & (model(x_adv).argmax(1) == y)
+                pred = model(x_adv).argmax(1)
+            robust = clean_correct & (pred == y)
         info = self.protocol()
         info["verification"] = "eval mode, reset(), one forward of the projected points"
         if counted.train_mode_queries:
@@ -347,4 +351,4 @@ class Attack(abc.ABC):
                               "full-batch attacks (pgd, pgd-eot) for such models", RuntimeWarning, stacklevel=2)
         info.update(details)
         return AttackResult(x_adv=x_adv, robust=robust, clean_correct=clean_correct,
-                            forwards=counted.forwards, backwards=counted.backwards, info=info)
+                            forwards=counted.forwards, backwards=counted.backwards, info=info, pred=pred)

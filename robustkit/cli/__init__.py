@@ -18,11 +18,11 @@ from typing import NoReturn, Sequence
 
 from .. import __version__, utils
 from ..errors import RobustkitError
-from . import (_args, accuracy, bench, corruption_sweep, demo, export, leaderboard, list_cmd, make_cifar10c, report,
-               serve, submit, train_diffusion)
+from . import (_args, accuracy, bench, compare, corruption_sweep, demo, export, leaderboard, list_cmd, make_cifar10c,
+               report, serve, submit, train_diffusion)
 
 SUBCOMMANDS = (list_cmd, accuracy, bench, report, demo, export, submit, serve, leaderboard, train_diffusion,
-               make_cifar10c, corruption_sweep)
+               make_cifar10c, corruption_sweep, compare)
 
 
 class _Parser(argparse.ArgumentParser):

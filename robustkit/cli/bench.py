@@ -7,6 +7,13 @@
     robustkit bench --defense tiny_diffpure.digits --eps 0.1 --attacks pgd-eot \\
         --attack-option pgd-eot.steps=20 --attack-option pgd-eot.eot=4 --attack-option pgd-eot.step_size=1/40
 
+    robustkit bench --model my_nets.py:build --input-shape 3,32,32 --mean 0.4914,0.4822,0.4465 \\
+        --std 0.2471,0.2435,0.2616 --dataset cifar10 --eps 8/255 --n-examples 512   # your own model
+
+A registered model is built with its trained weights; one that has none in place is refused with how to
+get them (``--random-weights`` benchmarks the architecture anyway, and the record says so). ``--model``
+takes your own: a function returning an ``nn.Module`` or a ``Classifier``, or a TorchScript file.
+
 With ``--defense`` the registered defense is built (``robustkit list defenses``); ``--classifier`` then
 replaces the classifier behind it, and that classifier is the undefended base of the transfer check.
 ``--score-model`` replaces a diffusion defense's score model (DiffPure, contrastive purification, RDC) by a
@@ -36,6 +43,15 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--defense", default=None, help="registered defense (robustkit list defenses)")
     p.add_argument("--classifier", default=classifier_default,
                    help="registered classifier (robustkit list); with --defense, the classifier behind it")
+    p.add_argument("--model", default=None, metavar="FILE.py:FUNCTION | FILE.pt",
+                   help="your own classifier instead of --classifier: a function (no arguments) returning an "
+                        "nn.Module or a robustkit Classifier, or a TorchScript file; give --dataset and, for a "
+                        "module, --input-shape (and --mean/--std when it expects normalised inputs)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W", help="with --model: image shape, e.g. 3,32,32")
+    p.add_argument("--mean", default=None, metavar="M1,M2,M3",
+                   help="with --model: per-channel mean subtracted inside the wrapper, e.g. 0.4914,0.4822,0.4465")
+    p.add_argument("--std", default=None, metavar="S1,S2,S3", help="with --model: per-channel std, e.g. 0.2471,0.2435,0.2616")
+    p.add_argument("--name", default=None, help="with --model: its name in records and boards (default: from the file)")
     p.add_argument("--gradient", default=None, choices=["exact", "adjoint", "bpda", "surrogate"],
                    help="with --defense: the gradient mode attacks get (default: the entry's)")
     p.add_argument("--checkpoint", default=None,
@@ -48,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--score-checkpoint", default=None,
                    help="weights file for --score-model NAME (e.g. runs/dit/ema.safetensors from robustkit "
                         "train-diffusion) instead of its published ones; not with a run folder")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the registered models without their trained weights and benchmark them anyway "
+                        "(architecture checks only: the numbers mean nothing about the published model)")
     p.add_argument("--dataset", default=None, help="dataset (default: the classifier's own)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $ROBUSTKIT_DATA)")
     p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"])
@@ -137,8 +156,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace):
     """(model to benchmark, its undefended base classifier or None, its dataset)."""
-    if args.classifier is None and args.defense is None:
-        raise InputError("give --classifier NAME or --defense NAME (see `robustkit list`)")
+    if args.model is None:
+        for flag, value in (("--input-shape", args.input_shape), ("--mean", args.mean), ("--std", args.std),
+                            ("--name", args.name)):
+            if value is not None:
+                raise InputError(f"{flag} applies to --model FILE.py:FUNCTION or --model FILE.pt")
+    elif args.classifier is not None or args.checkpoint is not None:
+        raise InputError("--model is your classifier: give it instead of --classifier/--checkpoint, not with them")
+    elif args.dataset is None and args.defense is None:
+        raise InputError("--model needs --dataset (e.g. cifar10): robustkit cannot tell which data it classifies")
+    if args.classifier is None and args.defense is None and args.model is None:
+        raise InputError("give --classifier NAME, --model FILE.py:FUNCTION or --defense NAME (see `robustkit list`)")
     for flag, value in (("--gradient", args.gradient), ("--score-model", args.score_model),
                         ("--score-checkpoint", args.score_checkpoint)):
         if value is not None and args.defense is None:
@@ -153,14 +181,23 @@ def _build(args: argparse.Namespace):
         if name is None:
             raise InputError(f"--checkpoint loads a classifier, but {args.defense} has no separate classifier")
     clf = None
-    if name is not None:
-        clf = create_classifier(name, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    if args.model is not None:
+        from ..models.user import load_user_model, parse_floats, parse_input_shape
+
+        clf = load_user_model(args.model, input_shape=parse_input_shape(args.input_shape),
+                              mean=parse_floats("--mean", args.mean), std=parse_floats("--std", args.std),
+                              name=args.name)
+        if args.defense is None:
+            return clf, None, args.dataset
+    elif name is not None:
+        clf = create_classifier(name, pretrained=args.checkpoint is None and not args.random_weights,
+                                checkpoint=args.checkpoint)
     if args.defense is None:
         return clf, None, clf.config.dataset
 
     options = {k: v for k, v in (("classifier", clf), ("gradient", args.gradient), ("score_model", args.score_model),
                                  ("score_checkpoint", args.score_checkpoint)) if v is not None}
-    defense = create_defense(args.defense, pretrained=True, **options)
+    defense = create_defense(args.defense, pretrained=not args.random_weights, **options)
     # purifiers keep their classifier as .classifier, test-time adaptation its static copy as .base_classifier
     base = getattr(defense, "base_classifier", getattr(defense, "classifier", None))
     return defense, base, defense_config(args.defense).dataset
@@ -175,8 +212,8 @@ def run(args: argparse.Namespace) -> int:
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
                     check_options=check_options_from_args(args),
                     attack_options=options,
-                    executor=args.executor, workers=args.workers,
-                    lease_timeout=args.lease_timeout)
+                    executor=args.executor, workers=args.workers, lease_timeout=args.lease_timeout,
+                    allow_random_weights=args.random_weights)
     if args.json:
         print(rec.to_json())
     else:

@@ -1,4 +1,6 @@
-"""``robustkit list [classifiers|defenses|score-models] [--pattern GLOB]``: registered names, one per line."""
+"""``robustkit list [classifiers|defenses|score-models] [--pattern GLOB]``: registered names, one per line,
+each with where its weights stand: present (bundled or in ``$ROBUSTKIT_HOME/checkpoints``), downloadable (the
+URL ``pretrained=True`` fetches), manual (the file to put there and where to get it) or none published."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _weights(source) -> str:
-    if source is None:
-        return "no weights"
-    return f"ships in {source.package_file[0]}" if source.package_file else source.filename
+    """``weights: present | downloadable: URL | manual: put FILE in DIR (from SOURCE) | none published``."""
+    from ..registry import weights_status
+
+    return f"weights: {weights_status(source)}"
 
 
 def _classifiers(pattern: str) -> list[tuple[str, str]]:
@@ -25,6 +28,23 @@ def _classifiers(pattern: str) -> list[tuple[str, str]]:
 
     return [(n, f"{classifier_config(n).architecture}  [{_weights(classifier_config(n).weights)}]")
             for n in list_classifiers(pattern)]
+
+
+def _defense_weights(cfg) -> str:
+    """The defense's diffusion weights (its own entry's, or those of the registered score model it builds)
+    and its classifier's."""
+    from ..diffusion import list_score_models, score_model_config
+    from ..registry import classifier_config
+
+    parts = []
+    if cfg.weights is not None:
+        parts.append(f"diffusion {_weights(cfg.weights)}")
+    elif cfg.score_model.split(" ")[0] in list_score_models():
+        score_model = cfg.score_model.split(" ")[0]
+        parts.append(f"diffusion ({score_model}) {_weights(score_model_config(score_model).weights)}")
+    if cfg.classifier:
+        parts.append(f"classifier {_weights(classifier_config(cfg.classifier).weights)}")
+    return f"  [{'; '.join(parts)}]" if parts else ""
 
 
 def _defenses(pattern: str) -> list[tuple[str, str]]:
@@ -39,15 +59,19 @@ def _defenses(pattern: str) -> list[tuple[str, str]]:
             behind = "classified by its diffusion model"
         else:
             behind = "classifier (yours)"
-        rows.append((n, f"{cfg.method} on {cfg.dataset}, {behind}"))
+        rows.append((n, f"{cfg.method} on {cfg.dataset}, {behind}{_defense_weights(cfg)}"))
     return rows
 
 
 def _score_models(pattern: str) -> list[tuple[str, str]]:
     from ..diffusion import list_score_models, score_model_config
 
-    return [(n, f"{score_model_config(n).architecture}  [{_weights(score_model_config(n).weights)}]")
-            for n in list_score_models(pattern)]
+    rows = []
+    for n in list_score_models(pattern):
+        cfg = score_model_config(n)
+        train = f"; or train them: {cfg.train_command}" if cfg.train_command else ""
+        rows.append((n, f"{cfg.architecture}  [{_weights(cfg.weights)}{train}]"))
+    return rows
 
 
 _LISTERS = {"classifiers": _classifiers, "defenses": _defenses, "score-models": _score_models}

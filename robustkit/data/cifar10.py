@@ -54,6 +54,8 @@ BATCH_MD5 = {
 }
 ROWS_PER_FILE = 10000
 NUM_CLASSES = 10
+#: class names in label order (the official ``batches.meta`` ``label_names``)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
 NPZ_FILES = {"test": ["test.npz"], "train": [f"train_{i}.npz" for i in range(1, 6)]}
 BATCH_FILES = {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]}

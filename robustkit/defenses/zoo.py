@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..registry import WeightSource
+from ..registry import WeightSource, how_to_get_weights, mark_random_weights
 from .diffpure import DiffPureConfig
 from .adaptation import ADAPTERS, create_adapted_defense
 from .contrastive import create_contrastive_purification
@@ -35,7 +35,10 @@ _SOURCE = "https://github.com/NVlabs/DiffPure @ 985703f"
 
 #: score_sde's published ``vp/cifar10_ddpmpp_deep_continuous/checkpoint_8.pth`` (a Google Drive folder
 #: linked from the score_sde README; no direct URL and no published digest).
-SCORE_SDE_CIFAR10 = WeightSource(filename="score_sde_vp_cifar10_ddpmpp_deep_continuous_checkpoint_8.pth")
+SCORE_SDE_CIFAR10 = WeightSource(
+    filename="score_sde_vp_cifar10_ddpmpp_deep_continuous_checkpoint_8.pth",
+    manual="vp/cifar10_ddpmpp_deep_continuous/checkpoint_8.pth of score_sde's Google Drive folder "
+           "https://drive.google.com/drive/folders/1tFmF_uh57O6lx9ggtZT_5LdonVK2cV-e")
 #: guided-diffusion's unconditional 256×256 ImageNet model (openai/guided-diffusion README).
 ADM_IMAGENET256_UNCOND = WeightSource(
     filename="256x256_diffusion_uncond.pt",
@@ -49,7 +52,8 @@ def _score_sde_cifar10(name: str, pretrained: bool) -> nn.Module:
     config = "cifar10_ddpmpp_deep_continuous"
     if pretrained:
         return load_score_sde(resolve_defense_weights(name, SCORE_SDE_CIFAR10), config)
-    return ScoreSDEScoreModel(NCSNpp(get_score_sde_config(config))).eval()
+    return mark_random_weights(ScoreSDEScoreModel(NCSNpp(get_score_sde_config(config))).eval(), name,
+                               how_to_get_weights(name, SCORE_SDE_CIFAR10))
 
 
 def _from_diffusion_registry(model_name: str, pretrained: bool) -> nn.Module:
@@ -95,7 +99,8 @@ def diffpure_imagenet(pretrained: bool = False) -> nn.Module:
     if pretrained:
         return load_guided_diffusion(resolve_defense_weights("diffpure.imagenet", ADM_IMAGENET256_UNCOND),
                                      "imagenet256_uncond")
-    return ADMScoreModel(ADMUNet(adm_config("imagenet256_uncond"))).eval()
+    return mark_random_weights(ADMScoreModel(ADMUNet(adm_config("imagenet256_uncond"))).eval(), "diffpure.imagenet",
+                               how_to_get_weights("diffpure.imagenet", ADM_IMAGENET256_UNCOND))
 
 
 @register_defense("diffpure_unet.cifar10", DefenseConfig(
@@ -126,8 +131,8 @@ _RDC_SOURCE = "https://github.com/huanranchen/DiffusionClassifier"
 _RDC_VARIANT = ("variant: official (the released code @ 8a82504): logits at the released scale (reduction='mean'), "
                 "likelihood maximisation by Adam lr 0.1 on [-1, 1], sigma ~ U[0.4, 0.6], 5 steps")
 #: RDC's re-saved EDM CIFAR-10 EDMPrecond state dicts (no direct URL, no published digest).
-EDM_CIFAR10_COND = WeightSource(filename="edm_cifar_cond.pt")
-EDM_CIFAR10_UNCOND = WeightSource(filename="edm_cifar_uncond_vp.pt")
+EDM_CIFAR10_COND = WeightSource(filename="edm_cifar_cond.pt", manual=f"the checkpoints linked from {_RDC_SOURCE}")
+EDM_CIFAR10_UNCOND = WeightSource(filename="edm_cifar_uncond_vp.pt", manual=f"the checkpoints linked from {_RDC_SOURCE}")
 
 
 def _rdc_models(conditional: nn.Module, unconditional: nn.Module, weighting: str) -> nn.Module:
@@ -152,8 +157,10 @@ def rdc_cifar10(pretrained: bool = False) -> nn.Module:
         cond = load_edm(resolve_defense_weights("rdc.cifar10", EDM_CIFAR10_COND), conditional=True)
         uncond = load_edm(resolve_defense_weights("rdc.cifar10", EDM_CIFAR10_UNCOND), conditional=False)
     else:
-        cond = EDMScoreModel(EDMPrecond(EDMConfig.ddpmpp_cifar10(True))).eval()
-        uncond = EDMScoreModel(EDMPrecond(EDMConfig.ddpmpp_cifar10(False))).eval()
+        cond = mark_random_weights(EDMScoreModel(EDMPrecond(EDMConfig.ddpmpp_cifar10(True))).eval(), "rdc.cifar10",
+                                   how_to_get_weights("rdc.cifar10", EDM_CIFAR10_COND))
+        uncond = mark_random_weights(EDMScoreModel(EDMPrecond(EDMConfig.ddpmpp_cifar10(False))).eval(), "rdc.cifar10",
+                                     how_to_get_weights("rdc.cifar10", EDM_CIFAR10_UNCOND))
     return _rdc_models(cond, uncond, "edm")
 
 

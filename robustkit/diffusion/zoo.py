@@ -43,7 +43,7 @@ import torch
 
 from .. import hub
 from ..errors import CheckpointError, InputError, RegistryError
-from ..registry import Registry, WeightSource, resolve_source
+from ..registry import Registry, WeightSource, how_to_get_weights, mark_random_weights, resolve_source
 from ..utils import check_bool, check_path
 from .schedule import VPSDE
 from .score_model import ScoreModel
@@ -205,6 +205,8 @@ def create_score_model(name: str, *, pretrained: bool = False,
     model.name = name
     model.registry_config = cfg
     model.weights_path = str(path) if path is not None else None
+    if path is None:  # benchmark() refuses it as long as its weights stay random
+        mark_random_weights(model, name, how_to_get_weights(name, cfg.weights, train_command=cfg.train_command))
     return model
 
 

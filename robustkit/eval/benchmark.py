@@ -62,8 +62,9 @@ from .. import __version__
 from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
 from ..attacks.base import eval_mode
 from ..classifier import Classifier, check_images, check_labels, module_placement, resolve_device
-from ..errors import InputError
-from ..utils import did_you_mean, progress_bar, state_digest
+from ..errors import CheckpointError, InputError
+from ..registry import random_weight_parts
+from ..utils import check_bool, did_you_mean, progress_bar, state_digest
 from .arguments import checked_benchmark
 from .checks import plan_check_budget, run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
@@ -241,15 +242,18 @@ def _estimated_attack_passes(names: list[str], attack_options: dict[str, dict[st
     return float(n_examples * per_example)
 
 
-def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int) -> list[list[bool]]:
-    """``draws`` independent classifications per example (reset() before each), as [N][draws] bools."""
+def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                   draws: int) -> tuple[list[list[bool]], list[list[int]]]:
+    """``draws`` independent classifications per example (reset() before each): ([N][draws] correct flags,
+    [N][draws] predicted classes)."""
     cols = []
     with torch.no_grad():
         for _ in range(draws):
             model.reset()
-            cols.append((model(x).argmax(1) == y).cpu())
+            cols.append(model(x).argmax(1).cpu())
     model.reset()
-    return torch.stack(cols, 1).tolist()
+    pred = torch.stack(cols, 1)
+    return (pred == y.cpu().view(-1, 1)).tolist(), pred.tolist()
 
 
 def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
@@ -271,9 +275,10 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     # a cascade needs the clean flags before its first attack to skip clean errors.
     reuse_clean = not model.traits.stochastic and bool(job.attacks) and (per_batch or not job.cascade)
     clean: list[list[bool]] | None = None
+    clean_pred: list[list[int]] | None = None
     if not reuse_clean:
         with _seeded(derive_seed(job.seed, shard.start, "clean"), device):
-            clean = _predict_draws(model, x, y, job.draws)
+            clean, clean_pred = _predict_draws(model, x, y, job.draws)
         log.info("%s: clean: %d/%d right on the first draw (of %d; %.0f s)", where, sum(c[0] for c in clean), n,
                  job.draws, time.perf_counter() - t0)
     forwards, backwards = n * job.draws, 0  # the clean pass (made here or by the first attack)
@@ -285,6 +290,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
     for name in job.attacks:
         todo = alive.nonzero().flatten() if job.cascade and not per_batch else torch.arange(n)
         x_adv_all = x.detach().clone()
+        pred_all = torch.full((n, job.draws), -1, dtype=torch.int64)
         if not todo.numel():
             log.info("%s: %s skipped: every example already broken", where, name)
         else:
@@ -296,6 +302,8 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
                 res = attack(model, x[ti], y[ti])
             if clean is None:  # reuse_clean: this first attack attacked the whole shard
                 clean = [[flag] for flag in res.clean_correct.cpu().tolist()]
+                # its clean pass kept flags only: the class is the label where right, unknown (-1) elsewhere
+                clean_pred = [[int(label) if c[0] else -1] for c, label in zip(clean, y.cpu().tolist())]
                 alive = torch.tensor([c[0] for c in clean], dtype=torch.bool)
                 log.info("%s: clean: %d/%d right (from %s's own clean pass)", where, sum(c[0] for c in clean), n, name)
             forwards += res.forwards
@@ -309,7 +317,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
             x_adv_all[ti] = res.x_adv
             if model.traits.stochastic:
                 with _seeded(derive_seed(job.seed, shard.start, f"reeval:{name}"), device):
-                    adv = _predict_draws(model, res.x_adv, y[ti], job.draws)
+                    adv, adv_pred = _predict_draws(model, res.x_adv, y[ti], job.draws)
             else:
                 # deterministic: re-classifying x_adv would repeat the attack's verification forward (a
                 # fresh reset() + forward of these very points, same batch); its flags are the answer.
@@ -317,6 +325,7 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
                 # equals "correct on x_adv" for every attacked example. Saves 1 forward per example
                 # (~2% of PGD-20 on ResNet-20) toward the runner's 5% overhead budget (bench/bench_runner.py).
                 adv = [[flag] for flag in res.robust.cpu().tolist()]
+                adv_pred = [[p] for p in res.pred.cpu().tolist()]
             forwards += todo.numel() * job.draws  # the verification (or re-evaluation) forwards
             dist = perturbation_norm(res.x_adv, x[ti], job.norm).cpu()
             valid = (torch.isfinite(res.x_adv).flatten(1).all(1).cpu() & (dist <= job.eps * (1 + 1e-5) + 1e-7)
@@ -325,16 +334,21 @@ def process_shard(job: _Job, shard: Shard, device: torch.device) -> tuple[list[d
                      sum(a[0] for a in adv), todo.numel(), time.perf_counter() - t_attack)
             for j, i in enumerate(todo.tolist()):
                 records[i]["attacks"][name] = {"correct": adv[j], "distance": float(dist[j]), "valid": bool(valid[j])}
+                pred_all[i] = torch.tensor(adv_pred[j], dtype=torch.int64)
                 if job.cascade:
                     still = [protocol_correct(clean[i], p) and protocol_correct(adv[j], p) for p in PROTOCOLS]
                     alive[i] = alive[i] and any(still)
         for i in range(n):
             records[i]["attacks"].setdefault(name, None)  # None: skipped (already broken under every protocol)
         tensors[name] = x_adv_all
+        tensors[f"pred:{name}"] = pred_all
     if clean is None:  # unreachable: reuse_clean implies a first attack on the whole (non-empty) shard
         raise RuntimeError(f"{where}: no clean pass was made")
     for i in range(n):
         records[i]["clean"] = clean[i]
+    # next to each attack's x_adv, the predicted classes [n, draws] (-1: not attacked or not known), for the
+    # report's figures
+    tensors["pred:clean"] = torch.tensor(clean_pred, dtype=torch.int64)
     meta = {"forwards": forwards, "backwards": backwards, "seconds": time.perf_counter() - t0,
             "device": str(device), "attack_info": _jsonable(infos)}
     return records, tensors, meta
@@ -545,7 +559,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
-              slurm: dict[str, Any] | None = None, progress: bool | None = None) -> BenchmarkRecord:
+              slurm: dict[str, Any] | None = None, progress: bool | None = None,
+              allow_random_weights: bool = False) -> BenchmarkRecord:
     """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
 
     Args:
@@ -580,8 +595,18 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             holds its parameters) or ``"submitit-local"``.
         lease_timeout: seconds without a heartbeat after which a shard leased by a worker on another
             host is taken over (60; a lease of a process gone from this host is taken over at once).
+        allow_random_weights: benchmark a model built from the registry without trained weights (e.g.
+            ``create_classifier(name)`` without ``pretrained=True``, never trained since). Refused by
+            default with a :class:`~robustkit.CheckpointError` saying how to get the weights; when allowed,
+            the record's ``defense_config["random_weights"]`` lists the random parts and its summary says so.
     """
     t_start = time.perf_counter()
+    check_bool("allow_random_weights", allow_random_weights)
+    random_parts = sorted({p.name: p for p in random_weight_parts(defense)}.values(), key=lambda p: p.name)
+    if random_parts and not allow_random_weights:
+        raise CheckpointError(f"{random_parts[0].name} has random weights (built without pretrained=True and never "
+                              f"trained): {random_parts[0].how}; or pass allow_random_weights=True "
+                              "(CLI: --random-weights) to benchmark it anyway")
     eps_value = parse_eps(eps)  # every argument was checked by @checked_benchmark (robustkit/eval/arguments.py)
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
@@ -619,6 +644,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               "threat_model": threat_model, "eps": eps_value, "attacks": names, "attack_options": options,
               "seed": seed, "batch_size": batch_size, "n_reeval": draws, "cascade": cascade,
               "base_classifier": describe_defense(base_classifier) if base_classifier is not None else None}
+    if random_parts:  # allowed, and said so in the record (its defense_config) and its summary
+        config["defense"]["random_weights"] = [p.name for p in random_parts]
     tmp = None
     if run_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="robustkit-run-")
@@ -685,10 +712,12 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)
         check_results = [*check_results, validity]
         fp = defense.traits.forward_passes
+        order = {name: k for k, name in enumerate(names)}  # read back from sorted JSON: put the run order back
         attack_protocols = [{"name": name, **{k: v for k, v in info.items()
                                               if k not in ("cascade", "broken_at_step", "n_examples",
                                                            "defended_after_attack")}}
-                            for name, info in cost["attack_info"].items()]
+                            for name, info in sorted(cost["attack_info"].items(),
+                                                     key=lambda kv: order.get(kv[0], len(names)))]
         sizes = {s.n for s in (*clean.values(), *robust.values())}
         if sizes != {x.shape[0]}:  # n_examples is always the number of per-example results behind the numbers
             raise RunIntegrityError(f"{run_dir}: statistics over {sorted(sizes)} examples, the run has {x.shape[0]}")

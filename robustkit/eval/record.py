@@ -90,6 +90,12 @@ class AccuracyStat:
         a = accuracy_with_ci(flags, confidence)
         return cls(a.correct, a.n, a.value, a.low, a.high, confidence)
 
+    def attack_names(self) -> list[str]:
+        """The attacks in the order they ran (``per_attack``'s keys come back sorted from JSON; with a cascade,
+        "after X" is cumulative in this order)."""
+        ran = [a.get("name") for a in self.attacks]
+        return [n for n in ran if n in self.per_attack] + [n for n in self.per_attack if n not in ran]
+
     def __str__(self) -> str:
         return f"{100 * self.value:.2f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] (n={self.n})"
 
@@ -184,6 +190,16 @@ class BenchmarkRecord:
         return cls.from_dict(read_json_file(path, RecordError), source=path)
 
     # ---------------------------------------------------------------------------------------- display
+    def attack_names(self) -> list[str]:
+        """The attacks in the order they ran (``per_attack``'s keys come back sorted from JSON; with a cascade,
+        "after X" is cumulative in this order)."""
+        ran = [a.get("name") for a in self.attacks]
+        return [n for n in ran if n in self.per_attack] + [n for n in self.per_attack if n not in ran]
+
+    def __str__(self) -> str:
+        """The summary table (:meth:`summary`): ``print(record)`` shows what ``robustkit bench`` prints."""
+        return self.summary()
+
     def summary(self) -> str:
         """A plain-text table: clean and robust accuracy per protocol, per attack, checks, cost."""
         lines = [f"{self.defense} on {self.dataset}/{self.split}, {self.threat_model} eps={self.eps:.6g}, "
@@ -194,8 +210,8 @@ class BenchmarkRecord:
             return f"{label:<28}" + "".join(f"{str(stats[p]) if p in stats else '-':>32}" for p in PROTOCOLS)
 
         lines.append(row("clean", self.clean))
-        for name, stats in self.per_attack.items():
-            lines.append(row(("after " if self.cascade else "") + name, stats))
+        for name in self.attack_names():
+            lines.append(row(("after " if self.cascade else "") + name, self.per_attack[name]))
         lines.append(row("robust (all attacks)", self.robust))
         for a in self.attacks:
             proto = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("implementation",))
@@ -204,6 +220,8 @@ class BenchmarkRecord:
             flag = " [blocking]" if c.is_blocking_failure else ""
             lines.append(f"check {c.status.upper():<5} {c.name}{flag}: {c.message}")
         lines.append("UNRELIABLE: a blocking check failed" if self.unreliable else "reliable: no blocking check failed")
+        if self.defense_config.get("random_weights"):
+            lines.append(f"RANDOM WEIGHTS (never trained): {', '.join(self.defense_config['random_weights'])}")
         c = self.cost
         lines.append(f"cost: {c.get('forward_nfe', 0)} forward / {c.get('backward_nfe', 0)} backward example-passes, "
                      f"{c.get('wall_seconds', 0):.1f}s wall on {c.get('device', '?')}")

@@ -10,7 +10,9 @@ shards), so it can be regenerated at any time, on any machine, without the model
 * ``accuracy_vs_eps.png``: robust (worst-of-M) accuracy against eps, when several runs of the same
   defense, dataset and threat model at different eps are given;
 * ``examples.png``: clean image, adversarial image and perturbation for the first examples of the first
-  shard. Clean images are not stored in a run directory; they are reloaded from the dataset named in
+  shard, with the true class, the clean and adversarial predictions (class names where the dataset has
+  them) and, where there is no adversarial image, the reason in words ("misclassified clean: not
+  attacked", "not broken"). Clean images are not stored in a run directory; they are reloaded from the dataset named in
   the record and used only if they reproduce every recorded perturbation distance (so a run made
   on custom ``data=`` tensors shows its adversarial images alone rather than wrong clean ones).
 
@@ -34,11 +36,13 @@ Example (a few seconds on a CPU)::
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -87,7 +91,7 @@ class RunData:
 
     def x_adv_items(self) -> list[tuple[str, torch.Tensor]]:
         """``(attack name, x_adv of shard 0)`` in attack order, for the attacks whose images are stored."""
-        return [(a, self.first_shard_x_adv[a]) for a in self.record.per_attack if a in self.first_shard_x_adv]
+        return [(a, self.first_shard_x_adv[a]) for a in self.record.attack_names() if a in self.first_shard_x_adv]
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -232,8 +236,8 @@ def _protocols_to_plot(rec: BenchmarkRecord) -> list[str]:
 
 
 def _plot_per_attack(rec: BenchmarkRecord, path: Path) -> Path:
-    labels = ["clean"] + [("after " if rec.cascade else "") + a for a in rec.per_attack]
-    rows = [rec.clean] + [rec.per_attack[a] for a in rec.per_attack]
+    labels = ["clean"] + [("after " if rec.cascade else "") + a for a in rec.attack_names()]
+    rows = [rec.clean] + [rec.per_attack[a] for a in rec.attack_names()]
     if not rec.cascade:  # standalone per-attack numbers: the combined worst case is a separate bar
         labels.append("all attacks")
         rows.append(rec.robust)
@@ -249,9 +253,12 @@ def _plot_per_attack(rec: BenchmarkRecord, path: Path) -> Path:
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%), 95% CI")
-    ax.set_title(f"{rec.defense}, {rec.dataset} {rec.threat_model} eps={_fmt_eps(rec.eps)} (n={rec.n_examples})",
-                 fontsize=9)
-    ax.legend(fontsize=8)
+    # one line per part, wrapped to the figure's width (about 13 characters of 9-point text per inch), so a
+    # narrow figure (two bars) never clips its title
+    chars = int(13 * max(4.0, 1.3 * len(labels) + 1.5))
+    ax.set_title("\n".join(textwrap.fill(t, chars) for t in (
+        rec.defense, f"{rec.dataset} {rec.threat_model} eps={_fmt_eps(rec.eps)} (n={rec.n_examples})")), fontsize=9)
+    fig.legend(loc="outside lower center", ncol=len(protos), fontsize=8)  # below the axes: never over a bar
     return _save(fig, path)
 
 
@@ -319,11 +326,45 @@ def _show(ax, img: torch.Tensor, **kwargs: Any) -> None:
     ax.set_yticks([])
 
 
+def _class_name(dataset: str, k: int) -> str:
+    """Class ``k`` by name where the dataset has names (CIFAR-10 and its corruptions), else its number."""
+    from ..data.cifar10 import CLASSES
+
+    names = CLASSES if dataset.split(":")[0].replace("-", "") in ("cifar10", "cifar10c") else None
+    return names[k] if names is not None and 0 <= k < len(names) else str(k)
+
+
+def _blank(ax, text: str, color: str, aspect: float) -> None:
+    """An image cell that says in words why it holds no image (instead of a blank or mid-gray square)."""
+    ax.set_box_aspect(aspect)  # the images' height / width, so the grid stays aligned
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_linestyle(":")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=7, color=color, transform=ax.transAxes)
+
+
 def _plot_examples(run: RunData, clean: torch.Tensor | None, path: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """Grid: rows clean / adversarial / perturbation, one column per example; returns what each shows."""
+    """Grid: rows clean / adversarial / perturbation, one column per example; returns what each shows.
+
+    Each column is titled with the example's index and true class (by name where the dataset has names);
+    the clean image is labelled with its prediction, the adversarial image with the attack and the class it
+    is now given (from the run's ``pred:*`` tensors: the first wrong draw when a stochastic model erred in
+    some draw, as the worst-of-M status does; runs made before they were stored show no predictions). An example with no adversarial image (misclassified clean, so never attacked, or an
+    attack that returned the clean image) says so in words instead of showing an empty perturbation.
+    """
     rec = run.record
-    attacks = list(rec.per_attack)
+    attacks = rec.attack_names()
     lines = run.first_shard_records[:N_EXAMPLES_SHOWN]
+    preds = run.first_shard_x_adv  # the tensor file holds x_adv per attack and "pred:<attack>" / "pred:clean"
+
+    def pred_of(key: str, i: int, label: int) -> int | None:
+        # the first draw that is wrong, if any (the worst-of-M protocol that names the status), else draw 0
+        t = preds.get(f"pred:{key}")
+        if t is None or i >= t.shape[0] or int(t[i, 0]) < 0:
+            return None
+        return next((int(p) for p in t[i] if int(p) != label), int(t[i, 0]))
+
     shown = []
     for i, r in enumerate(lines):
         clean_ok = _worst(r["clean"])
@@ -333,27 +374,47 @@ def _plot_examples(run: RunData, clean: torch.Tensor | None, path: Path) -> tupl
         robust = clean_ok and broke is None
         attack = broke or attacks[-1]
         status = "robust" if robust else ("misclassified clean" if not clean_ok else f"broken by {attack}")
+        result = r["attacks"].get(attack)
         shown.append({"index": r["index"], "label": r["label"], "attack": attack, "status": status,
-                      "x_adv": run.first_shard_x_adv[attack][i].float()})
+                      "x_adv": run.first_shard_x_adv[attack][i].float(),
+                      "has_adv": result is not None and float(result["distance"]) > 0,
+                      "pred_clean": pred_of("clean", i, r["label"]),
+                      "pred_adv": pred_of(attack, i, r["label"]) if result else None})
+    name = functools.partial(_class_name, rec.dataset)
     rows = 3 if clean is not None else 1
     cols = len(shown)
-    fig = _new_figure(1.3 * cols + 0.8, 1.45 * rows + 0.5)
+    fig = _new_figure(1.35 * cols + 0.9, 1.75 * rows + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False)
     for j, s in enumerate(shown):
         top = axes[0][j]
+        adv_ax = axes[1][j] if clean is not None else top
+        green_or_red = "tab:green" if s["status"] == "robust" else "tab:red"
         if clean is not None:
             _show(top, clean[j])
-            _show(axes[1][j], s["x_adv"])
-            delta = s["x_adv"] - clean[j]
-            scale = rec.eps if rec.threat_model == "Linf" else max(float(delta.abs().max()), 1e-12)
-            if delta.shape[0] == 3:  # amplified to fill [0, 1] around mid-gray
-                _show(axes[2][j], (delta / (2 * scale) + 0.5).clamp(0, 1))
-            else:
-                _show(axes[2][j], delta, cmap="seismic", vmin=-scale, vmax=scale)
+            if s["pred_clean"] is not None:
+                top.set_xlabel(f"pred: {name(s['pred_clean'])}", fontsize=7,
+                               color="tab:green" if s["pred_clean"] == s["label"] else "tab:red")
+        if not s["has_adv"]:
+            why = "misclassified clean:\nnot attacked" if s["status"] == "misclassified clean" else "not broken:\nno adversarial\nimage"
+            aspect = s["x_adv"].shape[1] / s["x_adv"].shape[2]
+            _blank(adv_ax, why, green_or_red, aspect)
+            if clean is not None:
+                _blank(axes[2][j], "no perturbation", "gray", aspect)
         else:
-            _show(top, s["x_adv"])
-        top.set_title(f"#{s['index']} y={s['label']}\n{s['status']}", fontsize=7,
-                      color="tab:green" if s["status"] == "robust" else "tab:red")
+            _show(adv_ax, s["x_adv"])
+            if s["pred_adv"] is not None:
+                broken = s["pred_adv"] != s["label"]
+                adv_ax.set_xlabel(f"{s['attack']} → {name(s['pred_adv'])}" if broken
+                                  else f"not broken: {name(s['pred_adv'])}", fontsize=7,
+                                  color="tab:red" if broken else "tab:green")
+            if clean is not None:
+                delta = s["x_adv"] - clean[j]
+                scale = rec.eps if rec.threat_model == "Linf" else max(float(delta.abs().max()), 1e-12)
+                if delta.shape[0] == 3:  # amplified to fill [0, 1] around mid-gray
+                    _show(axes[2][j], (delta / (2 * scale) + 0.5).clamp(0, 1))
+                else:
+                    _show(axes[2][j], delta, cmap="seismic", vmin=-scale, vmax=scale)
+        top.set_title(f"#{s['index']} true: {name(s['label'])}\n{s['status']}", fontsize=7, color=green_or_red)
     scale_text = f"±{rec.eps:.3g}" if rec.threat_model == "Linf" else "±max, per image"
     names = (["clean", "adversarial", f"perturbation\n({scale_text})"] if clean is not None
              else ["adversarial"])
@@ -400,7 +461,7 @@ def _markdown(main: RunData, runs: list[RunData], eps_plot: bool, examples: list
             "cumulative." if rec.cascade else "Every attack on every example: standalone numbers."), ""]
     rows = [["clean"] + [_pct(rec.clean[p]) for p in PROTOCOLS]]
     rows += [[("after " if rec.cascade else "") + a] + [_pct(s[p]) for p in PROTOCOLS]
-             for a, s in rec.per_attack.items()]
+             for a, s in ((a, rec.per_attack[a]) for a in rec.attack_names())]
     md += _table(header, rows)
     md += ["", "![accuracy per attack](accuracy_per_attack.png)", ""]
 
@@ -433,7 +494,7 @@ def _markdown(main: RunData, runs: list[RunData], eps_plot: bool, examples: list
 
     md += ["## Attack protocols", ""]
     by_name = {a.get("name", f"#{i}"): a for i, a in enumerate(rec.attacks)}
-    names = list(rec.per_attack) + [n for n in by_name if n not in rec.per_attack]
+    names = rec.attack_names() + [n for n in by_name if n not in rec.per_attack]
     keys = sorted({k for a in rec.attacks for k in a if k != "name"})
     if keys:
         md += _table(["parameter"] + names, [[k] + [by_name[n].get(k, "–") if n in by_name else "–" for n in names]
