@@ -122,3 +122,19 @@ def test_both_refuse_what_they_cannot_attack():
         DiffHammer(eps=0.1, n_eval=0)
     with pytest.raises(InputError, match="deviation_weight"):
         DiffAttack(eps=0.1, deviation_weight=-1)
+
+
+def test_benchmark_records_the_n_evaluation_protocol_over_all_shards(tmp_path):
+    """DiffHammer's N-evaluation outcome is summed over every shard of a run into the record's protocol."""
+    d = _tiny_defense()
+    rec = robustkit.benchmark(d, dataset="digits", eps=0.15, attacks=["diffhammer"], n_examples=6, batch_size=3,
+                              n_reeval=2, checks=False, cascade=False, run_dir=tmp_path / "run",
+                              attack_options={"diffhammer": {"steps": 1, "n_eval": 2}})
+    ne = rec.attacks[0]["n_evaluation"]
+    assert ne["n"] == 6 and ne["n_eval"] == 2 and 0 <= ne["robust"] <= 6
+    assert ne["robust_accuracy"] == ne["robust"] / 6
+    from robustkit.eval.runner import RunDir
+
+    run = RunDir.load(tmp_path / "run")
+    survived = [v for s in run.shards for v in run.read_meta(s)["attack_info"]["diffhammer"]["n_evaluation"]["survived"]]
+    assert len(survived) == 6 and sum(survived) == ne["robust"]

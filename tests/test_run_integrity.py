@@ -20,7 +20,7 @@ import pytest
 
 import robustkit
 from helpers import run_numbers, run_per_example
-from robustkit.errors import RobustkitError
+from robustkit.errors import InputError, RobustkitError
 from robustkit.eval import benchmark
 from robustkit.eval import runner as runner_mod
 from robustkit.eval.runner import (RunConfigError, RunDir, RunIntegrityError, RunIOError, holder_is_gone,
@@ -170,7 +170,7 @@ def test_an_edited_manifest_is_refused_with_a_typed_error(clf, reference, tmp_pa
         with pytest.raises(RunConfigError, match="manifest.json"):
             benchmark(clf, run_dir=run_dir, **KW)
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(RunConfigError, match="is a file"):
+    with pytest.raises(InputError, match="names a file, not a directory"):  # refused before anything is done
         benchmark(clf, run_dir=tmp_path / "a_file", **KW)
 
 

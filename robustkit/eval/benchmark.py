@@ -518,9 +518,28 @@ def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, di
         cost["backwards"] += m["backwards"]
         cost["seconds"] += m["seconds"]
         cost["devices"].add(m["device"])
-    cost["attack_info"] = metas[0]["attack_info"] if metas else {}
+    cost["attack_info"] = _merge_n_evaluation(metas, len(recs))
     return ({p: AccuracyStat.from_flags(clean[p]) for p in PROTOCOLS},
             {p: AccuracyStat.from_flags(cumulative[p]) for p in PROTOCOLS}, per_attack, validity, cost)
+
+
+def _merge_n_evaluation(metas: list[dict], n_total: int) -> dict[str, Any]:
+    """The first shard's attack protocols, with an attack's per-shard N-evaluation outcome (DiffHammer's:
+    an example counts as broken if any of the attack's N evaluations misclassified it) summed over all
+    shards into ``{"n_eval", "evaluations", "robust", "n", "robust_accuracy"}``. Examples the attack did not
+    attack (broken already, or wrong clean, under a cascade) count as not robust."""
+    info = {name: dict(v) for name, v in (metas[0]["attack_info"] if metas else {}).items()}
+    for name, first in info.items():
+        if not isinstance(first.get("n_evaluation"), dict):
+            continue
+        shards = [m["attack_info"][name]["n_evaluation"] for m in metas
+                  if isinstance(m["attack_info"].get(name, {}).get("n_evaluation"), dict)]
+        robust = sum(sum(bool(v) for v in ne.get("survived", [])) for ne in shards)
+        first["n_evaluation"] = {"n_eval": first["n_evaluation"].get("n_eval"),
+                                 "evaluations": max(ne.get("evaluations", 0) for ne in shards),
+                                 "robust": robust, "n": n_total,
+                                 "robust_accuracy": robust / n_total if n_total else float("nan")}
+    return info
 
 
 def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult], float, dict[str, float]] | None:
