@@ -58,7 +58,11 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
                    help="override one preset parameter of an attack, e.g. pgd-eot.steps=50 or pgd-eot.step_size=2/255 "
                         "(repeatable; recorded with the result)")
     p.add_argument("--n-examples", type=int, default=None, help="first N test examples (default: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per shard")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per shard (default 64; 200, the papers' batch, for test-time adaptation)")
+    p.add_argument("--tta-threat-model", default=None, choices=["episodic", "continual"],
+                   help="for a defense that adapts at test time: every batch from the initial state (episodic, "
+                        "default) or the test stream in order, the defense adapting on each adversarial batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-reeval", type=int, default=10, help="re-evaluations per example (stochastic defenses)")
     p.add_argument("--run-dir", default=None, help="resumable run directory (default: a temporary one)")
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                     checks=not args.no_checks, probe_size=args.probe_size, cascade=not args.no_cascade,
                     check_options=check_options_from_args(args),
                     attack_options=options,
-                    executor=args.executor, workers=args.workers)
+                    executor=args.executor, workers=args.workers, tta_threat_model=args.tta_threat_model)
     if args.json:
         print(rec.to_json())
     else:

@@ -17,10 +17,14 @@ Protocols (``attacks="auto"``):
   majority-of-M and worst-of-M accuracy; per example the minimum over all attacks;
 * adapts at test time → transfer from the static base model + an adaptive ``pgd-eot`` through the
   adaptation, under the batch threat model: the unit of work is one shard (``batch_size`` consecutive
-  examples in evaluation order; the last may be smaller), attacked as a whole even with ``cascade``, and
-  the defense is ``reset()`` before the clean pass, before every attack query and before every
-  re-evaluation, so every score is the defense's first adaptation on that batch from its source state.
-  The record's attack protocols carry ``batch_threat_model`` and ``test_time_state``;
+  examples in evaluation order, 200 by default as in TENT's and TEA's papers; the last may be smaller),
+  attacked as a whole even with ``cascade``, and the defense's state is restored before the clean pass,
+  before every attack query and before every re-evaluation. Which state is the test-time threat model
+  (:mod:`robustkit.eval.tta`): ``episodic`` (default; the initial parameters, optimiser and SGLD buffer
+  for every batch) or ``continual`` (the stream in order; each batch meets the state the earlier
+  adversarial batches left, and the defense then adapts on its adversarial batch). The record's config
+  and attack protocols carry ``tta_threat_model`` / ``test_time_threat_model``, ``batch_threat_model``
+  and ``test_time_state``;
 * batch-dependent (``traits.batch_dependent``: an example's prediction depends on the rest of its batch,
   without state, e.g. contrastive-guided purification) → ``pgd-eot``, which queries whole batches, then
   AutoAttack ``rand``. Both run under the same batch threat model (whole shards, no reset needed). APGD
@@ -61,6 +65,7 @@ from ..utils import check_positive_int, progress_bar, state_digest
 from .checks import run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import RunDir, Shard, atomic_write_text, make_shards
+from .tta import DEFAULT_TTA_BATCH_SIZE, PinnedStateDefense, check_threat_model, run_continual
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +442,7 @@ def _aggregate(run: RunDir, attacks: list[str], cascade: bool) -> tuple[dict, di
 # ------------------------------------------------------------------------------------------- entry point
 
 def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
-              attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int = 64,
+              attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int | None = None,
               seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
               data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
               data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
@@ -445,7 +450,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = 600.0,
-              slurm: dict[str, Any] | None = None, progress: bool | None = None) -> BenchmarkRecord:
+              slurm: dict[str, Any] | None = None, progress: bool | None = None,
+              tta_threat_model: str | None = None) -> BenchmarkRecord:
     """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
 
     Args:
@@ -454,7 +460,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         threat_model: ``"Linf"`` or ``"L2"``; eps: budget, a number or a string like ``"8/255"``.
         attacks: ``"auto"`` (from the traits), or names from :func:`robustkit.attacks.list_attacks`,
             ``"torchattacks:<Name>"`` and ``"transfer"``; run in the given order.
-        n_examples: first n examples (or of ``indices``); batch_size: examples per shard.
+        n_examples: first n examples (or of ``indices``); batch_size: examples per shard (default 64; 200,
+            the papers' batch, for a defense that adapts at test time).
         seed: the run seed; every attack and defense draw derives from it (see module docstring).
         n_reeval: re-classifications of every clean and adversarial example for stochastic defenses
             (1 is used for deterministic ones).
@@ -473,6 +480,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         executor: ``"inline"`` (this process; also one worker per rank under torchrun), ``"processes"``
             (one per visible GPU, or ``workers`` CPU processes), ``"submitit"`` (Slurm job array, ``slurm``
             holds its parameters) or ``"submitit-local"``.
+        tta_threat_model: for a defense that adapts at test time, ``"episodic"`` (default) or
+            ``"continual"`` (:mod:`robustkit.eval.tta`; continual runs inline, shards in order).
     """
     t_start = time.perf_counter()
     if not isinstance(defense, Classifier):
@@ -483,6 +492,12 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
     eps_value = parse_eps(eps)
     if executor not in EXECUTORS:
         raise InputError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    tta = check_threat_model(defense, tta_threat_model)
+    if batch_size is None:
+        batch_size = DEFAULT_TTA_BATCH_SIZE if tta is not None else 64
+    if tta == "continual" and executor != "inline":
+        raise InputError(f"the continual threat model streams the shards in order through one defense: "
+                         f"executor must be 'inline', got {executor!r}")
     for label, v in (("batch_size", batch_size), ("n_reeval", n_reeval), ("probe_size", probe_size)):
         check_positive_int(label, v)
     check_options = dict(check_options or {})
@@ -520,6 +535,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               "threat_model": threat_model, "eps": eps_value, "attacks": names, "attack_options": options,
               "seed": seed, "batch_size": batch_size, "n_reeval": draws, "cascade": cascade,
               "base_classifier": describe_defense(base_classifier) if base_classifier is not None else None}
+    if tta is not None:
+        config["tta_threat_model"] = tta
+        defense = PinnedStateDefense(defense)  # reset() restores the whole state (robustkit.eval.tta)
     tmp = None
     if run_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="robustkit-run-")
@@ -562,7 +580,10 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                                                            "seconds": checks_seconds, "asked": asked},
                                                           sort_keys=True) + "\n")
 
-        _execute(job, executor, workers, dev, progress, slurm)
+        if tta == "continual":
+            run_continual(job, dev, progress)
+        else:
+            _execute(job, executor, workers, dev, progress, slurm)
         clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)
         check_results = [*check_results, validity]
         fp = defense.traits.forward_passes
@@ -572,6 +593,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                 attack_protocols.append({"name": name, **{k: v for k, v in info.items()
                                                           if k not in ("cascade", "broken_at_step", "n_examples",
                                                                        "defended_after_attack")}})
+                if tta is not None:
+                    attack_protocols[-1]["test_time_threat_model"] = tta
         devices = sorted(cost["devices"])
         wall = cost["seconds"] + checks_seconds
         record = BenchmarkRecord(
