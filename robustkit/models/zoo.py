@@ -161,26 +161,24 @@ _DIFFPURE_SOURCE = "https://github.com/NVlabs/DiffPure @ 985703f (classifiers/ci
 _DIFFPURE_PAPER = "Nie et al., Diffusion Models for Adversarial Purification, ICML 2022 (Table 1/3 classifiers)"
 
 
-@register_classifier("resnet50.cifar10", ClassifierConfig(
-    architecture="ResNet-50 (CIFAR variant, bottleneck blocks)", dataset="cifar10", num_classes=10,
-    input_shape=CIFAR10_SHAPE, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-    weights=WeightSource(filename="diffpure_cifar10_resnet-50_weights.pt"),
-    adapt_state_dict=adapt_diffpure, license="NVIDIA Source Code License (DiffPure)",
-    paper=_DIFFPURE_PAPER, source=_DIFFPURE_SOURCE,
-    notes=_DIFFPURE_NOTE.format(folder="https://drive.google.com/drive/folders/1SEGilIEAnx9OC1JVhmOynreCF3oog7Fi",
-                                filename="diffpure_cifar10_resnet-50_weights.pt")))
+def _diffpure_config(architecture: str, weights_dir: str, folder: str, notes: str = "") -> ClassifierConfig:
+    filename = f"diffpure_cifar10_{weights_dir}_weights.pt"
+    return ClassifierConfig(
+        architecture=architecture, dataset="cifar10", num_classes=10, input_shape=CIFAR10_SHAPE,
+        mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=WeightSource(filename=filename), adapt_state_dict=adapt_diffpure,
+        license="NVIDIA Source Code License (DiffPure)", paper=_DIFFPURE_PAPER, source=_DIFFPURE_SOURCE,
+        notes=_DIFFPURE_NOTE.format(folder=f"https://drive.google.com/drive/folders/{folder}", filename=filename)
+        + notes)
+
+
+@register_classifier("resnet50.cifar10", _diffpure_config(
+    "ResNet-50 (CIFAR variant, bottleneck blocks)", "resnet-50", "1SEGilIEAnx9OC1JVhmOynreCF3oog7Fi"))
 def resnet50_cifar10():
     return resnet50(10)
 
 
-@register_classifier("wrn70_16_dropout.cifar10", ClassifierConfig(
-    architecture="WideResNet-70-16 (dropout 0.3)", dataset="cifar10", num_classes=10,
-    input_shape=CIFAR10_SHAPE, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-    weights=WeightSource(filename="diffpure_cifar10_wrn-70-16-dropout_weights.pt"),
-    adapt_state_dict=adapt_diffpure, license="NVIDIA Source Code License (DiffPure)",
-    paper=_DIFFPURE_PAPER, source=_DIFFPURE_SOURCE,
-    notes=_DIFFPURE_NOTE.format(folder="https://drive.google.com/drive/folders/1istqcnPNXJ-TQFdxRqNJuInzOtlYOG1b",
-                                filename="diffpure_cifar10_wrn-70-16-dropout_weights.pt")
-          + "; dropout acts only in training mode (evaluation is deterministic)"))
+@register_classifier("wrn70_16_dropout.cifar10", _diffpure_config(
+    "WideResNet-70-16 (dropout 0.3)", "wrn-70-16-dropout", "1istqcnPNXJ-TQFdxRqNJuInzOtlYOG1b",
+    "; dropout acts only in training mode (evaluation is deterministic)"))
 def wrn70_16_dropout_cifar10():
     return WideResNet(depth=70, widen_factor=16, num_classes=10, drop_rate=0.3)
