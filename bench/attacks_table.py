@@ -55,7 +55,11 @@ def row(path: Path) -> str:
     cells = [f"{100 * r[p]['value']:.1f} [{100 * r[p]['ci_low']:.1f}, {100 * r[p]['ci_high']:.1f}]"
              for p in ("single_draw", "majority", "worst_of_m")]
     ne = d["attacks"][0].get("n_evaluation")
-    cells.append(f"{100 * sum(ne['survived']) / d['n_examples']:.1f} (N = {ne['evaluations']})" if ne else "—")
+    if ne:
+        robust = ne["robust"] if "robust" in ne else sum(ne["survived"])  # records before the per-run sum
+        cells.append(f"{100 * robust / d['n_examples']:.1f} (N = {ne['evaluations']})")
+    else:
+        cells.append("—")
     c = d["cost"]
     return (f"| {name} | " + " | ".join(cells)
             + f" | {c['forward_passes'] / d['n_examples']:.0f} / {c['backward_passes'] / d['n_examples']:.0f} "

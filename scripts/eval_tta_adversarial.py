@@ -17,6 +17,12 @@ Every clean and adversarial batch of a stochastic method (TEA) is re-classified 
 (single draw / majority / worst-of-M). One JSON record per method goes to ``--out-dir``; ``--table``
 prints the Markdown table of the records found there.
 
+``--tta-threat-model`` picks the test-time threat model (:mod:`robustkit.eval.tta`): ``episodic`` (every
+batch from the initial state, SGLD buffer included) or ``continual`` (the test stream in order, the
+defense adapting on each adversarial batch); the record is then ``<method>_<threat model>.json``.
+``--clean-stream N`` instead measures clean accuracy on the first N test images streamed in batches under
+that threat model (no attack; ``clean_<method>_<threat model>.json``).
+
     # ~45 min for TEA at n = 400 on one CPU core; TENT/BN/source a few minutes each
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/eval_tta_adversarial.py --method tea \\
         --n-examples 400 --out-dir runs/tta_adv
@@ -26,6 +32,7 @@ prints the Markdown table of the records found there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -48,8 +55,37 @@ def build(method: str, classifier: str, checkpoint: str | None) -> tuple[robustk
     return model, clf
 
 
+def _stem(args: argparse.Namespace) -> str:
+    threat = getattr(args, "tta_threat_model", None)
+    return f"{args.method}_{threat}" if threat and args.method != "source" else args.method
+
+
+def clean_stream(args: argparse.Namespace) -> dict:
+    """Clean accuracy of the streamed first ``args.clean_stream`` test images under the threat model."""
+    import time
+
+    from robustkit.eval.benchmark import describe_defense
+    from robustkit.eval.record import AccuracyStat
+    from robustkit.eval.tta import stream_accuracy
+
+    model, _ = build(args.method, args.classifier, args.checkpoint)
+    x, y = robustkit.load_dataset("cifar10", n_examples=args.clean_stream, data_dir=args.data_dir)
+    t0 = time.perf_counter()
+    flags = stream_accuracy(model, x, y, threat_model=args.tta_threat_model, batch_size=args.batch_size)
+    out = {"defense": describe_defense(model), "dataset": "cifar10", "split": "test", "n_examples": len(flags),
+           "batch_size": args.batch_size, "tta_threat_model": args.tta_threat_model, "seed": args.seed,
+           "protocol": "single draw per example; the stream in test-set order",
+           "clean": dataclasses.asdict(AccuracyStat.from_flags(flags)), "seconds": time.perf_counter() - t0,
+           "software": {"robustkit": robustkit.__version__, "torch": torch.__version__}}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"clean_{_stem(args)}.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    return out
+
+
 def evaluate(args: argparse.Namespace) -> BenchmarkRecord:
     model, static = build(args.method, args.classifier, args.checkpoint)
+    threat = getattr(args, "tta_threat_model", None) if args.method != "source" else None
     options = {"transfer": {"attack": "autoattack-standard"},
                "pgd-eot": {"steps": args.steps, "step_size": args.step_size, "eot": args.eot}}
     out = Path(args.out_dir)
@@ -57,9 +93,9 @@ def evaluate(args: argparse.Namespace) -> BenchmarkRecord:
     rec = robustkit.benchmark(model, dataset="cifar10", data_dir=args.data_dir, eps=args.eps,
                               attacks=["transfer", "pgd-eot"], attack_options=options, n_examples=args.n_examples,
                               batch_size=args.batch_size, seed=args.seed, n_reeval=args.n_reeval,
-                              base_classifier=static, cascade=False, run_dir=out / f"run_{args.method}",
-                              checks=not args.no_checks)
-    rec.save(out / f"{args.method}.json")
+                              base_classifier=static, cascade=False, run_dir=out / f"run_{_stem(args)}",
+                              checks=not args.no_checks, tta_threat_model=threat)
+    rec.save(out / f"{_stem(args)}.json")
     return rec
 
 
@@ -68,10 +104,11 @@ def _cell(stat: dict) -> str:
 
 
 def table(out_dir: Path) -> str:
-    """Markdown: one row per method and protocol; clean, transfer, adaptive PGD-EOT, worst case; cost."""
+    """Markdown: one row per method (and threat model) and protocol; clean, transfer, adaptive PGD-EOT, worst
+    case; cost."""
     rows = ["| method | protocol | clean | transfer (AA on static) | adaptive PGD-EOT (exact) | worst of both "
             "| checks | attack wall s |", "|---|---|---:|---:|---:|---:|---|---:|"]
-    for m in METHODS:
+    for m in [f"{m}{t}" for m in METHODS for t in ("", "_episodic", "_continual")]:
         path = out_dir / f"{m}.json"
         if not path.exists():
             continue
@@ -101,6 +138,10 @@ def main() -> None:
     ap.add_argument("--n-reeval", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument("--tta-threat-model", default=None, choices=["episodic", "continual"],
+                    help="test-time threat model (robustkit.eval.tta); default: the harness's (episodic)")
+    ap.add_argument("--clean-stream", type=int, default=None, metavar="N",
+                    help="only the clean accuracy of the first N test images streamed under the threat model")
     ap.add_argument("--out-dir", default="runs/tta_adv")
     args = ap.parse_args()
     if args.table:
@@ -110,6 +151,11 @@ def main() -> None:
         ap.error("--method is required unless --table")
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
+    if args.clean_stream is not None:
+        if args.method == "source" or args.tta_threat_model is None:
+            ap.error("--clean-stream needs an adapting --method and --tta-threat-model")
+        print(json.dumps(clean_stream(args)["clean"]))
+        return
     print(evaluate(args).summary())
 
 

@@ -311,7 +311,8 @@ def test_registered_defenses_and_their_configs():
                  "tiny_diffpure.digits"):
         assert name in names
     assert robustkit.list_defenses("diffpure*.cifar10") == ["diffpure.cifar10", "diffpure_l2.cifar10",
-                                                              "diffpure_unet.cifar10"]
+                                                              "diffpure_rn50.cifar10", "diffpure_unet.cifar10",
+                                                              "diffpure_wrn70_16.cifar10"]
     assert defense_config("diffpure.cifar10").purifier == DiffPureConfig()    # paper defaults
     assert defense_config("diffpure.cifar10").classifier == "wrn28_10.cifar10"
     assert defense_config("diffpure_l2.cifar10").purifier.t_star == 0.075

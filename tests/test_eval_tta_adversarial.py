@@ -35,3 +35,21 @@ def test_records_and_table(method, shared_dir, tmp_path):
     assert robust <= min(saved["per_attack"][a]["single_draw"]["value"] for a in ("transfer", "pgd-eot"))
     rows = table(tmp_path).splitlines()
     assert len(rows) == 3 and rows[2].startswith(f"| {method} | single_draw |")
+
+
+def test_threat_model_records_and_clean_stream(shared_dir, tmp_path):
+    from scripts.eval_tta_adversarial import clean_stream
+
+    common = dict(method="tent", classifier="resnet20.cifar10",
+                  checkpoint=str(shared_dir / "models" / "resnet20-12fca82f.th"),
+                  data_dir=str(shared_dir / "data" / "cifar10"), batch_size=3, seed=0, out_dir=str(tmp_path))
+    out = clean_stream(argparse.Namespace(clean_stream=6, tta_threat_model="continual", **common))
+    saved = json.loads((tmp_path / "clean_tent_continual.json").read_text())
+    assert saved["n_examples"] == 6 and saved["tta_threat_model"] == "continual" and saved["batch_size"] == 3
+    assert saved["clean"]["n"] == 6 and saved["clean"] == out["clean"]
+    args = argparse.Namespace(eps="8/255", n_examples=6, steps=1, step_size=2 / 255, eot=1, n_reeval=1,
+                              no_checks=True, tta_threat_model="continual", **common)
+    evaluate(args)
+    rec = json.loads((tmp_path / "tent_continual.json").read_text())
+    assert {a["test_time_threat_model"] for a in rec["attacks"]} == {"continual"}
+    assert table(tmp_path).splitlines()[2].startswith("| tent_continual | single_draw |")

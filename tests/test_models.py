@@ -31,7 +31,9 @@ from robustkit.models.wide_resnet import WideResNet
 from robustkit.registry import (CLASSIFIERS, Registry, classifier_config, register_classifier,
                                 resolve_weights)
 
-ALL_NAMES = robustkit.list_classifiers()
+# WRN-70-16 (267 M parameters, 1 GB in float32) is left out of the per-entry contract to keep the suite fast;
+# its layout and its forward (on the same code path at WRN-16-2) are tested in test_models_diffpure.py
+ALL_NAMES = [n for n in robustkit.list_classifiers() if n != "wrn70_16_dropout.cifar10"]
 
 AKAMASTER = {  # depth: (file, exact correct count on the 10,000 CIFAR-10 test images, parameters)
     20: ("resnet20-12fca82f.th", 9173, 269_722),
@@ -117,7 +119,8 @@ class TestContract:
                 "resnet56.cifar10", "wrn28_10.cifar10", "tiny_cnn.digits"} <= set(ALL_NAMES)
         assert ALL_NAMES == sorted(ALL_NAMES)
         assert robustkit.list_classifiers("resnet*.cifar10") == [
-            "resnet18.cifar10", "resnet20.cifar10", "resnet32.cifar10", "resnet44.cifar10", "resnet56.cifar10"]
+            "resnet18.cifar10", "resnet20.cifar10", "resnet32.cifar10", "resnet44.cifar10", "resnet50.cifar10",
+            "resnet56.cifar10"]
         assert robustkit.list_classifiers("*.digits") == ["tiny_cnn.digits"]
         assert robustkit.list_classifiers("nothing*") == []
 

@@ -407,7 +407,7 @@ def test_cli_lease_timeout_is_passed_and_checked(capsys, tmp_path, monkeypatch):
     capsys.readouterr()
     assert main([*args, "--lease-timeout", "0"]) == 2
     err = capsys.readouterr().err
-    assert "lease_timeout must be a positive number" in err and len(err.strip().splitlines()) == 1
+    assert "--lease-timeout: expected a positive number" in err and len(err.strip().splitlines()) == 1
 
 
 def test_raw_readers_return_what_is_on_disk_and_read_shard_verifies(reference):

@@ -151,8 +151,8 @@ def test_sgld_reinit_frequency_and_sources():
     # Binomial(20000, 0.05): sd = sqrt(.05 * .95 / 20000) = 0.00154; tolerance 5 sd (false alarm ~6e-7)
     assert abs(freq - 0.05) < 5 * math.sqrt(0.05 * 0.95 / n)
     assert bool((chains.x[~chains.reinit] == 7.0).all())
-    noise = chains.x[chains.reinit]
-    assert noise.min() >= 0 and noise.max() <= 1 and noise.std() > 0.2  # U(0, 1): sd 0.289
+    noise = chains.x[chains.reinit]  # the official U(-1, 1): sd 1/sqrt(3) = 0.577
+    assert noise.min() >= -1 and noise.max() <= 1 and noise.min() < -0.9 and abs(noise.std() - 0.577) < 0.02
     assert chains.indices.min() >= 0 and chains.indices.max() < 50 and len(chains.indices.unique()) == 50
 
 
@@ -171,11 +171,17 @@ def test_sgld_samples_are_written_back_to_their_slots():
     assert torch.equal(tea.sgld_buffer[untouched], before[untouched])
 
 
-def test_authors_buffer_range_option():
-    tea = EnergyAdaptedClassifier(tiny_classifier(), buffer_size=500, buffer_range=(-1.0, 1.0))
-    assert tea.sgld_buffer.min() < -0.5 and tea.sgld_buffer.max() > 0.5
-    default = EnergyAdaptedClassifier(tiny_classifier(), buffer_size=500)
-    assert default.sgld_buffer.min() >= 0 and default.sgld_buffer.max() <= 1
+def test_official_buffer_range_is_the_default_and_in_domain_is_an_option():
+    # yuanyige/tea core/adazoo/energy.py: init_random = uniform_(-1, 1), in the [0, 1] pixel space of
+    # RobustBench's WRN-28-10 (no normalisation), i.e. in robustkit's input convention as it is
+    assert TEAConfig().buffer_range == (-1.0, 1.0)
+    default = EnergyAdaptedClassifier(tiny_classifier(), buffer_size=2000)
+    buf = default.sgld_buffer
+    assert buf.min() >= -1 and buf.max() <= 1 and buf.min() < -0.99 and buf.max() > 0.99
+    assert abs(float((buf < 0).double().mean()) - 0.5) < 0.01  # half of each pixel range outside [0, 1]
+    inside = EnergyAdaptedClassifier(tiny_classifier(), buffer_size=500, buffer_range=(0.0, 1.0))
+    assert inside.sgld_buffer.min() >= 0 and inside.sgld_buffer.max() <= 1
+    assert inside.sgld_init(2000).x.min() >= 0
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -197,7 +203,42 @@ def test_reset_restores_parameters_and_optimiser_state_and_optionally_the_buffer
     tea2(images(6))
     buf2 = tea2.sgld_buffer.clone()
     tea2.reset()
-    assert not torch.equal(tea2.sgld_buffer, buf2) and tea2.sgld_buffer.min() >= 0 and tea2.sgld_buffer.max() <= 1
+    assert not torch.equal(tea2.sgld_buffer, buf2) and tea2.sgld_buffer.min() >= -1 and tea2.sgld_buffer.max() <= 1
+
+
+@pytest.mark.parametrize("cls", [EnergyAdaptedClassifier, TentClassifier, NormStatsClassifier])
+def test_snapshot_and_restore_cover_parameters_optimiser_and_buffer(cls):
+    kw = {"buffer_size": 16, "sgld_steps": 2} if cls is EnergyAdaptedClassifier else {}
+    m = cls(tiny_classifier(), **kw)
+    m(images(6, seed=7))
+    snap = m.snapshot_state()
+    names = {"adam_step", *(f"{k}_{i}" for k in ("param", "exp_avg", "exp_avg_sq") for i in range(len(m._params)))}
+    assert set(snap) == names | ({"sgld_buffer"} if cls is EnergyAdaptedClassifier else set())
+    before = {k: v.clone() for k, v in snap.items()}
+    out = m(images(6, seed=8))
+    if cls is not NormStatsClassifier:  # BN keeps no state: nothing to change
+        assert any(not torch.equal(m.snapshot_state()[k], before[k]) for k in before)
+    m.restore_state(snap)
+    assert all(torch.equal(m.snapshot_state()[k], before[k]) for k in before)
+    if cls is not EnergyAdaptedClassifier:  # deterministic: the same state gives the same prediction
+        torch.testing.assert_close(m(images(6, seed=8)), out)
+    snap.pop("adam_step")
+    with pytest.raises(InputError, match="does not fit"):
+        m.restore_state(snap)
+
+
+def test_restored_buffer_makes_tea_repeat_given_the_same_noise():
+    tea = EnergyAdaptedClassifier(tiny_classifier(), buffer_size=16, sgld_steps=2, seed=1)
+    tea(images(6, seed=3))
+    snap = tea.snapshot_state()
+    rng = tea.generator(torch.device("cpu")).get_state()
+    first = tea(images(6))
+    tea.restore_state(snap)
+    tea.generator(torch.device("cpu")).set_state(rng)
+    torch.testing.assert_close(tea(images(6)), first)
+    tea.reset()  # the source parameters and optimiser, but (authors' code) the evolved buffer
+    tea.generator(torch.device("cpu")).set_state(rng)
+    assert not torch.allclose(tea(images(6)), first)
 
 
 def test_reset_makes_the_next_prediction_match_a_fresh_model():
@@ -331,7 +372,7 @@ def test_errors():
 def test_registry_entries():
     names = list_defenses("*.cifar10")
     for method in ("tea", "tent", "bn"):
-        for arch in ("resnet20", "resnet56"):
+        for arch in ("resnet20", "resnet56", "wrn28_10"):
             assert f"{method}.{arch}.cifar10" in names
         assert f"{method}.tiny_cnn.digits" in list_defenses("*.digits")
     tea = create_adapted_defense("tea.tiny_cnn.digits", pretrained=True, buffer_size=8, sgld_steps=1)
@@ -340,6 +381,11 @@ def test_registry_entries():
     assert isinstance(create_adapted_defense("bn.tiny_cnn.digits", pretrained=True), NormStatsClassifier)
     r20 = create_adapted_defense("tea.resnet20.cifar10", buffer_size=4)  # random weights: no file needed
     assert r20.num_adapted_parameters == 1376 and r20.input_shape == (3, 32, 32)
+    wrn = create_adapted_defense("tent.wrn28_10.cifar10")  # random weights: no file needed
+    assert isinstance(wrn, TentClassifier) and wrn.defense_config.classifier == "wrn28_10.cifar10"
+    # WRN-28-10's 25 BN layers: 4 blocks (bn1, bn2) per group of widths 160/320/640, then the final bn1
+    channels = (16 + 160 + 3 * 320) + (160 + 320 + 6 * 320) + (320 + 640 + 6 * 640) + 640
+    assert wrn.num_adapted_parameters == 2 * channels == 17_952
     with pytest.raises(InputError, match="not a test-time adaptation defense"):
         create_adapted_defense("tiny_diffpure.digits")
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -78,7 +78,11 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
                    help="override one preset parameter of an attack, e.g. pgd-eot.steps=50 or pgd-eot.step_size=2/255 "
                         "(repeatable; recorded with the result)")
     p.add_argument("--n-examples", type=positive_int, default=None, help="first N test examples (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="examples per shard")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="examples per shard (default 64; 200, the papers' batch, for test-time adaptation)")
+    p.add_argument("--tta-threat-model", default=None, choices=["episodic", "continual"],
+                   help="for a defense that adapts at test time: every batch from the initial state (episodic, "
+                        "default) or the test stream in order, the defense adapting on each adversarial batch")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--n-reeval", type=positive_int, default=10, help="re-evaluations per example (stochastic defenses)")
     p.add_argument("--run-dir", default=None, help="resumable run directory (default: a temporary one)")
@@ -213,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
                     check_options=check_options_from_args(args),
                     attack_options=options,
                     executor=args.executor, workers=args.workers, lease_timeout=args.lease_timeout,
-                    allow_random_weights=args.random_weights)
+                    allow_random_weights=args.random_weights, tta_threat_model=args.tta_threat_model)
     if args.json:
         print(rec.to_json())
     else:

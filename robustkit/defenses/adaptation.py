@@ -234,6 +234,33 @@ class TestTimeAdaptedClassifier(Classifier):
                 self._moment("exp_avg_sq", i).zero_()
             self.adam_step.zero_()
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The live tensors that adaptation changes, by name: the adapted parameters, Adam's moments and step
+        count (TEA adds its SGLD buffer). :meth:`snapshot_state` copies them, :meth:`restore_state` writes them."""
+        out: dict[str, torch.Tensor] = {}
+        for i, p in enumerate(self._params):
+            out[f"param_{i}"] = p
+            out[f"exp_avg_{i}"] = self._moment("exp_avg", i)
+            out[f"exp_avg_sq_{i}"] = self._moment("exp_avg_sq", i)
+        out["adam_step"] = self.adam_step
+        return out
+
+    def snapshot_state(self) -> dict[str, torch.Tensor]:
+        """A copy of :meth:`state_tensors`. The defense's random stream is not part of it: re-evaluations of a
+        stochastic defense must draw afresh. The test-time threat models of :mod:`robustkit.eval.tta` pin
+        such a snapshot and restore it before every query and re-evaluation."""
+        return {k: v.detach().clone() for k, v in self.state_tensors().items()}
+
+    def restore_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a :meth:`snapshot_state` of this defense (same names and shapes, else InputError)."""
+        live = self.state_tensors()
+        if set(state) != set(live) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in live.items()):
+            raise InputError(f"the state does not fit this {type(self).__name__} ({len(state)} tensors, "
+                             f"{len(live)} expected, or other shapes): a snapshot of another defense or config?")
+        with torch.no_grad():
+            for k, v in live.items():
+                v.copy_(state[k])
+
     # ------------------------------------------------------------------------------------------- hooks
     def adaptation_loss(self, logits_fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, logits of x)``; ``logits_fn(z)`` evaluates the adapted network at the current parameters."""

@@ -12,10 +12,14 @@ buffer slots, or from uniform noise with probability ``reinit_prob``; ``sgld_ste
 ``x <- x + step_size * d/dx logsumexp f(x) + noise * xi``, ``xi ~ N(0, I)``; the final samples are written
 back into their slots. No clamping (as in the authors' code).
 
-Buffer range. robustkit classifiers take pixels in [0, 1] (normalisation inside), so the buffer and the
-re-initialisation noise are uniform in [0, 1] by default. The authors' code draws them from U(-1, 1)
-(``buffer_range=(-1.0, 1.0)`` reproduces that): for a [0, 1]-input model half of each initial pixel range
-lies outside the data domain, which starts the chains far from the test data.
+Buffer range. The authors' code draws the initial buffer and every re-initialised chain from U(-1, 1)
+(``init_random`` in ``core/adazoo/energy.py``, a JEM inheritance: JEM normalised its images to [-1, 1]).
+TEA itself does not normalise: its CIFAR-10 backbone is RobustBench's ``Standard`` WRN-28-10, which takes
+[0, 1] pixels (``T.ToTensor()`` / ``robustbench.data``), so the official draw is U(-1, 1) *in the
+model's [0, 1] pixel space* — half of each initial pixel range lies outside the data domain. robustkit
+classifiers take [0, 1] pixels too (normalisation inside), so ``buffer_range=(-1, 1)`` is exactly the
+released code, and it is the default. ``buffer_range=(0, 1)`` is robustkit's in-domain variant (chains
+start on the data's pixel range); ``docs/results/fidelity.md`` (TEA) gives the switch's measured effect.
 
 Shape:
     input ``[N, *input_shape]`` in [0, 1]; output ``[N, num_classes]``; the buffer is
@@ -72,8 +76,8 @@ class TEAConfig(AdaptationConfig):
         sgld_steps: SGLD steps per batch (20).
         sgld_step_size: the gradient step ``alpha`` (0.1; JEM used 1.0).
         sgld_noise: the noise scale ``sigma`` (0.01).
-        buffer_range: ``(low, high)`` of the uniform initialisation: (0, 1), robustkit's pixel range;
-            (-1, 1) is the authors' code (see the module docstring).
+        buffer_range: ``(low, high)`` of the uniform initialisation, in the classifier's [0, 1] pixel
+            space: (-1, 1) is the authors' code (default); (0, 1) the in-domain variant (module docstring).
         reset_buffer: ``reset()`` also re-initialises the buffer (False: the authors' code keeps it).
         seed: seed of the defense's private ``torch.Generator`` (the global RNG is never used).
     """
@@ -83,7 +87,7 @@ class TEAConfig(AdaptationConfig):
     sgld_steps: int = 20
     sgld_step_size: float = 0.1
     sgld_noise: float = 0.01
-    buffer_range: tuple[float, float] = (0.0, 1.0)
+    buffer_range: tuple[float, float] = (-1.0, 1.0)
     reset_buffer: bool = False
     seed: int = 0
 
@@ -177,6 +181,10 @@ class EnergyAdaptedClassifier(TestTimeAdaptedClassifier):
         if self.config.reset_buffer:
             buf = self.sgld_buffer
             buf.copy_(self._uniform(buf.shape, buf.device, buf.dtype))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters, Adam state and the SGLD replay buffer (see the base class)."""
+        return {**super().state_tensors(), "sgld_buffer": self.sgld_buffer}
 
     # ------------------------------------------------------------------------------------------- SGLD
     def sgld_init(self, n: int) -> SGLDChains:

@@ -2,18 +2,21 @@
 
 DiffPure entries:
 
-=========================  ==========================================================  ======================
-name                       diffusion model                                             classifier
-=========================  ==========================================================  ======================
-``diffpure.cifar10``       score_sde DDPM++ deep continuous VP (``checkpoint_8.pth``)  ``wrn28_10.cifar10``
-``diffpure_l2.cifar10``    the same, t* = 0.075 (the paper's L2 setting)               ``wrn28_10.cifar10``
-``diffpure.imagenet``      guided-diffusion 256×256 unconditional ADM, t* = 0.15       yours (``classifier=``)
-``diffpure_unet.cifar10``  robustkit's ``unet.cifar10`` (diffusion registry)           ``resnet56.cifar10``
-``tiny_diffpure.digits``   robustkit's ``tiny_unet.digits`` (diffusion registry)       ``tiny_cnn.digits``
-=========================  ==========================================================  ======================
+=============================  ==========================================================  ============================
+name                           diffusion model                                             classifier
+=============================  ==========================================================  ============================
+``diffpure.cifar10``           score_sde DDPM++ deep continuous VP (``checkpoint_8.pth``)  ``wrn28_10.cifar10``
+``diffpure_l2.cifar10``        the same, t* = 0.075 (the paper's L2 setting)               ``wrn28_10.cifar10``
+``diffpure_wrn70_16.cifar10``  the same, t* = 0.1                                          ``wrn70_16_dropout.cifar10``
+``diffpure_rn50.cifar10``      the same, t* = 0.125                                        ``resnet50.cifar10``
+``diffpure.imagenet``          guided-diffusion 256×256 unconditional ADM, t* = 0.15       yours (``classifier=``)
+``diffpure_unet.cifar10``      robustkit's ``unet.cifar10`` (diffusion registry)           ``resnet56.cifar10``
+``tiny_diffpure.digits``       robustkit's ``tiny_unet.digits`` (diffusion registry)       ``tiny_cnn.digits``
+=============================  ==========================================================  ============================
 
-The first three are the paper's settings (Nie et al., ICML 2022, Table 1/2/4 and NVlabs/DiffPure's
-``run_scripts``); the last two are robustkit's own, trainable diffusion models behind DiffPure's
+The first five are the paper's settings (Nie et al., ICML 2022, Table 1/2/4 and NVlabs/DiffPure's
+``run_scripts``; the WRN-70-16 and ResNet-50 weights are DiffPure's own, downloaded by hand: see their
+classifier entries); the last two are robustkit's own, trainable diffusion models behind DiffPure's
 procedure. The ImageNet entry purifies at 256×256 (224 → 256 → 224, bilinear) and runs the ADM in float32
 (DiffPure converts it to float16 on GPUs).
 """
@@ -83,6 +86,28 @@ def diffpure_cifar10(pretrained: bool = False) -> nn.Module:
     notes="CIFAR-10 L2 0.5 setting: t* = 0.075 (75 NFE); (claim) clean 91.03, robust 78.58 with WRN-28-10"))
 def diffpure_l2_cifar10(pretrained: bool = False) -> nn.Module:
     return _score_sde_cifar10("diffpure_l2.cifar10", pretrained)
+
+
+@register_defense("diffpure_wrn70_16.cifar10", DefenseConfig(
+    method="DiffPure", dataset="cifar10", input_shape=CIFAR10_SHAPE, classifier="wrn70_16_dropout.cifar10",
+    purifier=DiffPureConfig(t_star=0.1), weights=SCORE_SDE_CIFAR10, score_model=_SCORE_SDE_DESC,
+    paper=_PAPER, source=_SOURCE, license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
+    notes="CIFAR-10 Linf 8/255 with DiffPure's WRN-70-16 (dropout 0.3): t* = 0.1 "
+          "(run_scripts/cifar10/run_cifar_rand_inf_70-16-dp.sh; its L2 0.5 script uses t* = 0.075); "
+          "the classifier's weights: see robustkit.registry.classifier_config('wrn70_16_dropout.cifar10').notes"))
+def diffpure_wrn70_16_cifar10(pretrained: bool = False) -> nn.Module:
+    return _score_sde_cifar10("diffpure_wrn70_16.cifar10", pretrained)
+
+
+@register_defense("diffpure_rn50.cifar10", DefenseConfig(
+    method="DiffPure", dataset="cifar10", input_shape=CIFAR10_SHAPE, classifier="resnet50.cifar10",
+    purifier=DiffPureConfig(t_star=0.125), weights=SCORE_SDE_CIFAR10, score_model=_SCORE_SDE_DESC,
+    paper=_PAPER, source=_SOURCE, license="NVIDIA Source Code License (DiffPure); Apache-2.0 (score_sde weights)",
+    notes="CIFAR-10 Linf 8/255 with DiffPure's ResNet-50: t* = 0.125 (run_scripts/cifar10/run_cifar_rand_inf_rn50.sh; "
+          "also its L2 eps 1 and StAdv scripts); the classifier's weights: see "
+          "robustkit.registry.classifier_config('resnet50.cifar10').notes"))
+def diffpure_rn50_cifar10(pretrained: bool = False) -> nn.Module:
+    return _score_sde_cifar10("diffpure_rn50.cifar10", pretrained)
 
 
 @register_defense("diffpure.imagenet", DefenseConfig(
@@ -280,8 +305,8 @@ def tiny_contrastive_purification_paired_digits(pretrained: bool = False) -> nn.
 _TEA_PAPER = "Yuan et al., TEA: Test-time Energy Adaptation, CVPR 2024"
 _TENT_PAPER = "Wang et al., Tent: Fully Test-time Adaptation by Entropy Minimization, ICLR 2021"
 _BN_PAPER = "Schneider et al., Improving robustness against common corruptions by covariate shift adaptation, NeurIPS 2020"
-_TTA = {"TEA": (_TEA_PAPER, "https://github.com/yuanyige/tea", "energy loss, SGLD buffer 10k, 20 steps x 0.1, "
-                "noise 0.01, Adam 1e-3 x 1 on BN affine, continual; stochastic"),
+_TTA = {"TEA": (_TEA_PAPER, "https://github.com/yuanyige/tea @ 66e7ffa", "energy loss, SGLD buffer 10k from U(-1, 1) "
+                "(official), 20 steps x 0.1, noise 0.01, Adam 1e-3 x 1 on BN affine, continual; stochastic"),
         "TENT": (_TENT_PAPER, "https://github.com/DequanWang/tent", "entropy loss, Adam 1e-3 x 1 on BN affine, "
                  "continual; deterministic"),
         "BN": (_BN_PAPER, "https://github.com/DequanWang/tent (norm.py)", "batch statistics only; deterministic")}
@@ -329,6 +354,23 @@ def tent_resnet56_cifar10(pretrained: bool = False) -> nn.Module:
 @register_defense("bn.resnet56.cifar10", _tta_config("BN", "resnet56.cifar10", "cifar10", CIFAR10_SHAPE))
 def bn_resnet56_cifar10(pretrained: bool = False) -> nn.Module:
     return _tta_classifier("resnet56.cifar10", pretrained)
+
+
+# The papers' backbone: RobustBench's "Standard" WRN-28-10 (TEA's main.py loads it as the corruptions-model
+# "Standard", TENT's conf as ARCH Standard; both are the Linf "Standard" file that wrn28_10.cifar10 names).
+@register_defense("tea.wrn28_10.cifar10", _tta_config("TEA", "wrn28_10.cifar10", "cifar10", CIFAR10_SHAPE))
+def tea_wrn28_10_cifar10(pretrained: bool = False) -> nn.Module:
+    return _tta_classifier("wrn28_10.cifar10", pretrained)
+
+
+@register_defense("tent.wrn28_10.cifar10", _tta_config("TENT", "wrn28_10.cifar10", "cifar10", CIFAR10_SHAPE))
+def tent_wrn28_10_cifar10(pretrained: bool = False) -> nn.Module:
+    return _tta_classifier("wrn28_10.cifar10", pretrained)
+
+
+@register_defense("bn.wrn28_10.cifar10", _tta_config("BN", "wrn28_10.cifar10", "cifar10", CIFAR10_SHAPE))
+def bn_wrn28_10_cifar10(pretrained: bool = False) -> nn.Module:
+    return _tta_classifier("wrn28_10.cifar10", pretrained)
 
 
 @register_defense("tea.tiny_cnn.digits", _tta_config("TEA", "tiny_cnn.digits", "digits", (1, 8, 8)))

@@ -173,7 +173,8 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
         raise InputError(f"slurm parameters apply to executor='submitit' (or 'submitit-local'), not {a['executor']!r}")
     if a["data"] is not None and a["data_dir"] is not None:
         raise InputError("data_dir locates a dataset to load; with data=(x, y) given it would be unused")
-    for name in ("batch_size", "n_reeval", "probe_size"):
+    check_positive_int("batch_size", a["batch_size"], none_ok=True)  # None: 64, or 200 under a TTA threat model
+    for name in ("n_reeval", "probe_size"):
         check_positive_int(name, a[name])
     lt = a["lease_timeout"]
     if isinstance(lt, bool) or not isinstance(lt, (int, float)) or not math.isfinite(lt) or lt <= 0:

@@ -21,10 +21,14 @@ Protocols (``attacks="auto"``):
   majority-of-M and worst-of-M accuracy; per example the minimum over all attacks;
 * adapts at test time → transfer from the static base model + an adaptive ``pgd-eot`` through the
   adaptation, under the batch threat model: the unit of work is one shard (``batch_size`` consecutive
-  examples in evaluation order; the last may be smaller), attacked as a whole even with ``cascade``, and
-  the defense is ``reset()`` before the clean pass, before every attack query and before every
-  re-evaluation, so every score is the defense's first adaptation on that batch from its source state.
-  The record's attack protocols carry ``batch_threat_model`` and ``test_time_state``;
+  examples in evaluation order, 200 by default as in TENT's and TEA's papers; the last may be smaller),
+  attacked as a whole even with ``cascade``, and the defense's state is restored before the clean pass,
+  before every attack query and before every re-evaluation. Which state is the test-time threat model
+  (:mod:`robustkit.eval.tta`): ``episodic`` (default; the initial parameters, optimiser and SGLD buffer
+  for every batch) or ``continual`` (the stream in order; each batch meets the state the earlier
+  adversarial batches left, and the defense then adapts on its adversarial batch). The record's config
+  and attack protocols carry ``tta_threat_model`` / ``test_time_threat_model``, ``batch_threat_model``
+  and ``test_time_state``;
 * batch-dependent (``traits.batch_dependent``: an example's prediction depends on the rest of its batch,
   without state, e.g. contrastive-guided purification) → ``pgd-eot``, which queries whole batches, then
   AutoAttack ``rand`` and ``standard`` (Bai et al., ICML 2024, report min(rand, standard); here the
@@ -70,6 +74,7 @@ from .checks import plan_check_budget, run_checks, validate_check_options
 from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
 from .runner import (DEFAULT_LEASE_TIMEOUT, RunDir, RunIntegrityError, Shard, atomic_write_text, canonical_json,
                      make_shards)
+from .tta import DEFAULT_TTA_BATCH_SIZE, PinnedStateDefense, check_threat_model, run_continual
 
 log = logging.getLogger(__name__)
 
@@ -570,7 +575,7 @@ def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult]
 
 @checked_benchmark  # arguments (eps vs threat model, device, ...) checked first; models kept in place
 def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
-              attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int = 64,
+              attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int | None = None,
               seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
               data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
               data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
@@ -579,7 +584,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
               slurm: dict[str, Any] | None = None, progress: bool | None = None,
-              allow_random_weights: bool = False) -> BenchmarkRecord:
+              allow_random_weights: bool = False, tta_threat_model: str | None = None) -> BenchmarkRecord:
     """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
 
     Args:
@@ -588,7 +593,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         threat_model: ``"Linf"`` or ``"L2"``; eps: budget, a number or a string like ``"8/255"``.
         attacks: ``"auto"`` (from the traits), or names from :func:`robustkit.attacks.list_attacks`,
             ``"torchattacks:<Name>"`` and ``"transfer"``; run in the given order.
-        n_examples: first n examples (or of ``indices``); batch_size: examples per shard.
+        n_examples: first n examples (or of ``indices``); batch_size: examples per shard (default 64; 200,
+            the papers' batch, for a defense that adapts at test time).
         seed: the run seed; every attack and defense draw derives from it (see module docstring).
         n_reeval: re-classifications of every clean and adversarial example for stochastic defenses
             (1 is used for deterministic ones).
@@ -618,6 +624,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             ``create_classifier(name)`` without ``pretrained=True``, never trained since). Refused by
             default with a :class:`~robustkit.CheckpointError` saying how to get the weights; when allowed,
             the record's ``defense_config["random_weights"]`` lists the random parts and its summary says so.
+        tta_threat_model: for a defense that adapts at test time, ``"episodic"`` (default) or
+            ``"continual"`` (:mod:`robustkit.eval.tta`; continual runs inline, shards in order).
     """
     t_start = time.perf_counter()
     check_bool("allow_random_weights", allow_random_weights)
@@ -627,6 +635,12 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                               f"trained): {random_parts[0].how}; or pass allow_random_weights=True "
                               "(CLI: --random-weights) to benchmark it anyway")
     eps_value = parse_eps(eps)  # every argument was checked by @checked_benchmark (robustkit/eval/arguments.py)
+    tta = check_threat_model(defense, tta_threat_model)
+    if batch_size is None:
+        batch_size = DEFAULT_TTA_BATCH_SIZE if tta is not None else 64
+    if tta == "continual" and executor != "inline":
+        raise InputError(f"the continual threat model streams the shards in order through one defense: "
+                         f"executor must be 'inline', got {executor!r}")
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)
@@ -665,6 +679,9 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               "base_classifier": describe_defense(base_classifier) if base_classifier is not None else None}
     if random_parts:  # allowed, and said so in the record (its defense_config) and its summary
         config["defense"]["random_weights"] = [p.name for p in random_parts]
+    if tta is not None:
+        config["tta_threat_model"] = tta
+        defense = PinnedStateDefense(defense)  # reset() restores the whole state (robustkit.eval.tta)
     tmp = None
     if run_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="robustkit-run-")
@@ -727,14 +744,18 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
                 atomic_write_text(checks_file, json.dumps(body, sort_keys=True) + "\n")
 
         run.repair()  # damaged shards are moved aside (with a warning) and recomputed
-        _execute(job, executor, workers, dev, progress, slurm)
+        if tta == "continual":
+            run_continual(job, dev, progress)
+        else:
+            _execute(job, executor, workers, dev, progress, slurm)
         clean, robust, per_attack, validity, cost = _aggregate(run, names, cascade)
         check_results = [*check_results, validity]
         fp = defense.traits.forward_passes
         order = {name: k for k, name in enumerate(names)}  # read back from sorted JSON: put the run order back
         attack_protocols = [{"name": name, **{k: v for k, v in info.items()
                                               if k not in ("cascade", "broken_at_step", "n_examples",
-                                                           "defended_after_attack")}}
+                                                           "defended_after_attack")},
+                             **({"test_time_threat_model": tta} if tta is not None else {})}
                             for name, info in sorted(cost["attack_info"].items(),
                                                      key=lambda kv: order.get(kv[0], len(names)))]
         sizes = {s.n for s in (*clean.values(), *robust.values())}

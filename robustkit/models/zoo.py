@@ -12,7 +12,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..registry import ClassifierConfig, WeightSource, register_classifier
-from .resnet import resnet18
+from .resnet import resnet18, resnet50
 from .resnet_cifar import resnet_cifar
 from .tiny_cnn import TinyCNN
 from .wide_resnet import WideResNet
@@ -20,6 +20,9 @@ from .wide_resnet import WideResNet
 CIFAR10_SHAPE = (3, 32, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the CIFAR-10 statistics that NVlabs/DiffPure's ``classifiers/cifar10_resnet.py`` normalises with
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 TINY_CNN_DIGITS_SHA256 = "b9b227907350515446893fd7e38fc15fb962d819d7e3e28eee0d0f56f33ed912"
 
 
@@ -54,6 +57,13 @@ def adapt_akamaster(state: Mapping[str, object]) -> dict:
 def adapt_robustbench(state: Mapping[str, object]) -> dict:
     """RobustBench files: optional ``state_dict`` wrapper, ``module.`` then ``model.`` prefixes stripped."""
     return _fill_num_batches_tracked(_strip_prefix(_strip_prefix(_unwrap(state), "module."), "model."))
+
+
+def adapt_diffpure(state: Mapping[str, object]) -> dict:
+    """NVlabs/DiffPure's CIFAR-10 ResNet-50 / WRN-70-16-dropout files: a bare state dict saved from
+    ``nn.DataParallel`` (keys ``module.<key>``); DiffPure's ``utils.update_state_dict(sd, idx_start=7)``
+    drops those 7 characters. A ``state_dict`` wrapper and unprefixed keys are accepted too."""
+    return _fill_num_batches_tracked(_strip_prefix(_unwrap(state), "module."))
 
 
 # ----------------------------------------------------------------------------------------------- entries
@@ -137,3 +147,38 @@ def resnet18_cifar10():
     notes="the embedded default: trained on the digits train split in seconds on a CPU"))
 def tiny_cnn_digits():
     return TinyCNN(in_channels=1, width=16, num_classes=10)
+
+
+# ------------------------------------------------------------------ DiffPure's other CIFAR-10 classifiers
+# NVlabs/DiffPure @ 985703f, utils.get_image_classifier: "cifar10-resnet-50" and "cifar10-wrn-70-16-dropout"
+# load pretrained/cifar10/{resnet-50,wrn-70-16-dropout}/weights.pt with update_state_dict(idx_start=7).
+# The files are in Google Drive folders linked from DiffPure's README (no direct URL, no published digest).
+
+_DIFFPURE_NOTE = ("DiffPure's README links the file from a Google Drive folder ({folder}); download its "
+                  "weights.pt and save it as $ROBUSTKIT_HOME/checkpoints/{filename} (or pass checkpoint=PATH). "
+                  "CIFAR-10 mean/std normalisation inside the Classifier (DiffPure does it inside the network)")
+_DIFFPURE_SOURCE = "https://github.com/NVlabs/DiffPure @ 985703f (classifiers/cifar10_resnet.py, utils.py)"
+_DIFFPURE_PAPER = "Nie et al., Diffusion Models for Adversarial Purification, ICML 2022 (Table 1/3 classifiers)"
+
+
+def _diffpure_config(architecture: str, weights_dir: str, folder: str, notes: str = "") -> ClassifierConfig:
+    filename = f"diffpure_cifar10_{weights_dir}_weights.pt"
+    return ClassifierConfig(
+        architecture=architecture, dataset="cifar10", num_classes=10, input_shape=CIFAR10_SHAPE,
+        mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=WeightSource(filename=filename), adapt_state_dict=adapt_diffpure,
+        license="NVIDIA Source Code License (DiffPure)", paper=_DIFFPURE_PAPER, source=_DIFFPURE_SOURCE,
+        notes=_DIFFPURE_NOTE.format(folder=f"https://drive.google.com/drive/folders/{folder}", filename=filename)
+        + notes)
+
+
+@register_classifier("resnet50.cifar10", _diffpure_config(
+    "ResNet-50 (CIFAR variant, bottleneck blocks)", "resnet-50", "1SEGilIEAnx9OC1JVhmOynreCF3oog7Fi"))
+def resnet50_cifar10():
+    return resnet50(10)
+
+
+@register_classifier("wrn70_16_dropout.cifar10", _diffpure_config(
+    "WideResNet-70-16 (dropout 0.3)", "wrn-70-16-dropout", "1istqcnPNXJ-TQFdxRqNJuInzOtlYOG1b",
+    "; dropout acts only in training mode (evaluation is deterministic)"))
+def wrn70_16_dropout_cifar10():
+    return WideResNet(depth=70, widen_factor=16, num_classes=10, drop_rate=0.3)
