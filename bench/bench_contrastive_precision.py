@@ -2,7 +2,7 @@
 
 Reproduce (CPU, one thread, about 3 minutes)::
 
-    ROBUSTKIT_SHARED=/work/shared PYTHONPATH=. .venv/bin/python bench/bench_contrastive_precision.py
+    ROBUSTKIT_SHARED=../shared PYTHONPATH=. .venv/bin/python bench/bench_contrastive_precision.py
 
 For each purifier (``diffpure_unet.cifar10`` and ``contrastive_purification_unet.cifar10``, both around
 ``resnet56.cifar10``) the same images, the same purification noise (drawn once in float64, then cast) and

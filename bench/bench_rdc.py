@@ -3,7 +3,7 @@ full K×T sum, strided subsets, the adaptive scheme and the guaranteed (branch-a
 
 Reproduce (CPU, one thread, ~5 minutes for 50 images)::
 
-    ROBUSTKIT_SHARED=/work/shared PYTHONPATH=. .venv/bin/python bench/bench_rdc.py --n 50
+    ROBUSTKIT_SHARED=../shared PYTHONPATH=. .venv/bin/python bench/bench_rdc.py --n 50
     PYTHONPATH=. .venv/bin/python bench/bench_rdc.py --model unet.cifar10 --data-dir ../shared/data/cifar10 --n 16
     PYTHONPATH=. python bench/bench_rdc.py --device cuda --threads 0 --n 500                 # on a GPU
 

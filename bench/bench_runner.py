@@ -5,7 +5,7 @@ records, re-evaluation, aggregation, the record) may add less than 5% to the tim
 
 Reproduce (CPU, ResNet-20 on 128 CIFAR-10 test images, PGD-20, 9 repeats; about 1.5 minutes idle)::
 
-    ROBUSTKIT_SHARED=/work/shared PYTHONPATH=. .venv/bin/python bench/bench_runner.py --threads 1 --repeats 9
+    ROBUSTKIT_SHARED=../shared PYTHONPATH=. .venv/bin/python bench/bench_runner.py --threads 1 --repeats 9
 
 Without the shared folder (bundled digits model, many steps)::
 

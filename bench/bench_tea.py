@@ -2,7 +2,7 @@
 
 Reproduce (CPU, one thread, batch 200, the paper's TEA settings: SGLD buffer 10,000, 20 steps)::
 
-    ROBUSTKIT_SHARED=/work/shared PYTHONPATH=. .venv/bin/python bench/bench_tea.py --threads 1 --batch 200
+    ROBUSTKIT_SHARED=../shared PYTHONPATH=. .venv/bin/python bench/bench_tea.py --threads 1 --batch 200
 
 Options: ``--repeats`` timed batches per method (after one warm-up batch), ``--sgld-steps`` to shrink TEA,
 ``--grad`` to also time a forward+backward w.r.t. the input (what one attack step through the adaptation

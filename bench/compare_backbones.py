@@ -43,7 +43,7 @@ Reproduce (repository root; runtimes measured on this 2-core machine while 3-4 o
     # digits, full recipe (4000 steps per backbone), 18.4 min in all: training unet 7.1 min, dit 3.7 min,
     # diffussm 6.9 min; evaluation 43 s. Rerunning it (nothing left to train, evaluation only) takes 51 s
     # and prints the same table.
-    OMP_NUM_THREADS=1 .venv/bin/python bench/compare_backbones.py --out /work/runs/compare_digits \\
+    OMP_NUM_THREADS=1 .venv/bin/python bench/compare_backbones.py --out runs/compare_digits \\
         --json /tmp/compare_digits.json > /tmp/compare_digits.txt
 
     # cifar10 at a budget one session holds (docs/results/backbones.md §1b): 1200 steps with the schedule
@@ -51,7 +51,7 @@ Reproduce (repository root; runtimes measured on this 2-core machine while 3-4 o
     # core, two runs side by side, so training took 21, 57 and 72 min; evaluation 4-10 min per backbone.
     # The recipe's own 5000 steps take about 4x as long: train in chunks with --max-minutes and rerun.
     OMP_NUM_THREADS=1 .venv/bin/python bench/compare_backbones.py --dataset cifar10 \\
-        --out /work/runs/cifar_short --data-dir /work/shared/data/cifar10 \\
+        --out runs/cifar_short --data-dir /work/shared/data/cifar10 \\
         --classifier-checkpoint /work/shared/models/resnet56-4bfd9763.th \\
         --steps 1200 --warmup 100 --lr 5e-4 --ema 0.995 --json /tmp/compare_cifar10.json
 """

@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU, one thread; about a minute per variant at the defaults)::
 
-    OMP_NUM_THREADS=1 ROBUSTKIT_SHARED=/work/shared PYTHONPATH=. .venv/bin/python bench/fidelity_contrastive.py
+    OMP_NUM_THREADS=1 ROBUSTKIT_SHARED=../shared PYTHONPATH=. .venv/bin/python bench/fidelity_contrastive.py
 
 Every variant is ``tiny_contrastive_purification.digits`` (the official preset) with one
 :class:`~robustkit.defenses.ContrastiveGuidanceConfig` field changed, plus the whole ``paired`` preset and
