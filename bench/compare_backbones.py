@@ -51,8 +51,8 @@ Reproduce (repository root; runtimes measured on this 2-core machine while 3-4 o
     # core, two runs side by side, so training took 21, 57 and 72 min; evaluation 4-10 min per backbone.
     # The recipe's own 5000 steps take about 4x as long: train in chunks with --max-minutes and rerun.
     OMP_NUM_THREADS=1 .venv/bin/python bench/compare_backbones.py --dataset cifar10 \\
-        --out runs/cifar_short --data-dir /work/shared/data/cifar10 \\
-        --classifier-checkpoint /work/shared/models/resnet56-4bfd9763.th \\
+        --out runs/cifar_short --data-dir ../shared/data/cifar10 \\
+        --classifier-checkpoint ../shared/models/resnet56-4bfd9763.th \\
         --steps 1200 --warmup 100 --lr 5e-4 --ema 0.995 --json /tmp/compare_cifar10.json
 """
 
