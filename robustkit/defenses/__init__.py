@@ -32,6 +32,9 @@ from .registry import (DefenseConfig, create_defense, create_diffpure, defense_c
 from .adaptation import (AdaptationConfig, NoNormLayersError, NormStatsClassifier, SourceClassifier, TentClassifier,
                          TentConfig, TestTimeAdaptedClassifier, create_adapted_defense)
 from .tea import EnergyAdaptedClassifier, TEAConfig
+# The named defenses: zoo registers its entries into registry on import (registration flows one way; registry
+# never imports zoo).
+from . import zoo  # noqa: E402,F401
 
 __all__ = [
     "DefenseConfig", "DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GRADIENT_MODES", "GaussianScoreModel",

@@ -114,19 +114,13 @@ def register_defense(name: str, config: DefenseConfig) -> Callable[[DefenseFacto
     return deco
 
 
-def _ensure_registered() -> None:
-    from . import zoo  # noqa: F401  (importing registers the entries)
-
-
 def list_defenses(pattern: str = "*") -> list[str]:
     """Registered defense names matching a glob pattern, sorted."""
-    _ensure_registered()
     return DEFENSES.names(pattern)
 
 
 def defense_config(name: str) -> DefenseConfig:
     """The config of a registered defense."""
-    _ensure_registered()
     return DEFENSES.get(name).config
 
 
@@ -156,7 +150,6 @@ def register_builder(method: str, builder: Callable[..., Classifier]) -> None:
 def builder_entry(name: str, methods: tuple[str, ...], kind: str, pretrained: object) -> _DefenseEntry:
     """For a builder: the registry entry of ``name``, which must be of one of ``methods`` (else an
     InputError calling it "not a ``kind`` defense"), with ``pretrained`` checked to be a bool."""
-    _ensure_registered()
     entry = DEFENSES.get(name)
     if entry.config.method not in methods:
         raise InputError(f"{name} is not {kind} defense (method {entry.config.method!r}); use create_defense")
@@ -255,7 +248,6 @@ def create_defense(name: str, *, pretrained: bool = False, **options: Any) -> Cl
         >>> tent.traits.adapts_at_test_time
         True
     """
-    _ensure_registered()
     method = DEFENSES.get(name).config.method
     if method not in _BUILDERS:
         raise RegistryError(f"{name}: no builder is registered for its method {method!r}")
