@@ -260,7 +260,7 @@ class Row:
 
 def _inputs(model: ScoreModel, batch: int, device: torch.device):
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, *model.image_shape, generator=g).mul_(2).sub_(1).to(device)
+    x = torch.rand(batch, *model.input_shape, generator=g).mul_(2).sub_(1).to(device)
     y = torch.randint(0, model.num_classes, (batch,), generator=g).to(device) if model.conditional else None
     return x, y
 

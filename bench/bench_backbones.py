@@ -127,7 +127,7 @@ class Row:
 
 def _inputs(model: ScoreModel, batch: int, device: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, *model.image_shape, generator=g).to(device)
+    x = torch.randn(batch, *model.input_shape, generator=g).to(device)
     y = torch.randint(0, model.num_classes, (batch,), generator=g).to(device) if model.conditional else None
     return x, y
 
@@ -139,7 +139,7 @@ def bench_backbone(backbone: Backbone, batches: Sequence[int], device: torch.dev
     params = sum(p.numel() for p in model.parameters())
     flag = "ok" if params == backbone.published_params else f"MISMATCH: published {backbone.published_params:,}"
     print(f"\n{backbone.name}: {backbone.checkpoint}, {params:,} parameters ({flag}), "
-          f"input {'x'.join(map(str, model.image_shape))}{' + label' if model.conditional else ''}; "
+          f"input {'x'.join(map(str, model.input_shape))}{' + label' if model.conditional else ''}; "
           f"built in {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
     for batch in batches:

@@ -80,7 +80,7 @@ def main() -> None:
     x, y = x.to(args.device), y.to(args.device)
     steps = DiffusionClassifierConfig().num_timesteps
     k_times_t = model.num_classes * steps
-    base = torch.randn(steps, *model.image_shape, generator=torch.Generator().manual_seed(0))  # ε_k per step k
+    base = torch.randn(steps, *model.input_shape, generator=torch.Generator().manual_seed(0))  # ε_k per step k
     chosen = variants()
     if args.variants:
         wanted = [v.strip() for v in args.variants.split(";")]

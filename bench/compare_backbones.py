@@ -169,7 +169,7 @@ def train_backbone(config: DiffusionTrainConfig, run_dir: Path, *, max_minutes: 
 def forward_gflops(model: torch.nn.Module) -> float:
     """Forward GFLOPs per image (``count_flops`` at batch :data:`FLOP_BATCH`, divided by the batch)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(FLOP_BATCH, *model.image_shape, generator=g)
+    x = torch.randn(FLOP_BATCH, *model.input_shape, generator=g)
     y = torch.arange(FLOP_BATCH) % model.num_classes
     return count_flops(model, x, torch.full((FLOP_BATCH,), 0.5), y).total / FLOP_BATCH / 1e9
 
@@ -182,7 +182,7 @@ def evaluate(name: str, model: torch.nn.Module, timing: dict, judge: torch.nn.Mo
         losses = loss_per_t(model, x0, y, draws=draws, seed=seed, sde=sde)
         acc, imgs = class_conditional_accuracy(model, judge, per_class=per_class, steps=sample_steps,
                                                guidance=guidance, seed=seed, sde=sde)
-    save_image_grid(imgs, grid_path, nrow=per_class, scale=max(1, 32 // model.image_shape[-1]))
+    save_image_grid(imgs, grid_path, nrow=per_class, scale=max(1, 32 // model.input_shape[-1]))
     return Row(backbone=name, params=count_params(model), steps=timing["steps"], train_s=timing["train_s"],
                losses=losses, sample_accuracy=acc, gflops_per_image=forward_gflops(model))
 

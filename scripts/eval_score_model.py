@@ -85,7 +85,7 @@ def main() -> None:
         print(f"class-conditional samples (DDIM {args.sample_steps} steps, w = {w:g}) that {judge_name} assigns to "
               f"their class: {acc}")
         if i == 0 and args.out is not None:
-            save_image_grid(imgs, args.out, nrow=args.per_class, scale=max(1, 32 // model.image_shape[-1]))
+            save_image_grid(imgs, args.out, nrow=args.per_class, scale=max(1, 32 // model.input_shape[-1]))
             print(f"wrote {args.out}")
     elapsed = time.perf_counter() - t0
     print(f"[{elapsed:.1f}s]")

@@ -21,7 +21,7 @@ from robustkit.diffusion import DiTConfig  # noqa: E402
 
 def _flops_per_image(config, size: int) -> int:
     model = build(at_size(config, size))
-    x = torch.zeros(1, *model.image_shape)
+    x = torch.zeros(1, *model.input_shape)
     return count_flops(model, x, torch.full((1,), 0.5), torch.tensor([3])).total
 
 

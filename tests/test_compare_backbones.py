@@ -20,7 +20,7 @@ def test_matched_digits_parameter_counts_are_equal_within_5_percent():
     counts = {name: count_params(build(cfg)) for name, cfg in MATCHED_DIGITS.items()}
     assert set(counts) == set(BACKBONES)
     assert max(counts.values()) / min(counts.values()) <= 1.05, counts
-    assert all(cfg.image_shape == (1, 8, 8) and cfg.num_classes == 10 for cfg in MATCHED_DIGITS.values())
+    assert all(cfg.input_shape == (1, 8, 8) and cfg.num_classes == 10 for cfg in MATCHED_DIGITS.values())
 
 
 def _table_rows(text: str) -> list[str]:

@@ -91,7 +91,7 @@ def test_registry_entries_without_weights(network_cls, name, tmp_path, monkeypat
     monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path))
     cfg = score_model_config(name)
     model = create_score_model(name)
-    assert isinstance(model, network_cls) and model.image_shape == cfg.image_shape
+    assert isinstance(model, network_cls) and model.input_shape == cfg.input_shape
     assert model.num_classes == cfg.num_classes
     with pytest.raises(CheckpointError) as e:
         create_score_model(name, pretrained=True)
@@ -231,3 +231,13 @@ def test_rdc_refuses_a_score_model_that_cannot_classify_or_purify():
         robustkit.create_defense("tiny_rdc.digits", score_model=unconditional)
     with pytest.raises(InputError, match="score_model"):
         robustkit.create_defense("tent.tiny_cnn.digits", score_model=unconditional)  # no diffusion model there
+
+
+def test_score_models_and_classifiers_name_their_input_shape_alike():
+    """One name for one idea: ScoreModel.input_shape, as Classifier.input_shape; the old name still reads it."""
+    from robustkit.defenses.diffpure import GaussianScoreModel
+
+    m = GaussianScoreModel((1, 4, 4))
+    assert m.input_shape == (1, 4, 4)
+    with pytest.warns(DeprecationWarning, match="input_shape"):
+        assert m.image_shape == (1, 4, 4)

@@ -73,7 +73,7 @@ def test_epsilon_model_matches_the_unet_at_the_mapped_step(ddpm_pipeline):
     model = from_diffusers(root)
     assert isinstance(model, DiffusersScoreModel) and not model.training
     assert (model.beta_min, model.beta_max, model.num_train_timesteps) == pytest.approx((0.1, 20.0, 1000))
-    assert model.prediction_type == "epsilon" and model.image_shape == (3, 8, 8) and not model.conditional
+    assert model.prediction_type == "epsilon" and model.input_shape == (3, 8, 8) and not model.conditional
     sched = DiscreteVPSchedule()
     x = _x()
     steps = [0, 1, 99, 500, 999]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only 
 def test_shapes_conditional_and_unconditional():
     torch.manual_seed(0)
     model = perturbed(DiT(TINY))
-    assert isinstance(model, ScoreModel) and model.null_label == 10 and model.image_shape == (1, 8, 8)
+    assert isinstance(model, ScoreModel) and model.null_label == 10 and model.input_shape == (1, 8, 8)
     x = torch.randn(3, 1, 8, 8)
     out = model(x, torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0, 4, 9]))
     assert out.shape == x.shape and torch.isfinite(out).all()

@@ -69,7 +69,7 @@ class LabelPainter(torch.nn.Module):
     """A 'score model' whose DDIM samples come out brighter for higher classes: it predicts noise that
     pulls x towards the level (2·y/9 − 1) of its class."""
 
-    image_shape = (1, 4, 4)
+    input_shape = (1, 4, 4)
     num_classes = 10
 
     def forward(self, x_t, t, y):

@@ -403,7 +403,7 @@ def test_registry_entries():
     for name in list_score_models():
         cfg = score_model_config(name)
         assert cfg.recipe is not None and cfg.train_command, name  # every entry is trainable
-        assert cfg.recipe.model.image_shape == cfg.image_shape
+        assert cfg.recipe.model.input_shape == cfg.input_shape
         assert cfg.recipe.dataset == cfg.dataset and cfg.recipe.model.num_classes == cfg.num_classes
         with torch.device("meta"):  # the architecture only, without allocating or initialising weights
             assert create_score_model(name).config == cfg.recipe.model, name

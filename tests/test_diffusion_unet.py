@@ -27,7 +27,7 @@ def model() -> UNet:
 
 def test_is_a_score_model_with_shapes(model):
     assert isinstance(model, ScoreModel)
-    assert model.image_shape == (1, 8, 8) and model.num_classes == 10 and model.null_label == 10
+    assert model.input_shape == (1, 8, 8) and model.num_classes == 10 and model.null_label == 10
     x = torch.randn(3, 1, 8, 8)
     for t in (0.3, torch.tensor(0.3), torch.tensor([0.0, 0.5, 1.0])):
         out = model(x, t, torch.tensor([0, 4, 9]))

@@ -90,7 +90,7 @@ class _EpsilonOnly(ScoreModel):
     """An EDM model behind the bare ScoreModel contract (no ``denoise``): the ε-space path."""
 
     def __init__(self, model):
-        super().__init__(model.image_shape, model.num_classes)
+        super().__init__(model.input_shape, model.num_classes)
         self.model = model
 
     def predict_noise(self, x_t, t, y):

@@ -188,7 +188,7 @@ class GaussianScoreModel(ScoreModel):
     No parameters: a reference for tests, doctests and benchmarks, whose purification law is known.
 
     Shape:
-        ``x_t [N, *image_shape]``, ``t [N]`` → ``[N, *image_shape]``.
+        ``x_t [N, *input_shape]``, ``t [N]`` → ``[N, *input_shape]``.
 
     Example::
 
@@ -200,9 +200,9 @@ class GaussianScoreModel(ScoreModel):
         True
     """
 
-    def __init__(self, image_shape: Sequence[int], mean: float = 0.0, std: float = 0.5, *,
+    def __init__(self, input_shape: Sequence[int], mean: float = 0.0, std: float = 0.5, *,
                  beta_min: float = 0.1, beta_max: float = 20.0):
-        super().__init__(image_shape)
+        super().__init__(input_shape)
         if not (isinstance(std, (int, float)) and std > 0):
             raise InputError(f"std must be positive, got {std!r}")
         self.mean, self.std = float(mean), float(std)
@@ -215,7 +215,7 @@ class GaussianScoreModel(ScoreModel):
         return s * (x_t - a * self.mean) / (a * a * self.std ** 2 + s * s)
 
     def extra_repr(self) -> str:
-        return f"image_shape={self.image_shape}, mean={self.mean}, std={self.std}"
+        return f"input_shape={self.input_shape}, mean={self.mean}, std={self.std}"
 
 
 # ------------------------------------------------------------------------------------------ samplers
@@ -462,7 +462,7 @@ class DiffPurePurifier(Purifier):
         return self
 
     def check_input_shape(self, input_shape: tuple[int, ...]) -> None:
-        shape = getattr(self.score_model, "image_shape", None)
+        shape = getattr(self.score_model, "input_shape", None)
         if shape is None:
             return
         c, h, w = input_shape

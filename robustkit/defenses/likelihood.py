@@ -305,7 +305,7 @@ class LikelihoodMaximizationPurifier(Purifier):
         return self
 
     def check_input_shape(self, input_shape: tuple[int, ...]) -> None:
-        shape = getattr(self.score_model, "image_shape", None)
+        shape = getattr(self.score_model, "input_shape", None)
         if shape is not None and tuple(shape) != tuple(input_shape):
             raise InputError(f"the score model takes [N, {', '.join(map(str, shape))}] images, the classifier "
                              f"[N, {', '.join(map(str, input_shape))}]")

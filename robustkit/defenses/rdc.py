@@ -270,7 +270,7 @@ class DiffusionClassifier(Classifier):
         (adaptive) — network evaluations per image.
 
     Shape:
-        ``x [N, *score_model.image_shape]`` in ``[0, 1]`` → logits ``[N, K]``.
+        ``x [N, *score_model.input_shape]`` in ``[0, 1]`` → logits ``[N, K]``.
 
     Reference:
         Chen, Dong et al., ICML 2024, github.com/huanranchen/DiffusionClassifier.
@@ -281,9 +281,9 @@ class DiffusionClassifier(Classifier):
         if not isinstance(score_model, nn.Module):
             raise InputError(f"score_model must be a ScoreModel, got {type(score_model).__name__}")
         k = getattr(score_model, "num_classes", None)
-        shape = getattr(score_model, "image_shape", None)
+        shape = getattr(score_model, "input_shape", None)
         if not isinstance(k, int) or k < 2 or shape is None:
-            raise InputError("score_model must be a class-conditional ScoreModel (num_classes >= 2, image_shape)")
+            raise InputError("score_model must be a class-conditional ScoreModel (num_classes >= 2, input_shape)")
         config = DiffusionClassifierConfig() if config is None else config
         if not isinstance(config, DiffusionClassifierConfig):
             raise InputError(f"config must be a DiffusionClassifierConfig, got {type(config).__name__}")
@@ -659,7 +659,7 @@ def create_rdc(name: str, *, pretrained: bool = False, score_model: nn.Module | 
 def _check_rdc_score_model(name: str, model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """A replacement RDC score model classifies (class-conditional), purifies unconditionally (a null label)
     and takes the entry's images."""
-    shape = getattr(model, "image_shape", None)
+    shape = getattr(model, "input_shape", None)
     if shape is None or tuple(shape) != tuple(input_shape):
         raise InputError(f"{name} classifies [N, {', '.join(map(str, input_shape))}] images; the score model takes "
                          f"{'an unknown shape' if shape is None else '[N, ' + ', '.join(map(str, shape)) + ']'}")

@@ -441,7 +441,7 @@ class ADMScoreModel(ScoreModel):
             raise InputError(f"class labels must lie in [0, {self.num_classes}), got {y.tolist()}")
         io_dtype = self.unet.out[2].weight.dtype
         out = self.unet(x_t.to(io_dtype), self.timestep_labels(t), y)
-        return out[:, : self.image_shape[0]].to(x_t.dtype)
+        return out[:, : self.input_shape[0]].to(x_t.dtype)
 
 
 def load_guided_diffusion(path: str | os.PathLike, config: str | ADMConfig = "imagenet256_uncond", *,

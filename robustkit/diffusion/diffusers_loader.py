@@ -256,7 +256,7 @@ class DiffusersScoreModel(ScoreModel):
         steps = self.timestep_labels(t)
         dtype = self.unet.conv_out.weight.dtype
         out = self.unet(x_t.to(dtype), steps, class_labels=y, return_dict=False)[0]
-        out = out[:, : self.image_shape[0]].to(x_t.dtype)
+        out = out[:, : self.input_shape[0]].to(x_t.dtype)
         if self.prediction_type == "epsilon":
             return out
         _, acp = self._tables_on(x_t.device)

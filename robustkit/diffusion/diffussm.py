@@ -119,7 +119,7 @@ class DiffuSSMConfig:
         return max(1, int(round(self.hidden_size * self.expand)))
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
     def to_dict(self) -> dict:
@@ -277,7 +277,7 @@ class DiffuSSM(ScoreModel):
     def __init__(self, config: DiffuSSMConfig):
         if not isinstance(config, DiffuSSMConfig):
             raise InputError(f"config must be a DiffuSSMConfig, got {type(config).__name__}")
-        super().__init__(config.image_shape, config.num_classes)
+        super().__init__(config.input_shape, config.num_classes)
         self.config = config
         d = config.hidden_size
         self.embed_in = nn.Linear(config.in_channels, d)

@@ -112,7 +112,7 @@ class DiTConfig:
         return self.image_size // self.patch_size
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
     def to_dict(self) -> dict:
@@ -258,7 +258,7 @@ class DiT(ScoreModel):
     def __init__(self, config: DiTConfig):
         if not isinstance(config, DiTConfig):
             raise InputError(f"config must be a DiTConfig, got {type(config).__name__}")
-        super().__init__(config.image_shape, config.num_classes)
+        super().__init__(config.input_shape, config.num_classes)
         self.config = config
         d, p = config.hidden_size, config.patch_size
         self.patch = nn.Conv2d(config.in_channels, d, p, stride=p)

@@ -574,8 +574,8 @@ class EDMScoreModel(ScoreModel):
 
         Shape: ``x_noisy [N, C, R, R]``, ``sigma [N]`` or scalar (> 0), ``y`` int ``[N]`` → ``[N, C, R, R]``.
         """
-        if x_noisy.dim() != 4 or tuple(x_noisy.shape[1:]) != self.image_shape:
-            raise InputError(f"x_noisy must have shape [N, {', '.join(map(str, self.image_shape))}], got "
+        if x_noisy.dim() != 4 or tuple(x_noisy.shape[1:]) != self.input_shape:
+            raise InputError(f"x_noisy must have shape [N, {', '.join(map(str, self.input_shape))}], got "
                              f"{list(x_noisy.shape)}")
         n = x_noisy.shape[0]
         self._check_labels(y, n)

@@ -14,6 +14,7 @@ steps; EDM: σ with preconditioning and x0-prediction) and knows nothing of samp
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -26,14 +27,22 @@ class ScoreModel(nn.Module):
     """Base class of noise-prediction adapters: subclasses implement :meth:`predict_noise`.
 
     Attributes:
-        image_shape: ``(C, H, W)`` of ``x_t``.
+        input_shape: ``(C, H, W)`` of ``x_t`` (the same name as :attr:`robustkit.Classifier.input_shape`;
+            ``image_shape``, its name up to robustkit 0.1.0, still reads it, with a DeprecationWarning).
         num_classes: number of classes for conditional models, ``None`` for unconditional ones.
     """
 
-    def __init__(self, image_shape: Sequence[int], num_classes: int | None = None):
+    def __init__(self, input_shape: Sequence[int], num_classes: int | None = None):
         super().__init__()
-        self.image_shape = tuple(int(s) for s in image_shape)
+        self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Deprecated name of :attr:`input_shape`."""
+        warnings.warn("ScoreModel.image_shape is now input_shape (the name Classifier uses)", DeprecationWarning,
+                      stacklevel=2)
+        return self.input_shape
 
     @property
     def conditional(self) -> bool:
@@ -43,8 +52,8 @@ class ScoreModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
-        if x_t.dim() != 4 or tuple(x_t.shape[1:]) != self.image_shape:
-            raise InputError(f"x_t must have shape [N, {', '.join(map(str, self.image_shape))}], got "
+        if x_t.dim() != 4 or tuple(x_t.shape[1:]) != self.input_shape:
+            raise InputError(f"x_t must have shape [N, {', '.join(map(str, self.input_shape))}], got "
                              f"{list(x_t.shape)}")
         n = x_t.shape[0]
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)

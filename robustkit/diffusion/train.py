@@ -390,7 +390,7 @@ def load_trained(run_dir: str | os.PathLike) -> ScoreModel:
         >>> with tempfile.TemporaryDirectory() as d:
         ...     _ = train(cfg, d, samples_per_class=0)
         ...     model = load_trained(d)
-        >>> type(model).__name__, model.image_shape, model.num_classes
+        >>> type(model).__name__, model.input_shape, model.num_classes
         ('DiT', (1, 8, 8), 10)
     """
     from .. import hub
@@ -501,13 +501,13 @@ def sample_images(model: ScoreModel, n_or_labels: int | torch.Tensor, *, steps: 
         grad mode (wrap in ``torch.no_grad()`` unless you differentiate through it).
 
     Shape:
-        labels ``[N]`` → ``[N, *model.image_shape]``.
+        labels ``[N]`` → ``[N, *model.input_shape]``.
 
     Example::
 
         >>> import torch
         >>> zero = lambda x, t, y: torch.zeros_like(x)
-        >>> zero.image_shape = (1, 4, 4)
+        >>> zero.input_shape = (1, 4, 4)
         >>> imgs = sample_images(zero, 3, steps=2, generator=torch.Generator().manual_seed(0))
         >>> imgs.shape, bool((imgs >= 0).all() and (imgs <= 1).all())
         (torch.Size([3, 1, 4, 4]), True)
@@ -523,7 +523,7 @@ def sample_images(model: ScoreModel, n_or_labels: int | torch.Tensor, *, steps: 
     except (AttributeError, StopIteration):
         device = torch.device("cpu")
     schedule = DiscreteVPSchedule(beta_min, beta_max, 1000)
-    x = torch.randn((n, *model.image_shape), generator=generator)
+    x = torch.randn((n, *model.input_shape), generator=generator)
     out = []
     for i in range(0, n, batch_size):
         xb = x[i:i + batch_size].to(device)
@@ -581,9 +581,9 @@ def _load_data(cfg: DiffusionTrainConfig, data_dir: str | os.PathLike | None) ->
 
     x, y = load_dataset(cfg.dataset, split="train", n_examples=cfg.n_examples, data_dir=data_dir)
     name = type(cfg.model).__name__
-    if tuple(x.shape[1:]) != cfg.model.image_shape:
+    if tuple(x.shape[1:]) != cfg.model.input_shape:
         raise InputError(f"dataset {cfg.dataset} has images of shape {list(x.shape[1:])} but the {name} expects "
-                         f"{list(cfg.model.image_shape)}")
+                         f"{list(cfg.model.input_shape)}")
     if cfg.model.num_classes is not None and int(y.max()) >= cfg.model.num_classes:
         raise InputError(f"dataset {cfg.dataset} has labels up to {int(y.max())} but the {name} has "
                          f"num_classes={cfg.model.num_classes}")
@@ -622,7 +622,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         a :class:`TrainResult`.
 
     Shape:
-        the dataset's images ``[N, C, H, W]`` must have ``config.model.image_shape``; each step trains on
+        the dataset's images ``[N, C, H, W]`` must have ``config.model.input_shape``; each step trains on
         ``[batch_size, C, H, W]`` (``x0`` scaled to [-1, 1]) with ``t``, labels ``[batch_size]``.
 
     Reference:
@@ -727,7 +727,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             idx = _batch_indices(cfg, step, x_all.shape[0]).to(device)
             bs = idx.shape[0]
             t = (cfg.t_eps + (1 - cfg.t_eps) * torch.rand(bs, generator=g, dtype=torch.float64)).float()
-            noise = torch.randn((bs, *cfg.model.image_shape), generator=g)
+            noise = torch.randn((bs, *cfg.model.input_shape), generator=g)
             drop = torch.rand(bs, generator=g) < cfg.p_uncond
             flip = torch.rand(bs, generator=g) < 0.5
             x0 = x_all[idx]

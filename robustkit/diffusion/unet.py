@@ -151,7 +151,7 @@ class UNetConfig:
         return self.emb_channels if self.emb_channels is not None else 4 * self.base_channels
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
     def to_dict(self) -> dict:
@@ -305,7 +305,7 @@ class UNet(ScoreModel):
     def __init__(self, config: UNetConfig):
         if not isinstance(config, UNetConfig):
             raise InputError(f"config must be a UNetConfig, got {type(config).__name__}")
-        super().__init__(config.image_shape, config.num_classes)
+        super().__init__(config.input_shape, config.num_classes)
         self.config = config
         cfg = config
         base, emb_ch = cfg.base_channels, cfg.embedding_channels
@@ -406,7 +406,7 @@ class ClassifierFreeGuidance(ScoreModel):
         w = float(guidance_scale)
         if not (w >= 0 and math.isfinite(w)):
             raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        super().__init__(model.image_shape, model.num_classes)
+        super().__init__(model.input_shape, model.num_classes)
         self.model = model
         self.guidance_scale = w
 

@@ -78,7 +78,7 @@ class ScoreModelConfig:
     Attributes:
         architecture: a one-line description.
         dataset: the data it models (a ``robustkit.load_dataset`` name).
-        image_shape: ``(C, H, W)`` of ``x_t``.
+        input_shape: ``(C, H, W)`` of ``x_t``.
         num_classes: number of classes of a conditional model (its null label is ``num_classes``),
             ``None`` for unconditional models.
         beta_min, beta_max: the :class:`~robustkit.diffusion.VPSDE` it was trained under.
@@ -91,7 +91,7 @@ class ScoreModelConfig:
 
     architecture: str
     dataset: str
-    image_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int]
     num_classes: int | None
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -172,7 +172,7 @@ def create_score_model(name: str, *, pretrained: bool = False,
     ``model.weights_path`` record the provenance.
 
     Shape:
-        the model maps ``x_t [N, *config.image_shape]``, ``t [N]``, ``y [N]`` or None to ``x_t``'s shape.
+        the model maps ``x_t [N, *config.input_shape]``, ``t [N]``, ``y [N]`` or None to ``x_t``'s shape.
 
     Example::
 
@@ -224,7 +224,7 @@ TINY_UNET_DIGITS_RECIPE = DiffusionTrainConfig(
 
 @register_score_model("tiny_unet.digits", ScoreModelConfig(
     architecture="class-conditional U-Net (16/32 channels, attention at 4×4 and in the middle)", dataset="digits",
-    image_shape=(1, 8, 8), num_classes=10,
+    input_shape=(1, 8, 8), num_classes=10,
     weights=WeightSource(filename="tiny_unet_digits.safetensors",
                          package_file=("robustkit", "diffusion/weights/tiny_unet_digits.safetensors"),
                          sha256=TINY_UNET_DIGITS_SHA256),
@@ -256,7 +256,7 @@ UNET_CIFAR10_SHA256 = "baba82107c1e07fea0b7e25f8a0b96425c209d6e13c28ea4abcfdc743
 
 @register_score_model("unet.cifar10", ScoreModelConfig(
     architecture="class-conditional U-Net (DDPM layout, 32 base channels, attention at 8×8)", dataset="cifar10",
-    image_shape=(3, 32, 32), num_classes=10,
+    input_shape=(3, 32, 32), num_classes=10,
     weights=WeightSource(filename="unet_cifar10.safetensors",
                          package_file=("robustkit", "diffusion/weights/unet_cifar10.safetensors"),
                          sha256=UNET_CIFAR10_SHA256),
@@ -295,7 +295,7 @@ def _register_untrained(name: str, config: DiTConfig | DiffuSSMConfig, base_reci
 
     factory.__name__ = name.replace(".", "_")
     register_score_model(name, ScoreModelConfig(
-        architecture=architecture, dataset=name.rsplit(".", 1)[1], image_shape=config.image_shape,
+        architecture=architecture, dataset=name.rsplit(".", 1)[1], input_shape=config.input_shape,
         num_classes=config.num_classes, weights=WeightSource(filename=filename, url=None, sha256=None),
         recipe=replace(base_recipe, model=config),
         train_command=(f"robustkit train-diffusion {name} --out {run}{' --device cuda' if cuda else ''} (repeat to "
