@@ -34,7 +34,7 @@ before the attack, which made the same forward first thing (8-9% of this short a
 model's whole-shard attack (``cascade=False`` or the batch threat model) now supplies the clean flags.
 What remains: 14 fsyncs per run (manifest, one batch of 5 per shard: its three files, ledger entry and
 folder; record), the ledger's sha256 checks, leases, aggregation and the record, about 0.1 s per run.
-""""""
+"""
 
 from __future__ import annotations
 
