@@ -34,3 +34,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def hermetic_data_env(tmp_path, monkeypatch):
+    """No network and no data from the user's environment: offline, a fresh ROBUSTKIT_HOME, no ROBUSTKIT_DATA.
+    Data tests use it for every test with ``pytestmark = pytest.mark.usefixtures("hermetic_data_env")``."""
+    monkeypatch.setenv("ROBUSTKIT_OFFLINE", "1")
+    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ROBUSTKIT_DATA", raising=False)

@@ -27,12 +27,7 @@ TRAIN_LABELS = [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
 TEST_X_SHA256 = "f9b1e2130bab680db56eb06d886f7f1ad0f1183907ceff4659d1735c890f5b04"
 
 
-@pytest.fixture(autouse=True)
-def hermetic_env(tmp_path, monkeypatch):
-    """No network and no data from the user's environment unless a test asks for it."""
-    monkeypatch.setenv("ROBUSTKIT_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("ROBUSTKIT_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("hermetic_data_env")  # offline, no user data (conftest.py)
 
 
 def md5(path: Path) -> str:
@@ -104,7 +99,7 @@ def test_unknown_dataset_and_bad_split():
 
 @pytest.fixture(scope="module")
 def real_cifar_test(shared_dir):
-    with pytest.MonkeyPatch.context() as mp:  # module scope runs before the autouse hermetic_env
+    with pytest.MonkeyPatch.context() as mp:  # module scope runs before hermetic_data_env
         mp.setenv("ROBUSTKIT_OFFLINE", "1")
         return load_dataset("cifar10", split="test", data_dir=shared_dir / "data")
 

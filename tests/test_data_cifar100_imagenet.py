@@ -23,11 +23,7 @@ from robustkit.errors import DatasetError, InputError
 PIL = pytest.importorskip("PIL.Image")
 
 
-@pytest.fixture(autouse=True)
-def hermetic_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTKIT_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTKIT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("ROBUSTKIT_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("hermetic_data_env")  # offline, no user data (conftest.py)
 
 
 def md5(path: Path) -> str:
