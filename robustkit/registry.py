@@ -249,6 +249,8 @@ def mark_random_weights(module: nn.Module, name: str, how: str) -> nn.Module:
     """
     from .utils import state_digest
 
+    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        return module  # an architecture without storage (built on the meta device): nothing to benchmark
     module.random_weights = RandomWeights(name, how, state_digest(module))
     return module
 

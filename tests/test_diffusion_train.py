@@ -389,7 +389,7 @@ def test_cli_trains_other_backbones(entry, tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train-diffusion", "--out", str(tmp_path / "a"), "--p-uncond", "1.5"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("robustkit: error: p_uncond") and len(err.strip().splitlines()) == 1
+    assert err.startswith("robustkit train-diffusion: error: argument --p-uncond") and len(err.strip().splitlines()) == 1
     assert main(["train-diffusion", "no_such.model", "--out", str(tmp_path / "b")]) == 2
     assert "unknown score model" in capsys.readouterr().err
     assert main(["train-diffusion", "--out", str(tmp_path / "c"), "--dataset", "mnist"]) == 2

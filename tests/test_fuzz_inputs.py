@@ -317,7 +317,7 @@ def benchmark_cases(rng: random.Random, tmp: Path) -> list[Case]:
         for v in (0, -1, 2.5, True, "8", [4]):
             extra = {"executor": "processes"} if name == "workers" else {}
             add(f"{name}={v!r}", Typed(InputError, name), **{name: v}, **extra)
-    for name in ("batch_size", "n_reeval", "probe_size"):
+    for name in ("n_reeval", "probe_size"):  # batch_size=None is the documented default (64, or 200 for TTA)
         add(f"{name}=None", Typed(InputError, name), **{name: None})
     add("n_examples beyond the data", Typed(InputError, "n_examples"), n_examples=5)
     for v in (-1, 1.5, True, "0", 2 ** 64, None):

@@ -746,7 +746,7 @@ def test_cli_withdraw(valid, runs, tmp_path, capsys):
 def test_stalled_body_is_timed_out_and_disconnects_are_one_line(valid, tmp_path, caplog):
     import logging
 
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="robustkit")  # an in-process CLI main() may have set it
     with running_server(tmp_path / "board.db", max_body=MAX_BODY, limits=HIGH, body_timeout=0.5) as (_, port, store):
         token = store.create_token("slow")
         before = store.digest()

@@ -31,6 +31,9 @@ SCRIPT_OUTPUTS = {
     "bench/compare_backbones.py": {"settings", "resolved", "torch", "threads", "recipe", "configs", "judge", "rows"},
     "scripts/eval_score_model.py": {"settings", "weights", "loss_examples", "torch", "threads", "losses", "judge",
                                     "judge_real_accuracy", "samples", "elapsed_s"},
+    "scripts/eval_tta_adversarial.py (clean stream)": {"batch_size", "clean", "dataset", "defense", "n_examples",
+                                                       "protocol", "seconds", "seed", "software", "split",
+                                                       "tta_threat_model"},
 }
 STOCHASTIC_RECORD = RECORDS / "rdc_digits_bpda_ce.json"  # n_reeval = 4, a real stochastic run
 CONVERTED = "<documented conversion>"
@@ -75,10 +78,10 @@ def test_every_committed_record_loads_and_validates():
             r = SweepResult.from_json(f)
             assert SweepResult.from_json(r.to_json()) == r
             kinds["sweep"] += 1
-        elif "defense" in d:
+        elif "schema_version" in d:
             r = BenchmarkRecord.load(f)
             assert BenchmarkRecord.from_json(r.to_json()) == r
-            assert r.to_dict() == {**d, "traits": {"batch_dependent": False, **d["traits"]}}
+            assert r.to_dict() == {**d, "traits": {"batch_dependent": False, "generative": False, **d["traits"]}}
             kinds["benchmark"] += 1
         else:
             assert any(set(d) == keys for keys in SCRIPT_OUTPUTS.values()), f"{f.name}: unknown JSON layout"
@@ -292,7 +295,7 @@ def _mutate(rng: random.Random, base: dict) -> tuple[str, str | None, str]:
         key = rng.choice(sorted(container))
         if kind == "drop":
             del container[key]
-            if container is base_traits and key == "batch_dependent":
+            if container is base_traits and key in ("batch_dependent", "generative"):
                 return cat, json.dumps(d), CONVERTED  # the documented migration of early schema-1 records
         elif kind == "add":
             container["extra_" + key] = 1
@@ -330,6 +333,9 @@ def fuzz_records(bases: list[dict], tmp_path: Path, n: int, seed: int = 0) -> di
         path = tmp_path / f"case_{i:04d}.json"
         if text is None:
             blob = bytearray(rng.randbytes(rng.randrange(1, 400)))
+            # at least one control byte: JSON allows none anywhere, so every splice is invalid (otherwise a
+            # splice that lands inside a free-text string and happens to be valid UTF-8 is a valid record)
+            blob[len(blob) // 2] = 0x01
             if rng.random() < 0.5:  # garbage spliced into a real record
                 good = json.dumps(rng.choice(bases)).encode()
                 at = rng.randrange(len(good))
@@ -377,7 +383,7 @@ def test_fuzz_conversion_migrates(tmp_path):
     """The one documented conversion: a schema-1 record without traits.batch_dependent loads with False."""
     rng = random.Random(1)
     converted = 0
-    for f in rng.sample(sorted(p for p in RECORDS.glob("*.json") if "defense" in json.loads(p.read_text())), 10):
+    for f in rng.sample(sorted(p for p in RECORDS.glob("*.json") if "schema_version" in json.loads(p.read_text())), 10):
         d = json.loads(f.read_text())
         d["traits"].pop("batch_dependent", None)
         rec = BenchmarkRecord.load(_write(tmp_path / f.name, d))

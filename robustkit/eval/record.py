@@ -24,8 +24,8 @@ The per-example results live next to the record in its run directory; :func:`rob
 recomputes every aggregate from them and refuses a record that disagrees.
 
 Versions. ``schema_version`` 1 is the only layout so far. Records written before the
-``batch_dependent`` trait existed (early schema-1 files) lack ``traits.batch_dependent`` and are read with
-``batch_dependent=False``, which is what those defenses were. A record with a higher ``schema_version``
+``batch_dependent`` or ``generative`` trait existed (earlier schema-1 files) lack ``traits.batch_dependent`` /
+``traits.generative`` and are read with ``False``, which is what those defenses were declared as. A record with a higher ``schema_version``
 than this robustkit knows is refused ("upgrade robustkit"), never half-read.
 
 Example::
@@ -262,8 +262,8 @@ def _upgrade(d: Any) -> Any:
     if version < 1:
         raise RecordError(f"record.schema_version: {version} was never written by robustkit (versions start at 1)")
     traits = d.get("traits")
-    if isinstance(traits, dict) and "batch_dependent" not in traits:
-        d = {**d, "traits": {**traits, "batch_dependent": False}}
+    if isinstance(traits, dict) and not {"batch_dependent", "generative"} <= set(traits):
+        d = {**d, "traits": {"batch_dependent": False, "generative": False, **traits}}
     return d
 
 
@@ -338,13 +338,13 @@ def _traits(d: dict[str, Any]) -> dict[str, Any]:
     from ..classifier import DefenseTraits
 
     f = Fields(d, "record.traits", RecordError)
-    checked = {"stochastic", "adapts_at_test_time", "gradient", "forward_passes", "batch_dependent"}
+    checked = {"stochastic", "adapts_at_test_time", "gradient", "forward_passes", "batch_dependent", "generative"}
     later = {x.name for x in dataclasses.fields(DefenseTraits)} - checked  # traits added since: as read
     f.exact_keys(checked, later)
     return {"stochastic": f.bool("stochastic"), "adapts_at_test_time": f.bool("adapts_at_test_time"),
             "gradient": f.str("gradient", choices=GRADIENT_MODES),
             "forward_passes": f.int("forward_passes", 1, 10**9), "batch_dependent": f.bool("batch_dependent"),
-            **{k: d[k] for k in later if k in d}}
+            "generative": f.bool("generative"), **{k: d[k] for k in later if k in d}}
 
 
 def parse_accuracy_stats(d: Any, where: str, n_examples: int, error: type[RobustkitError] = RecordError,
