@@ -11,7 +11,6 @@ import json
 import logging
 
 import pytest
-import torch
 
 import robustkit
 from robustkit import DefenseTraits, InputError

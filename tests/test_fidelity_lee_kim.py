@@ -78,7 +78,6 @@ def test_l2_projection_binds_in_the_small_ball(official):
 
 
 def test_l2_step_rules_differ_only_where_documented():
-    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
     g = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     sign = PGD(eps=0.5, norm="L2", step_size=0.007, l2_step="sign")._step(g)
     normalized = PGD(eps=0.5, norm="L2", step_size=0.007)._step(g)

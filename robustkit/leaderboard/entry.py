@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RobustkitError
-from ..eval.record import (PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult, RecordError,
+from ..eval.record import (AccuracyStat, BenchmarkRecord, CheckResult, RecordError,
                             parse_accuracy_stats)
 from ..eval.runner import canonical_json
 from ..eval.schema import ATTACK_NAME_RE, DIR_NAME_RE, MAX_SHORT, MAX_TEXT, NAME_RE, Fields, check_name, loads_strict
