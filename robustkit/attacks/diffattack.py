@@ -49,8 +49,8 @@ import torch.nn as nn
 from ..errors import InputError
 from ..utils import check_positive_int
 from .base import Attack, Norm, Perturbation, project
-from .diffhammer import count, purified_parts, random_start, step_direction
-from .pgd import margin_loss
+from .diffhammer import count, purified_parts, step_direction
+from .pgd import margin_loss, random_start
 
 
 class DiffAttack(Attack):

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..utils import check_positive_int
 from .base import Attack, Norm, Perturbation, project
-from .pgd import margin_loss
+from .pgd import margin_loss, random_start
 
 
 def purified_parts(model: nn.Module) -> tuple[nn.Module, Any, nn.Module]:
@@ -102,18 +102,6 @@ def step_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
         return grad.sign()
     n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
     return grad / n
-
-
-def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
-    """A uniform point of the Linf box, or of the L2 ball (uniform direction and radius ∝ U^(1/d))."""
-    if norm == "Linf":
-        delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
-    else:
-        d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype).flatten(1)
-        d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        r = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype) ** (1 / d.shape[1])
-        delta = (d * r * eps).view_as(x)
-    return project(x + delta, x, eps, norm)
 
 
 def select_rows(noises: list, index: torch.Tensor):

@@ -70,6 +70,18 @@ def summed_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tenso
     return F.cross_entropy(logits, y, reduction="sum") if loss == "ce" else margin_loss(logits, y).sum()
 
 
+def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
+    """A uniform point of the Linf box, or of the L2 ball (uniform direction and radius ∝ U^(1/d))."""
+    if norm == "Linf":
+        delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    else:
+        d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype).flatten(1)
+        d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        r = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype) ** (1 / d.shape[1])
+        delta = (d * r * eps).view_as(x)
+    return project(x + delta, x, eps, norm)
+
+
 class PGD(Attack):
     """PGD with optional random start and EOT.
 
@@ -127,14 +139,7 @@ class PGD(Attack):
         return self.steps * self.eot * GRAD_COST + 1  # + the last iterate's forward (early stopping)
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.norm == "Linf":
-            delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * self.eps
-        else:
-            d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype).flatten(1)
-            d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            r = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype) ** (1 / d.shape[1])
-            delta = (d * r * self.eps).view_as(x)
-        return project(x + delta, x, self.eps, self.norm)
+        return random_start(x, self.eps, self.norm, generator)
 
     def _gradient(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
                   loss: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
