@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import logging
 import pickle
-import tarfile
 import zipfile
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from .. import hub
 from ..errors import DatasetError, InputError
+from .files import data_root, fetch_archive, safe_extract
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_arrays(split: str, data_dir: Path | None = None) -> tuple[np.ndarray, n
     """
     if split not in NPZ_FILES:
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(data_dir if data_dir is not None else hub.data_dir()).expanduser()
+    root = data_root(data_dir)
     for d in (root, root / "cifar10"):
         if all((d / f).is_file() for f in NPZ_FILES[split]):
             log.debug("reading CIFAR-10 %s from npz files in %s", split, d)
@@ -93,15 +93,8 @@ def load_arrays(split: str, data_dir: Path | None = None) -> tuple[np.ndarray, n
             return _read_batches(d / BATCH_DIR, split)
         if (d / TARBALL).is_file():
             return _read_batches(_extract(d / TARBALL), split)
-    where = f"{root} or {root / 'cifar10'}"
-    if hub.offline():
-        raise DatasetError(f"CIFAR-10 ({split}) not found in {where} and ROBUSTKIT_OFFLINE is set. "
-                           f"Accepted layouts: {LAYOUTS}")
-    try:
-        tarball = hub.download(URL, root / TARBALL, digest=TARBALL_MD5, algorithm="md5", error=DatasetError)
-    except OSError as e:  # DatasetError is an OSError; also covers an unwritable data directory
-        raise DatasetError(f"CIFAR-10 ({split}) not found in {where} and the download failed ({e}). "
-                           f"Put one of the accepted layouts there: {LAYOUTS}") from e
+    tarball = fetch_archive(f"CIFAR-10 ({split})", root=root, searched=f"{root} or {root / 'cifar10'}", url=URL,
+                            archive=TARBALL, md5=TARBALL_MD5, layouts=LAYOUTS)
     return _read_batches(_extract(tarball), split)
 
 
@@ -179,34 +172,6 @@ def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                                         num_classes=NUM_CLASSES, what=f"CIFAR-10 {name}"))
     log.debug("read CIFAR-10 %s from %s", split, folder)
     return _concat(parts)
-
-
-def safe_extract(tarball: Path, md5: str) -> Path:
-    """Verify ``tarball``'s md5, extract it (any compression) next to itself and return that folder.
-
-    Every member is checked first: an absolute path, a ``..`` component, a link or a device refuses the
-    whole archive, so nothing is written outside the folder and nothing half-extracted is trusted.
-    """
-    hub.verify_file(tarball, md5, "md5", error=DatasetError)
-    dest = tarball.parent
-    try:
-        with tarfile.open(tarball, "r:*") as tf:
-            members = tf.getmembers()
-            for m in members:
-                p = PurePosixPath(m.name)
-                if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
-                    raise DatasetError(f"{tarball}: unsafe archive member {m.name!r} (absolute path, '..' "
-                                       "or a link/device); refusing to extract anything")
-            log.info("extracting %s into %s", tarball, dest)
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python without extraction filters; members were checked above
-                tf.extractall(dest, members=members)
-    except DatasetError:
-        raise
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-        raise DatasetError(f"cannot extract {tarball}: {type(e).__name__}: {e}") from e
-    return dest
 
 
 def _extract(tarball: Path) -> Path:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import hub
 from ..errors import DatasetError, InputError
-from .cifar10 import read_pickled_batch, safe_extract
+from .cifar10 import read_pickled_batch
+from .files import data_root, fetch_archive, safe_extract
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +55,14 @@ def load_arrays(split: str, data_dir: Path | None = None, *, labels: str = "fine
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if labels not in NUM_CLASSES:
         raise InputError(f"labels must be 'fine' or 'coarse', got {labels!r}")
-    root = Path(data_dir if data_dir is not None else hub.data_dir()).expanduser()
+    root = data_root(data_dir)
     for d in (root, root / "cifar100"):
         if (d / BATCH_DIR / split).is_file():
             return _read(d / BATCH_DIR, split, labels)
         if (d / TARBALL).is_file():
             return _read(safe_extract(d / TARBALL, TARBALL_MD5) / BATCH_DIR, split, labels)
-    where = f"{root} or {root / 'cifar100'}"
-    if hub.offline():
-        raise DatasetError(f"CIFAR-100 ({split}) not found in {where} and ROBUSTKIT_OFFLINE is set. "
-                           f"Accepted layouts: {LAYOUTS}")
-    try:
-        tarball = hub.download(URL, root / TARBALL, digest=TARBALL_MD5, algorithm="md5", error=DatasetError)
-    except OSError as e:  # DatasetError is an OSError; also covers an unwritable data directory
-        raise DatasetError(f"CIFAR-100 ({split}) not found in {where} and the download failed ({e}). "
-                           f"Put one of the accepted layouts there: {LAYOUTS}") from e
+    tarball = fetch_archive(f"CIFAR-100 ({split})", root=root, searched=f"{root} or {root / 'cifar100'}", url=URL,
+                            archive=TARBALL, md5=TARBALL_MD5, layouts=LAYOUTS)
     return _read(safe_extract(tarball, TARBALL_MD5) / BATCH_DIR, split, labels)
 
 

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import hub
 from ..errors import DatasetError, InputError
-from .cifar10 import safe_extract
 from .corruptions import CORRUPTIONS, SEVERITIES, check_corruption
+from .files import data_root, fetch_archive, safe_extract
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +61,12 @@ def load_arrays(split: str = "test", data_dir: Path | None = None, *, corruption
         raise InputError("cifar10c needs corruption= and severity=, e.g. load_dataset('cifar10c', "
                          f"corruption='fog', severity=5); corruptions: {', '.join(CORRUPTIONS)}")
     check_corruption(corruption, severity)
-    root = Path(data_dir if data_dir is not None else hub.data_dir()).expanduser()
+    root = data_root(data_dir)
     folder = find_folder(root, corruption)
     if folder is None:
-        folder = _download(root, corruption)
+        searched = f"{root / FOLDER}, {root / 'cifar10c' / FOLDER} or {root}"
+        folder = extract(fetch_archive(f"CIFAR-10-C ({corruption})", root=root, searched=searched, url=URL,
+                                       archive=TARBALL, md5=TARBALL_MD5, layouts=LAYOUTS))
     return read_severity(folder, corruption, int(severity))
 
 
@@ -81,19 +82,6 @@ def find_folder(root: Path, corruption: str) -> Path | None:
                 raise DatasetError(f"{d / TARBALL} has no {FOLDER}/{corruption}.npy")
             return folder
     return None
-
-
-def _download(root: Path, corruption: str) -> Path:
-    where = f"{root / FOLDER}, {root / 'cifar10c' / FOLDER} or {root}"
-    if hub.offline():
-        raise DatasetError(f"CIFAR-10-C ({corruption}) not found in {where} and ROBUSTKIT_OFFLINE is set. "
-                           f"Accepted layouts: {LAYOUTS}")
-    try:
-        tarball = hub.download(URL, root / TARBALL, digest=TARBALL_MD5, algorithm="md5", error=DatasetError)
-    except OSError as e:  # DatasetError is an OSError; also covers an unwritable data directory
-        raise DatasetError(f"CIFAR-10-C ({corruption}) not found in {where} and the download failed ({e}). "
-                           f"Put one of the accepted layouts there: {LAYOUTS}") from e
-    return extract(tarball)
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:

@@ -43,9 +43,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import hub
 from ..errors import DatasetError, InputError
 from ..utils import progress_bar
+from .files import data_root
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ HOW_TO_GET = ("download ILSVRC2012_img_val.tar from image-net.org (registration 
 
 def val_dir(data_dir: Path | None = None) -> Path:
     """The validation folder: ``D/imagenet/val`` or ``D/val`` (module docstring)."""
-    root = Path(data_dir if data_dir is not None else hub.data_dir()).expanduser()
+    root = data_root(data_dir)
     for d in (root / "imagenet" / "val", root / "val"):
         if d.is_dir():
             return d

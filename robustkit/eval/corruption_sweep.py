@@ -220,11 +220,10 @@ def _method_info(name: str, clf: Classifier) -> dict[str, Any]:
 
 
 def _generated_info(data_dir: str | Path | None, corruption: str) -> dict[str, Any] | None:
-    from .. import hub
     from ..data.cifar10c import MARKER, find_folder
+    from ..data.files import data_root
 
-    root = Path(data_dir if data_dir is not None else hub.data_dir()).expanduser()
-    folder = find_folder(root, corruption)
+    folder = find_folder(data_root(data_dir), corruption)
     if folder is None or not (folder / MARKER).is_file():
         return None
     try:
