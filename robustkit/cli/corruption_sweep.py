@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--severity", type=int, default=5, choices=range(1, 6), metavar="{1..5}", help="1..5 (default 5)")
     p.add_argument("--n-examples", type=positive_int, default=None, help="first N test images (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=200)
-    p.add_argument("--data-dir", default=None, help="folder holding CIFAR-10-C/")
+    p.add_argument("--data-dir", default=None, help="folder holding CIFAR-10-C/ (default: $ROBUSTKIT_DATA, else "
+                   "$ROBUSTKIT_HOME/data)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="finished run directories (several at different eps add an accuracy-vs-eps plot)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RUN_DIR/report)")
     p.add_argument("--data-dir", default=None,
-                   help="dataset directory to reload the clean images from (default: $ROBUSTKIT_DATA)")
+                   help="dataset directory to reload the clean images from (default: $ROBUSTKIT_DATA, else "
+                        "$ROBUSTKIT_HOME/data)")
     p.set_defaults(run=run)
 
 
