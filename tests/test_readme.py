@@ -182,17 +182,32 @@ def test_every_robustkit_line_parses_as_written(command):
     assert args.command == command.argv[1]
 
 
+def unmarked(commands: list[Command]) -> list[str]:
+    """The lines this file neither runs nor checks that carry no well-formed ``# needs: <what>, <why>``."""
+    problems = []
+    for c in commands:
+        if c.comment.startswith("needs:") and not c.needs:
+            problems.append(f"line {c.line}: malformed mark {c.comment!r} (write '# needs: <what>, <why>')")
+        elif c.argv[0] not in ("robustkit", "make") and not c.needs:  # make: targets checked, never run here
+            problems.append(f"line {c.line}: {c.text!r} is not run by tests/test_readme.py and has no "
+                            "'# needs: <what>, <why>' mark")
+    return problems
+
+
 def test_every_line_is_run_or_marked_with_what_it_needs():
     """A README line that the running test below does not run must say what it needs and why."""
-    unmarked = []
-    for c in COMMANDS:
-        if c.comment.startswith("needs:") and not c.needs:
-            unmarked.append(f"line {c.line}: malformed mark {c.comment!r} (write '# needs: <what>, <why>')")
-        runnable = c.argv[0] == "robustkit" or c.argv[0] == "make"  # make: targets checked, never run here
-        if not runnable and not c.needs:
-            unmarked.append(f"line {c.line}: {c.text!r} is not run by tests/test_readme.py and has no "
-                            "'# needs: <what>, <why>' mark")
-    assert not unmarked, "\n".join(unmarked)
+    problems = unmarked(COMMANDS)
+    assert not problems, "\n".join(problems)
+
+
+def test_an_unmarked_new_command_is_caught():
+    text = ("intro\n```bash\nrobustkit list\ncurl -O https://x/y.tar   # fetch it\n"
+            "git clone https://x/rb \\\n  --depth 1   # needs: network\nwget z   # needs: network, a mirror\n```\n")
+    commands = readme_commands(text)
+    assert [c.line for c in commands] == [3, 4, 5, 7]
+    assert commands[2].text == "git clone https://x/rb    --depth 1"
+    problems = unmarked(commands)
+    assert len(problems) == 2 and "line 4" in problems[0] and "malformed" in problems[1], problems
 
 
 def test_override_rows_each_match_one_command_that_runs():
@@ -336,6 +351,20 @@ def test_data_home_is_read_when_called_not_at_import(tmp_path, monkeypatch, caps
         robustkit.load_dataset("cifar10", n_examples=2)
     (home / "data").symlink_to(data, target_is_directory=True)
     assert robustkit.load_dataset("cifar10", n_examples=8)[0].equal(x_ref)
+
+
+def test_commands_find_cifar10_and_cifar10c_in_the_data_home(user_home, capsys):
+    """make-cifar10c reads CIFAR-10 from $ROBUSTKIT_DATA; a CIFAR-10-C put there is what corruption-sweep reads
+    with no --data-dir."""
+    from robustkit.cli import main
+
+    data = Path(user_home["ROBUSTKIT_DATA"])
+    assert main(["make-cifar10c", "--out", str(data), "--n-examples", "8", "--corruptions", "fog"]) == 0
+    assert (data / "CIFAR-10-C" / "fog.npy").is_file()
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="robustkit regeneration of CIFAR-10-C"):
+        assert main(["corruption-sweep", "--methods", "source", "--corruptions", "fog", "--severity", "1"]) == 0
+    assert re.search(r"^\| fog \| \d+\.\d \[", capsys.readouterr().out, re.M)
 
 
 @pytest.mark.slow  # ~50 s on one thread; .ci/run (make test) runs the slow tests too
