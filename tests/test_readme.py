@@ -259,7 +259,6 @@ def test_pip_lines_name_files_and_extras_that_exist():
 
 def test_documented_checkpoint_files_are_the_registered_ones():
     """Every ``$ROBUSTKIT_HOME/checkpoints/FILE`` named in the README is a file some registry entry reads."""
-    import robustkit  # noqa: F401 (registers every entry)
     from robustkit.defenses import zoo as defense_zoo
     from robustkit.diffusion import zoo as diffusion_zoo
     from robustkit.registry import WeightSource, classifier_config, list_classifiers
