@@ -38,7 +38,8 @@ def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paper metadata (override --metadata)")
     g.add_argument("--metadata", default=None, metavar="FILE", help="JSON object of EntryMetadata fields")
     g.add_argument("--name", default=None, help="model name (default: AuthorYearFirstWord[_suffix] from the "
-                   "authors, year and title as RobustBench forms it, else the defense's name)")
+                   "authors, year and title as RobustBench forms it, else the defense's name, which a registered "
+                   "name like resnet20.cifar10 is not: RobustBench names have letters, digits, '_' and '-' only)")
     g.add_argument("--name-suffix", default=None, help="suffix of a formed name, e.g. the architecture WRN-28-10")
     g.add_argument("--paper-title", default=None)
     g.add_argument("--authors", default=None, help="comma-separated, first author first")
