@@ -182,6 +182,17 @@ def test_every_robustkit_line_parses_as_written(command):
     assert args.command == command.argv[1]
 
 
+def test_complete_inline_commands_parse_too():
+    """A full command quoted in the prose (options given, no ``...``, ``[optional]`` or NAME placeholders) parses."""
+    spans = re.findall(r"`(robustkit [^`]+)`", README_TEXT)
+    complete = [t for t in spans if " --" in t and "..." not in t and "[" not in t
+                and not any(re.fullmatch(r"[A-Z][A-Z_]+", w) for w in t.split())]
+    assert complete, spans
+    for text in complete:
+        argv = shlex.split(text)
+        assert _parse(argv[1:]).command == argv[1]
+
+
 def unmarked(commands: list[Command]) -> list[str]:
     """The lines this file neither runs nor checks that carry no well-formed ``# needs: <what>, <why>``."""
     problems = []
