@@ -8,7 +8,7 @@ What a user copies from README.md is checked here, line by line:
   fresh working directory (so ``runs/r20`` written by ``bench`` is what ``report`` and ``export`` read) and a data
   home made the way a user makes it: ``$ROBUSTKIT_SHARED/data/cifar10`` linked into ``ROBUSTKIT_DATA`` and the
   ResNet checkpoints into ``ROBUSTKIT_HOME/checkpoints``, offline, with no ``--data-dir`` or ``--checkpoint``.
-  Commands too large for CI run with the size overrides of ``SIZE_OVERRIDES``, applied openly and printed;
+  Commands too large for CI run with the size overrides of ``SIZE_OVERRIDES`` (a failure shows the command as run);
 - every other line carries the mark (a new unmarked line that is not run fails), ``make`` lines name targets
   the Makefile has, ``pip install`` lines name files and extras that exist;
 - the ``python`` block runs as a script in the same data home.
