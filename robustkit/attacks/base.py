@@ -212,24 +212,95 @@ class _Counting(nn.Module):
             self.backwards += n
         return hook
 
+    def _to_eval(self) -> None:
+        if any(m.training for m in self.model.modules()):  # e.g. torchattacks' set_model_training_mode
+            self.train_mode_queries += 1
+            self.model.eval()
+
+    def _count(self, out: torch.Tensor, n: int) -> torch.Tensor:
+        self.forwards += n
+        if out.requires_grad:
+            out.register_hook(self._count_backward(n))
+        return out
+
+    def draw_logits(self, x: torch.Tensor, draws: int) -> torch.Tensor:
+        """``draws`` forwards of ``x`` as one batch (the model's ``draw_logits``; only for a model that
+        ``batches_draws``, which excludes the batch threat model), counted as ``draws`` forwards."""
+        self._to_eval()
+        return self._count(self.model.draw_logits(x, draws), draws * x.shape[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reset_per_query:
             self.model.reset()
         if self.per_batch:
             self.partial_batch_queries += int(x.shape[0] != self.batch_size)
-        if any(m.training for m in self.model.modules()):  # e.g. torchattacks' set_model_training_mode
-            self.train_mode_queries += 1
-            self.model.eval()
-        out = self.model(x)
-        self.forwards += x.shape[0]
-        if out.requires_grad:
-            out.register_hook(self._count_backward(x.shape[0]))
-        return out
+        self._to_eval()
+        return self._count(self.model(x), x.shape[0])
 
 
 #: forward-equivalents of one forward + backward (the backward of a network costs about twice its forward)
 GRAD_COST = 3.0
 log = logging.getLogger(__name__)
+
+#: Default of the attacks' ``eot_batch``: the most rows (EOT draws × examples) that one batched forward of a
+#: stochastic defense holds. A batch is never made smaller than the attack's own (``N`` rows, one draw).
+EOT_BATCH = 256
+
+
+def check_eot_batch(eot_batch: int | None) -> int | None:
+    """Validate an ``eot_batch`` option: a positive int (1: the draws one by one) or None (all at once)."""
+    if eot_batch is not None and (isinstance(eot_batch, bool) or not isinstance(eot_batch, int) or eot_batch < 1):
+        raise InputError(f"eot_batch must be a positive int (rows per batched EOT forward) or None, got {eot_batch!r}")
+    return eot_batch
+
+
+def draws_per_forward(n: int, draws: int, max_batch: int | None) -> int:
+    """How many of ``draws`` EOT draws of ``n`` examples one forward holds under ``max_batch`` rows (≥ 1)."""
+    if max_batch is None:
+        return draws
+    return max(1, min(draws, max_batch // max(n, 1)))
+
+
+def batches_draws(model: nn.Module) -> bool:
+    """Whether ``model`` (or the classifier inside the harness's counting wrapper) evaluates EOT draws as
+    one batch (``draw_logits``, e.g. :class:`~robustkit.defenses.PurifiedClassifier` over DiffPure)."""
+    inner = model.model if isinstance(model, _Counting) else model
+    return bool(getattr(inner, "batches_draws", False))
+
+
+def eot_chunks(model: nn.Module, x: torch.Tensor, draws: int, *,
+               max_batch: int | None = EOT_BATCH) -> Iterator[torch.Tensor]:
+    """The logits of ``draws`` EOT draws of ``x``, ``[e, N, K]`` per chunk of ``e`` draws, in draw order.
+
+    For a model that :func:`batches_draws`, each chunk is one forward of ``x`` repeated ``e`` times with
+    ``e · N <= max_batch`` (at least one draw; None: all draws at once), and equals ``e`` successive
+    forwards draw for draw (up to the float rounding of a larger batch). Any other model is called once per
+    draw, as a sequential EOT loop does. Chunks are computed lazily, so a caller that differentiates each
+    chunk before asking for the next holds one chunk's graph at a time.
+
+    Shape:
+        ``x`` ``[N, C, H, W]``; yields ``[e, N, K]`` with the ``e`` summing to ``draws``.
+    """
+    per = draws_per_forward(x.shape[0], draws, max_batch) if batches_draws(model) else 1
+    done = 0
+    while done < draws:
+        e = min(per, draws - done)
+        yield model(x).unsqueeze(0) if e == 1 else model.draw_logits(x, e)
+        done += e
+
+
+def eot_logits(model: nn.Module, x: torch.Tensor, draws: int, *, max_batch: int | None = EOT_BATCH) -> torch.Tensor:
+    """The logits of ``draws`` EOT draws of ``x``, ``[draws, N, K]`` (:func:`eot_chunks`, concatenated).
+
+    Example::
+
+        >>> import torch, robustkit
+        >>> d = robustkit.create_defense("tiny_diffpure.digits", pretrained=True, t_star=0.02)
+        >>> x, _ = robustkit.load_dataset("digits", n_examples=2)
+        >>> eot_logits(d, x, 3).shape
+        torch.Size([3, 2, 10])
+    """
+    return torch.cat(list(eot_chunks(model, x, draws, max_batch=max_batch)))
 
 
 def _progress_range(n: int, what: str) -> Iterator[int]:
