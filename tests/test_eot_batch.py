@@ -48,14 +48,13 @@ def reseed(defense, seed):
         defense.manual_seed(seed)
 
 
-def sequential_gradient(defense, x, y, draws, loss="ce"):
+def sequential_gradient(defense, x, y, draws):
     """The EOT loop as it was written before batching: one forward and one backward per draw."""
     grad = torch.zeros_like(x)
     for _ in range(draws):
         xa = x.detach().clone().requires_grad_(True)
         logits = defense(xa)
-        grad += torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum") if loss == "ce"
-                                    else logits.sum(), xa)[0]
+        grad += torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xa)[0]
     return grad / draws, logits.detach()
 
 
@@ -107,7 +106,7 @@ def test_chunks_bound_the_batch_and_keep_the_order(digits):
     seen = rows_seen(d)
     draws, n = 5, x.shape[0]
     max_batch = 2 * n + 1                                          # two draws per forward: chunks 2, 2, 1
-    assert draws_per_forward(n, draws, max_batch) == 2
+    assert draws_per_forward(x, draws, max_batch) == 2
     d.manual_seed(3)
     sequential = torch.stack([d(x) for _ in range(draws)])
     seen.clear()
@@ -122,7 +121,12 @@ def test_chunks_bound_the_batch_and_keep_the_order(digits):
     got, _ = eot_gradient(d, x, y, draws, "ce", max_batch=max_batch)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # a bound below one draw's rows: one draw per forward, never a smaller batch than the attack's
-    assert draws_per_forward(n, draws, 1) == 1 and draws_per_forward(n, draws, None) == draws
+    assert draws_per_forward(x, draws, 1) == 1 and draws_per_forward(x, draws, None) == draws
+    # "auto": at most 256 CIFAR-10 images' worth of input values per forward, whatever the image size
+    assert draws_per_forward(x, 20, "auto") == 20                                          # 8×8 digits: all
+    assert draws_per_forward(torch.zeros(64, 3, 32, 32), 20, "auto") == 4                  # 256 rows
+    assert draws_per_forward(torch.zeros(2, 3, 224, 224), 20, "auto") == 2                 # 5 rows: 2 draws
+    assert draws_per_forward(torch.zeros(8, 3, 224, 224), 20, "auto") == 1                 # never below N
 
 
 @pytest.mark.parametrize("vote", ["logits", "majority"])

@@ -46,7 +46,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Union
 
 import torch
 import torch.nn as nn
@@ -242,23 +242,35 @@ class _Counting(nn.Module):
 GRAD_COST = 3.0
 log = logging.getLogger(__name__)
 
-#: Default of the attacks' ``eot_batch``: the most rows (EOT draws × examples) that one batched forward of a
-#: stochastic defense holds. A batch is never made smaller than the attack's own (``N`` rows, one draw).
-EOT_BATCH = 256
+#: Default of the attacks' ``eot_batch``: ``"auto"`` sizes a batched EOT forward by its input, at most
+#: :data:`AUTO_EOT_ELEMENTS` input values (256 CIFAR-10 images, 12,288 8×8 digits, 5 ImageNet images at
+#: 224×224), so that memory grows with the image size as little as it does for CIFAR-10. A batched forward
+#: never holds fewer rows than the attack's batch (one draw).
+EOT_BATCH = "auto"
+AUTO_EOT_ELEMENTS = 256 * 3 * 32 * 32
+
+#: ``eot_batch``: rows (draws × examples) per batched forward, ``"auto"``, or None (all draws at once).
+EotBatch = Union[int, None, Literal["auto"]]
 
 
-def check_eot_batch(eot_batch: int | None) -> int | None:
-    """Validate an ``eot_batch`` option: a positive int (1: the draws one by one) or None (all at once)."""
-    if eot_batch is not None and (isinstance(eot_batch, bool) or not isinstance(eot_batch, int) or eot_batch < 1):
-        raise InputError(f"eot_batch must be a positive int (rows per batched EOT forward) or None, got {eot_batch!r}")
+def check_eot_batch(eot_batch: EotBatch) -> EotBatch:
+    """Validate an ``eot_batch`` option: a positive int (rows per forward; 1: the draws one by one), ``"auto"``
+    (:data:`EOT_BATCH`) or None (all draws at once)."""
+    if eot_batch is None or eot_batch == "auto":
+        return eot_batch
+    if isinstance(eot_batch, bool) or not isinstance(eot_batch, int) or eot_batch < 1:
+        raise InputError(f"eot_batch must be a positive int (rows per batched EOT forward), 'auto' or None, "
+                         f"got {eot_batch!r}")
     return eot_batch
 
 
-def draws_per_forward(n: int, draws: int, max_batch: int | None) -> int:
-    """How many of ``draws`` EOT draws of ``n`` examples one forward holds under ``max_batch`` rows (≥ 1)."""
+def draws_per_forward(x: torch.Tensor, draws: int, max_batch: EotBatch) -> int:
+    """How many of ``draws`` EOT draws of the batch ``x`` one forward holds under ``max_batch`` (≥ 1)."""
     if max_batch is None:
         return draws
-    return max(1, min(draws, max_batch // max(n, 1)))
+    n = max(x.shape[0], 1)
+    rows = AUTO_EOT_ELEMENTS // max(x[0].numel() if x.shape[0] else 1, 1) if max_batch == "auto" else max_batch
+    return max(1, min(draws, rows // n))
 
 
 def batches_draws(model: nn.Module) -> bool:
@@ -269,11 +281,12 @@ def batches_draws(model: nn.Module) -> bool:
 
 
 def eot_chunks(model: nn.Module, x: torch.Tensor, draws: int, *,
-               max_batch: int | None = EOT_BATCH) -> Iterator[torch.Tensor]:
+               max_batch: EotBatch = EOT_BATCH) -> Iterator[torch.Tensor]:
     """The logits of ``draws`` EOT draws of ``x``, ``[e, N, K]`` per chunk of ``e`` draws, in draw order.
 
     For a model that :func:`batches_draws`, each chunk is one forward of ``x`` repeated ``e`` times with
-    ``e · N <= max_batch`` (at least one draw; None: all draws at once), and equals ``e`` successive
+    ``e · N <= max_batch`` rows (at least one draw; ``"auto"``: :data:`EOT_BATCH`; None: all draws at once),
+    and equals ``e`` successive
     forwards draw for draw (up to the float rounding of a larger batch). Any other model is called once per
     draw, as a sequential EOT loop does. Chunks are computed lazily, so a caller that differentiates each
     chunk before asking for the next holds one chunk's graph at a time.
@@ -281,7 +294,7 @@ def eot_chunks(model: nn.Module, x: torch.Tensor, draws: int, *,
     Shape:
         ``x`` ``[N, C, H, W]``; yields ``[e, N, K]`` with the ``e`` summing to ``draws``.
     """
-    per = draws_per_forward(x.shape[0], draws, max_batch) if batches_draws(model) else 1
+    per = draws_per_forward(x, draws, max_batch) if batches_draws(model) else 1
     done = 0
     while done < draws:
         e = min(per, draws - done)
@@ -289,7 +302,7 @@ def eot_chunks(model: nn.Module, x: torch.Tensor, draws: int, *,
         done += e
 
 
-def eot_logits(model: nn.Module, x: torch.Tensor, draws: int, *, max_batch: int | None = EOT_BATCH) -> torch.Tensor:
+def eot_logits(model: nn.Module, x: torch.Tensor, draws: int, *, max_batch: EotBatch = EOT_BATCH) -> torch.Tensor:
     """The logits of ``draws`` EOT draws of ``x``, ``[draws, N, K]`` (:func:`eot_chunks`, concatenated).
 
     Example::

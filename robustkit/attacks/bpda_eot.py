@@ -36,20 +36,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import check_positive_int
-from .base import EOT_BATCH, GRAD_COST, Attack, Norm, Perturbation, check_eot_batch, eot_logits, project
+from .base import (EOT_BATCH, GRAD_COST, Attack, EotBatch, Norm, Perturbation, check_eot_batch, eot_logits,
+                   project)
 from .pgd import ascent_step
 
 
 class BPDAEOT(Attack):
     """DiffPure's BPDA+EOT protocol (see module docstring); Linf or L2 steps.
 
-    ``eot_batch``: the most rows (draws × examples) of one batched forward (PGD's option; 1: draw by draw).
+    ``eot_batch``: the most rows (draws × examples) of one batched forward, as PGD's (1: draw by draw; ``"auto"``,
+    the default, sized by the input; None: all draws at once).
     """
 
     name = "bpda-eot"
 
     def __init__(self, *, eps: float = 8 / 255, norm: Norm = "Linf", steps: int = 50, step_size: float = 2 / 255,
-                 eot: int = 15, recheck: int = 150, eot_batch: int | None = EOT_BATCH, seed: int = 0):
+                 eot: int = 15, recheck: int = 150, eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         self.eot_batch = check_eot_batch(eot_batch)
         for label, v in (("steps", steps), ("eot", eot), ("recheck", recheck)):
@@ -58,7 +60,8 @@ class BPDAEOT(Attack):
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "eot_batch": self.eot_batch, "recheck": self.recheck, "random_start": False, "restarts": 1, "loss": "ce(mean logits)"}
+                "eot_batch": self.eot_batch, "recheck": self.recheck, "random_start": False, "restarts": 1,
+                "loss": "ce(mean logits)"}
 
     def estimated_passes(self) -> float:
         return self.steps * self.eot * GRAD_COST + self.recheck  # a broken point is re-checked once

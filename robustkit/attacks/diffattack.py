@@ -15,6 +15,10 @@ flat-memory segment (:meth:`~robustkit.defenses.DiffPurePurifier.purify_trajecto
 forward without a graph and recomputed in the backward pass, DiffAttack's segment-wise
 forwarding-backwarding with segments of one step), so memory is flat in the number of steps.
 
+The ``eot`` draws of a gradient are purified as one batch (at most ``eot_batch`` rows) when the defense
+allows it, with the noises drawn in the same order as one by one, so the gradient is the same up to float
+rounding.
+
 DiffAttack's repository (github.com/kangmintong/DiffAttack) publishes no code (a README only), so this
 follows the paper's description and DiffHammer's re-implementation (Ka1b0/DiffHammer @ 1010822,
 ``defense/diffpure.py``: weights ``ᾱ``, the deviation from the input's diffusion with the purification's
@@ -48,7 +52,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import EOT_BATCH, Attack, Norm, Perturbation, check_eot_batch, project
+from .base import EOT_BATCH, Attack, EotBatch, Norm, Perturbation, check_eot_batch, project
 from .diffhammer import count, purified_parts, stacked_draws
 from .pgd import ascent_step, margin_loss, random_start
 
@@ -63,15 +67,15 @@ class DiffAttack(Attack):
         deviation_weight: λ, the weight of the deviated-reconstruction loss (0: plain PGD-EOT on the margin).
         random_start: start from a uniform point of the ball.
         eot_batch: the most rows (draws × examples) of one batched purification, for a defense that
-            evaluates draws as one batch (the gradient equals the sequential one up to float rounding);
-            1: draw by draw.
+            evaluates draws as one batch (the gradient equals the sequential one up to float rounding), as
+            PGD's ``eot_batch``.
     """
 
     name = "diffattack"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 50, eot: int = 1,
                  step_size: float | None = None, deviation_weight: float = 1.0, random_start: bool = True,
-                 eot_batch: int | None = EOT_BATCH, seed: int = 0):
+                 eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         self.eot_batch = check_eot_batch(eot_batch)
         check_positive_int("steps", steps)

@@ -17,6 +17,10 @@ cannot, and the average can point nowhere ("gradient dilemma"). DiffHammer inste
 4. steps along the grafted gradient with momentum ``v g + (1 − v) g_prev``, ``v = (i + 1)^(−α)``
    (α = 0.5), and projects.
 
+The ``n_eval`` evaluations of an iteration are purified as one batch of ``n_eval · B`` rows (at most
+``eot_batch``) when the defense allows it (:func:`~robustkit.attacks.base.batches_draws`); their noise is drawn
+in the same order either way, so the evaluations are the same draw for draw.
+
 ``unit`` is ``sign`` for Linf and ``g/‖g‖₂`` for L2. The loss is Carlini–Wagner's margin (the official
 first restart's). The returned point is, per example, the iterate at which an evaluation first broke
 it (else the last iterate); ``info["n_evaluation"]`` holds the N-evaluation outcome: the examples that
@@ -58,7 +62,8 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import EOT_BATCH, Attack, Norm, Perturbation, batches_draws, check_eot_batch, draws_per_forward, project
+from .base import (EOT_BATCH, Attack, EotBatch, Norm, Perturbation, batches_draws, check_eot_batch, draws_per_forward,
+                   project)
 from .pgd import ascent_step, margin_loss, random_start
 
 
@@ -96,11 +101,11 @@ def unit(g: torch.Tensor, norm: Norm) -> torch.Tensor:
     return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def stacked_draws(model: nn.Module, purifier, x: torch.Tensor, noises: list, max_batch: int | None):
+def stacked_draws(model: nn.Module, purifier, x: torch.Tensor, noises: list, max_batch: EotBatch):
     """Yield ``(x repeated e times, the e noises stacked, e)``: the purifications of ``noises`` (one per draw, in
     order) grouped into forwards of at most ``max_batch`` rows when the defense evaluates draws as one batch
     (:func:`~robustkit.attacks.base.batches_draws`), else one per draw (its own noise, as drawn)."""
-    per = draws_per_forward(x.shape[0], len(noises), max_batch) if batches_draws(model) else 1
+    per = draws_per_forward(x, len(noises), max_batch) if batches_draws(model) else 1
     for s in range(0, len(noises), per):
         chunk = noises[s:s + per]
         if len(chunk) == 1:
@@ -133,14 +138,14 @@ class DiffHammer(Attack):
         alpha: the momentum exponent α (official 0.5).
         random_start: start from a uniform point of the ball (official: yes).
         eot_batch: the most rows (evaluations × examples) of one batched purification, for a defense that
-            evaluates draws as one batch (the evaluations are the same draw for draw); 1: one by one.
+            evaluates draws as one batch (the evaluations are the same draw for draw), as PGD's ``eot_batch``.
     """
 
     name = "diffhammer"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 50, n_eval: int = 10,
                  step_size: float | None = None, lam: float = 5.0, alpha: float = 0.5, random_start: bool = True,
-                 eot_batch: int | None = EOT_BATCH, seed: int = 0):
+                 eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         check_positive_int("steps", steps)
         check_positive_int("n_eval", n_eval)

@@ -4,7 +4,10 @@ Each step ascends the loss along ``sign(g)`` (Linf) or, for L2, ``g/||g||_2`` (`
 Madry et al.) or ``sign(g)`` then the L2-ball projection (``l2_step="sign"``: Lee & Kim's official
 ``PGDL2``, the ``pgd-eot`` preset's L2 rule), where ``g`` is the gradient
 averaged over ``eot`` forward-backward passes (Athalye et al., ICML 2018: expectation over
-transformation, for stochastic models), then projects onto the threat model. On a deterministic model
+transformation, for stochastic models), then projects onto the threat model. A defense that evaluates its
+draws as one batch (``batches_draws``: DiffPure's :class:`~robustkit.defenses.PurifiedClassifier`) gets the
+``eot`` draws as one forward of the repeated input, at most ``eot_batch`` rows (:func:`eot_gradient`); the
+gradient equals the draw-by-draw one up to float rounding (``tests/test_eot_batch.py``). On a deterministic model
 the first iterate that is misclassified is kept, per example. On a stochastic one every step is taken and
 the last iterate returned (``early_stop="auto"``, the default): an iterate "seen misclassified" once may
 be a lucky draw just past the boundary, and stopping there hands the final verification a point that
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import EOT_BATCH, GRAD_COST, Attack, Norm, Perturbation, check_eot_batch, eot_chunks, project
+from .base import EOT_BATCH, EotBatch, GRAD_COST, Attack, Norm, Perturbation, check_eot_batch, eot_chunks, project
 
 
 LOSSES = ("ce", "margin")
@@ -80,7 +83,7 @@ def ascent_step(grad: torch.Tensor, norm: Norm, step_size: float, l2_step: str =
 
 
 def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, loss: str, *,
-                 max_batch: int | None = EOT_BATCH,
+                 max_batch: EotBatch = EOT_BATCH,
                  allow_unused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The input gradient of ``loss`` (:func:`summed_loss`) averaged over ``draws`` EOT draws, and the last
     draw's logits (detached). Draws are batched as :func:`~robustkit.attacks.base.eot_chunks` allows, each
@@ -136,8 +139,8 @@ class PGD(Attack):
             step is always the sign.
         eot_batch: the most rows (draws × examples) one batched forward of the EOT draws holds, for a defense
             that evaluates draws as one batch (``batches_draws``; the gradient equals the sequential one up
-            to float rounding); 1: draw by draw; None: all draws at once. Default
-            :data:`~robustkit.attacks.base.EOT_BATCH`.
+            to float rounding); 1: draw by draw; None: all draws at once; ``"auto"`` (default): sized by the
+            input (:data:`~robustkit.attacks.base.EOT_BATCH`).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
             The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
             hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
@@ -149,7 +152,7 @@ class PGD(Attack):
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
                  eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "auto",
-                 l2_step: str = "normalized", eot_batch: int | None = EOT_BATCH, seed: int = 0):
+                 l2_step: str = "normalized", eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         self.eot_batch = check_eot_batch(eot_batch)
         if l2_step not in L2_STEPS:
