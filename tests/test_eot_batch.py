@@ -60,8 +60,8 @@ def sequential_gradient(defense, x, y, draws):
 
 # -- logits and gradients draw for draw ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("gradient", ["exact", "bpda"])
-@pytest.mark.parametrize("seed", [None, 7])
+@pytest.mark.parametrize("gradient,seed", [("exact", None), ("exact", 7), ("bpda", None), ("bpda", 7),
+                                           ("surrogate", 7)])
 def test_batched_logits_and_gradient_equal_the_sequential_draws(digits, gradient, seed):
     x, y = digits
     d = tiny(gradient, seed)
@@ -193,6 +193,9 @@ def test_batch_dependent_and_adjoint_defenses_are_not_batched(digits):
     d.manual_seed(0)
     assert torch.equal(eot_logits(d, x, 3), sequential) and set(seen) == {x.shape[0]}
     assert not tiny("adjoint").batches_draws                    # one Brownian motion per call
+    from robustkit.defenses import ContrastiveGuidedPurifier, create_rdc
+    assert not create_rdc("tiny_rdc.digits", pretrained=True, seed=0, stride=100).batches_draws  # shared noise
+    assert not ContrastiveGuidedPurifier.supports_draw_blocks   # a head per purification; batch-dependent
     with pytest.raises(InputError, match="Brownian"):
         tiny("adjoint").purifier.purify_adjoint(x.repeat(2, 1, 1, 1), DrawBlocks((torch.Generator(),) * 2))
 
@@ -200,10 +203,14 @@ def test_batch_dependent_and_adjoint_defenses_are_not_batched(digits):
 # -- attacks: the same result with batching on and off ------------------------------------------------------
 
 def _attack_both_ways(make, defense, x, y):
-    results = []
+    results, widest = [], []
+    seen = rows_seen(defense)
     for eot_batch in (1, None):
+        seen.clear()
         torch.manual_seed(5)
         results.append(make(eot_batch)(defense, x, y))
+        widest.append(max(seen))
+    assert widest == [x.shape[0], widest[1]] and widest[1] >= 2 * x.shape[0]  # off: N rows; on: draws stacked
     off, on = results
     assert torch.equal(on.x_adv, off.x_adv) and torch.equal(on.robust, off.robust)
     assert (on.forwards, on.backwards) == (off.forwards, off.backwards)
@@ -219,12 +226,14 @@ def test_pgd_eot_result_is_identical_with_batching_on_and_off(digits):
     assert PGD(eps=0.1).protocol()["eot_batch"] == EOT_BATCH
 
 
-def test_bpda_eot_diffhammer_and_diffattack_are_identical_with_batching_on_and_off(digits):
+@pytest.mark.parametrize("attack,gradient", [
+    (lambda b: BPDAEOT(eps=0.3, steps=2, step_size=0.1, eot=3, recheck=4, eot_batch=b), "bpda"),
+    (lambda b: DiffHammer(eps=0.3, steps=2, n_eval=3, eot_batch=b), "exact"),
+    (lambda b: DiffAttack(eps=0.3, steps=2, eot=2, eot_batch=b), "exact"),
+], ids=["bpda-eot", "diffhammer", "diffattack"])
+def test_bpda_eot_diffhammer_and_diffattack_are_identical_with_batching_on_and_off(digits, attack, gradient):
     x, y = digits
-    _attack_both_ways(lambda b: BPDAEOT(eps=0.3, steps=2, step_size=0.1, eot=3, recheck=4, eot_batch=b),
-                      tiny("bpda"), x, y)
-    _attack_both_ways(lambda b: DiffHammer(eps=0.3, steps=2, n_eval=3, eot_batch=b), tiny(), x, y)
-    _attack_both_ways(lambda b: DiffAttack(eps=0.3, steps=2, eot=2, eot_batch=b), tiny(), x, y)
+    _attack_both_ways(attack, tiny(gradient), x, y)
 
 
 # -- validation ----------------------------------------------------------------------------------------------
