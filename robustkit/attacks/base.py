@@ -288,7 +288,9 @@ def eot_chunks(model: nn.Module, x: torch.Tensor, draws: int, *,
     ``e · N <= max_batch`` rows (at least one draw; ``"auto"``: :data:`EOT_BATCH`; None: all draws at once),
     and equals ``e`` successive
     forwards draw for draw (up to the float rounding of a larger batch). Any other model is called once per
-    draw, as a sequential EOT loop does. Chunks are computed lazily, so a caller that differentiates each
+    draw, as a sequential EOT loop does. A classifier opts in by defining ``batches_draws`` (True) and
+    ``draw_logits(x, draws) -> [draws, N, K]`` with that equality (as
+    :meth:`~robustkit.defenses.PurifiedClassifier.draw_logits` does). Chunks are computed lazily, so a caller that differentiates each
     chunk before asking for the next holds one chunk's graph at a time.
 
     Shape:
