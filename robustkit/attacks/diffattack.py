@@ -114,7 +114,7 @@ class DiffAttack(Attack):
         noises = [purifier.draw_noise(x_adv, generator) for _ in range(self.eot)]
         xa = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():  # the repeated input must carry the graph back to xa
-            for xs, noise, e in stacked_draws(model, purifier, xa, noises, self.eot_batch):
+            for xs, noise, e in stacked_draws(model, xa, noises, self.eot_batch):
                 traj = purifier.purify_trajectory(xs, noise)
                 loss = margin_loss(classifier.logits(traj.purified), y.repeat(e))
                 if self.deviation_weight:

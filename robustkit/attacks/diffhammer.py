@@ -101,7 +101,7 @@ def unit(g: torch.Tensor, norm: Norm) -> torch.Tensor:
     return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def stacked_draws(model: nn.Module, purifier, x: torch.Tensor, noises: list, max_batch: EotBatch):
+def stacked_draws(model: nn.Module, x: torch.Tensor, noises: list, max_batch: EotBatch):
     """Yield ``(x repeated e times, the e noises stacked, e)``: the purifications of ``noises`` (one per draw, in
     order) grouped into forwards of at most ``max_batch`` rows when the defense evaluates draws as one batch
     (:func:`~robustkit.attacks.base.batches_draws`), else one per draw (its own noise, as drawn)."""
@@ -172,7 +172,7 @@ class DiffHammer(Attack):
         the purified images ``[n, B, d]`` and misclassification ``[n, B]``."""
         noises = [purifier.draw_noise(x_adv, generator) for _ in range(self.n_eval)]
         losses, grads, wrong = [], [], []
-        for xs, noise, e in stacked_draws(model, purifier, x_adv, noises, self.eot_batch):
+        for xs, noise, e in stacked_draws(model, x_adv, noises, self.eot_batch):
             with torch.no_grad():
                 p = purifier.purify_with_noise(xs, noise)
             with torch.enable_grad():
