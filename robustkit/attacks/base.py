@@ -46,7 +46,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Union
 
 import torch
 import torch.nn as nn
@@ -212,24 +212,110 @@ class _Counting(nn.Module):
             self.backwards += n
         return hook
 
+    def _to_eval(self) -> None:
+        if any(m.training for m in self.model.modules()):  # e.g. torchattacks' set_model_training_mode
+            self.train_mode_queries += 1
+            self.model.eval()
+
+    def _count(self, out: torch.Tensor, n: int) -> torch.Tensor:
+        self.forwards += n
+        if out.requires_grad:
+            out.register_hook(self._count_backward(n))
+        return out
+
+    def draw_logits(self, x: torch.Tensor, draws: int) -> torch.Tensor:
+        """``draws`` forwards of ``x`` as one batch (the model's ``draw_logits``; only for a model that
+        ``batches_draws``, which excludes the batch threat model), counted as ``draws`` forwards."""
+        self._to_eval()
+        return self._count(self.model.draw_logits(x, draws), draws * x.shape[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reset_per_query:
             self.model.reset()
         if self.per_batch:
             self.partial_batch_queries += int(x.shape[0] != self.batch_size)
-        if any(m.training for m in self.model.modules()):  # e.g. torchattacks' set_model_training_mode
-            self.train_mode_queries += 1
-            self.model.eval()
-        out = self.model(x)
-        self.forwards += x.shape[0]
-        if out.requires_grad:
-            out.register_hook(self._count_backward(x.shape[0]))
-        return out
+        self._to_eval()
+        return self._count(self.model(x), x.shape[0])
 
 
 #: forward-equivalents of one forward + backward (the backward of a network costs about twice its forward)
 GRAD_COST = 3.0
 log = logging.getLogger(__name__)
+
+#: Default of the attacks' ``eot_batch``: ``"auto"`` sizes a batched EOT forward by its input, at most
+#: :data:`AUTO_EOT_ELEMENTS` input values (256 CIFAR-10 images, 12,288 8×8 digits, 5 ImageNet images at
+#: 224×224), so that memory grows with the image size as little as it does for CIFAR-10. A batched forward
+#: never holds fewer rows than the attack's batch (one draw).
+EOT_BATCH = "auto"
+AUTO_EOT_ELEMENTS = 256 * 3 * 32 * 32
+
+#: ``eot_batch``: rows (draws × examples) per batched forward, ``"auto"``, or None (all draws at once).
+EotBatch = Union[int, None, Literal["auto"]]
+
+
+def check_eot_batch(eot_batch: EotBatch) -> EotBatch:
+    """Validate an ``eot_batch`` option: a positive int (rows per forward; 1: the draws one by one), ``"auto"``
+    (:data:`EOT_BATCH`) or None (all draws at once)."""
+    if eot_batch is None or eot_batch == "auto":
+        return eot_batch
+    if isinstance(eot_batch, bool) or not isinstance(eot_batch, int) or eot_batch < 1:
+        raise InputError(f"eot_batch must be a positive int (rows per batched EOT forward), 'auto' or None, "
+                         f"got {eot_batch!r}")
+    return eot_batch
+
+
+def draws_per_forward(x: torch.Tensor, draws: int, max_batch: EotBatch) -> int:
+    """How many of ``draws`` EOT draws of the batch ``x`` one forward holds under ``max_batch`` (≥ 1)."""
+    if max_batch is None:
+        return draws
+    n = max(x.shape[0], 1)
+    rows = AUTO_EOT_ELEMENTS // max(x[0].numel() if x.shape[0] else 1, 1) if max_batch == "auto" else max_batch
+    return max(1, min(draws, rows // n))
+
+
+def batches_draws(model: nn.Module) -> bool:
+    """Whether ``model`` (or the classifier inside the harness's counting wrapper) evaluates EOT draws as
+    one batch (``draw_logits``, e.g. :class:`~robustkit.defenses.PurifiedClassifier` over DiffPure)."""
+    inner = model.model if isinstance(model, _Counting) else model
+    return bool(getattr(inner, "batches_draws", False))
+
+
+def eot_chunks(model: nn.Module, x: torch.Tensor, draws: int, *,
+               max_batch: EotBatch = EOT_BATCH) -> Iterator[torch.Tensor]:
+    """The logits of ``draws`` EOT draws of ``x``, ``[e, N, K]`` per chunk of ``e`` draws, in draw order.
+
+    For a model that :func:`batches_draws`, each chunk is one forward of ``x`` repeated ``e`` times with
+    ``e · N <= max_batch`` rows (at least one draw; ``"auto"``: :data:`EOT_BATCH`; None: all draws at once),
+    and equals ``e`` successive
+    forwards draw for draw (up to the float rounding of a larger batch). Any other model is called once per
+    draw, as a sequential EOT loop does. A classifier opts in by defining ``batches_draws`` (True) and
+    ``draw_logits(x, draws) -> [draws, N, K]`` with that equality (as
+    :meth:`~robustkit.defenses.PurifiedClassifier.draw_logits` does). Chunks are computed lazily, so a caller that differentiates each
+    chunk before asking for the next holds one chunk's graph at a time.
+
+    Shape:
+        ``x`` ``[N, C, H, W]``; yields ``[e, N, K]`` with the ``e`` summing to ``draws``.
+    """
+    per = draws_per_forward(x, draws, max_batch) if batches_draws(model) else 1
+    done = 0
+    while done < draws:
+        e = min(per, draws - done)
+        yield model(x).unsqueeze(0) if e == 1 else model.draw_logits(x, e)
+        done += e
+
+
+def eot_logits(model: nn.Module, x: torch.Tensor, draws: int, *, max_batch: EotBatch = EOT_BATCH) -> torch.Tensor:
+    """The logits of ``draws`` EOT draws of ``x``, ``[draws, N, K]`` (:func:`eot_chunks`, concatenated).
+
+    Example::
+
+        >>> import torch, robustkit
+        >>> d = robustkit.create_defense("tiny_diffpure.digits", pretrained=True, t_star=0.02)
+        >>> x, _ = robustkit.load_dataset("digits", n_examples=2)
+        >>> eot_logits(d, x, 3).shape
+        torch.Size([3, 2, 10])
+    """
+    return torch.cat(list(eot_chunks(model, x, draws, max_batch=max_batch)))
 
 
 def _progress_range(n: int, what: str) -> Iterator[int]:

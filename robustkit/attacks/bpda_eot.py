@@ -7,6 +7,11 @@ then does it count as broken, and a broken point stays broken with the iterate t
 ``defended`` flag can only go from True to False). The identity backward of BPDA is the defense's
 ``gradient="bpda"`` mode: this attack only averages what the defense's backward gives.
 
+Each of the ``eot`` (and ``recheck``) draws is one forward of the defense, evaluated as one batch where the
+defense allows it (:func:`~robustkit.attacks.base.eot_logits`, at most ``eot_batch`` rows per forward) and
+draw by draw otherwise (a batch-dependent or test-time-adapting defense then sees the attacked batch itself,
+never ``eot`` copies of it).
+
 Reference:
     Athalye, Carlini, Wagner, ICML 2018 (BPDA, EOT); Hill et al., ICLR 2021 (this protocol);
     Nie et al., ICML 2022 (DiffPure, Table 4: 50 steps, 15 EOT, 150 re-checks).
@@ -31,33 +36,38 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import check_positive_int
-from .base import GRAD_COST, Attack, Norm, Perturbation, project
+from .base import (EOT_BATCH, GRAD_COST, Attack, EotBatch, Norm, Perturbation, check_eot_batch, eot_logits,
+                   project)
+from .pgd import ascent_step
 
 
 class BPDAEOT(Attack):
-    """DiffPure's BPDA+EOT protocol (see module docstring); Linf or L2 steps."""
+    """DiffPure's BPDA+EOT protocol (see module docstring); Linf or L2 steps.
+
+    ``eot_batch``: the most rows (draws × examples) of one batched forward, as PGD's (1: draw by draw; ``"auto"``,
+    the default, sized by the input; None: all draws at once).
+    """
 
     name = "bpda-eot"
 
     def __init__(self, *, eps: float = 8 / 255, norm: Norm = "Linf", steps: int = 50, step_size: float = 2 / 255,
-                 eot: int = 15, recheck: int = 150, seed: int = 0):
+                 eot: int = 15, recheck: int = 150, eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
+        self.eot_batch = check_eot_batch(eot_batch)
         for label, v in (("steps", steps), ("eot", eot), ("recheck", recheck)):
             check_positive_int(label, v)
         self.steps, self.step_size, self.eot, self.recheck = steps, float(step_size), eot, recheck
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "recheck": self.recheck, "random_start": False, "restarts": 1, "loss": "ce(mean logits)"}
+                "eot_batch": self.eot_batch, "recheck": self.recheck, "random_start": False, "restarts": 1,
+                "loss": "ce(mean logits)"}
 
     def estimated_passes(self) -> float:
         return self.steps * self.eot * GRAD_COST + self.recheck  # a broken point is re-checked once
 
-    @staticmethod
-    def _mean_logits(model: nn.Module, x: torch.Tensor, reps: int) -> torch.Tensor:
-        # one batch of reps copies: rows r*N..(r+1)*N-1 are draw r of every example
-        out = model(x.repeat(reps, *([1] * (x.dim() - 1))))
-        return out.view(reps, x.shape[0], -1).mean(0)
+    def _mean_logits(self, model: nn.Module, x: torch.Tensor, reps: int) -> torch.Tensor:
+        return eot_logits(model, x, reps, max_batch=self.eot_batch).mean(0)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:
@@ -85,11 +95,8 @@ class BPDAEOT(Attack):
             if grad is None:
                 break
             keep = defended[active]  # broken points are frozen at the iterate that broke them
-            if self.norm == "Linf":
-                move = self.step_size * grad.sign()
-            else:
-                move = self.step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            stepped = project(x_adv[active] + move, x[active], self.eps, self.norm)
+            stepped = project(x_adv[active] + ascent_step(grad, self.norm, self.step_size), x[active], self.eps,
+                              self.norm)
             x_adv[active[keep]] = stepped[keep].detach()
         result[defended] = x_adv[defended]
         return Perturbation(result, {"defended_after_attack": int(defended.sum()),

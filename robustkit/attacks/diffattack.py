@@ -15,6 +15,10 @@ flat-memory segment (:meth:`~robustkit.defenses.DiffPurePurifier.purify_trajecto
 forward without a graph and recomputed in the backward pass, DiffAttack's segment-wise
 forwarding-backwarding with segments of one step), so memory is flat in the number of steps.
 
+The ``eot`` draws of a gradient are purified as one batch (at most ``eot_batch`` rows) when the defense
+allows it, with the noises drawn in the same order as one by one, so the gradient is the same up to float
+rounding.
+
 DiffAttack's repository (github.com/kangmintong/DiffAttack) publishes no code (a README only), so this
 follows the paper's description and DiffHammer's re-implementation (Ka1b0/DiffHammer @ 1010822,
 ``defense/diffpure.py``: weights ``ᾱ``, the deviation from the input's diffusion with the purification's
@@ -48,9 +52,9 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm, Perturbation, project
-from .diffhammer import count, purified_parts, step_direction
-from .pgd import margin_loss, random_start
+from .base import EOT_BATCH, Attack, EotBatch, Norm, Perturbation, check_eot_batch, project
+from .diffhammer import count, purified_parts, stacked_draws
+from .pgd import ascent_step, margin_loss, random_start
 
 
 class DiffAttack(Attack):
@@ -62,14 +66,18 @@ class DiffAttack(Attack):
         step_size: step length (default ``2.5 · eps / steps``).
         deviation_weight: λ, the weight of the deviated-reconstruction loss (0: plain PGD-EOT on the margin).
         random_start: start from a uniform point of the ball.
+        eot_batch: the most rows (draws × examples) of one batched purification, for a defense that
+            evaluates draws as one batch (the gradient equals the sequential one up to float rounding), as
+            PGD's ``eot_batch``.
     """
 
     name = "diffattack"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 50, eot: int = 1,
                  step_size: float | None = None, deviation_weight: float = 1.0, random_start: bool = True,
-                 seed: int = 0):
+                 eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
+        self.eot_batch = check_eot_batch(eot_batch)
         check_positive_int("steps", steps)
         check_positive_int("eot", eot)
         self.steps, self.eot = steps, eot
@@ -83,7 +91,8 @@ class DiffAttack(Attack):
         self.random_start = bool(random_start)
 
     def protocol(self) -> dict[str, Any]:
-        return {**super().protocol(), "steps": self.steps, "eot": self.eot, "step_size": self.step_size,
+        return {**super().protocol(), "steps": self.steps, "eot": self.eot, "eot_batch": self.eot_batch,
+                "step_size": self.step_size,
                 "deviation_weight": self.deviation_weight, "loss": "margin + deviated reconstruction",
                 "random_start": self.random_start, "restarts": 1, "early_stop": False}
 
@@ -99,17 +108,17 @@ class DiffAttack(Attack):
             total = total + (0.5 * a * a) * (state - ref).pow(2).flatten(1).mean(1)
         return total / len(trajectory.states)
 
-    def _gradient(self, purifier, classifier, x_adv: torch.Tensor, y: torch.Tensor,
+    def _gradient(self, model, purifier, classifier, x_adv: torch.Tensor, y: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
         grad = torch.zeros_like(x_adv)
-        for _ in range(self.eot):
-            noise = purifier.draw_noise(x_adv, generator)
-            with torch.enable_grad():
-                xa = x_adv.detach().requires_grad_(True)
-                traj = purifier.purify_trajectory(xa, noise)
-                loss = margin_loss(classifier.logits(traj.purified), y)
+        noises = [purifier.draw_noise(x_adv, generator) for _ in range(self.eot)]
+        xa = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():  # the repeated input must carry the graph back to xa
+            for xs, noise, e in stacked_draws(model, xa, noises, self.eot_batch):
+                traj = purifier.purify_trajectory(xs, noise)
+                loss = margin_loss(classifier.logits(traj.purified), y.repeat(e))
                 if self.deviation_weight:
-                    loss = loss + self.deviation_weight * self.deviation(purifier, xa, traj, noise.init)
+                    loss = loss + self.deviation_weight * self.deviation(purifier, xs, traj, noise.init)
                 grad += torch.autograd.grad(loss.sum(), xa)[0]
         return grad / self.eot
 
@@ -121,7 +130,7 @@ class DiffAttack(Attack):
                              "purify_trajectory (DiffPure's sde or ode sampler)")
         x_adv = random_start(x, self.eps, self.norm, generator) if self.random_start else x.clone()
         for _ in range(self.steps):
-            grad = self._gradient(purifier, classifier, x_adv, y, generator)
+            grad = self._gradient(model, purifier, classifier, x_adv, y, generator)
             count(counter, forwards=self.eot * x.shape[0], backwards=self.eot * x.shape[0])
-            x_adv = project(x_adv + self.step_size * step_direction(grad, self.norm), x, self.eps, self.norm).detach()
+            x_adv = project(x_adv + ascent_step(grad, self.norm, self.step_size), x, self.eps, self.norm).detach()
         return Perturbation(x_adv, {"deviation_weight": self.deviation_weight})

@@ -17,6 +17,10 @@ cannot, and the average can point nowhere ("gradient dilemma"). DiffHammer inste
 4. steps along the grafted gradient with momentum ``v g + (1 − v) g_prev``, ``v = (i + 1)^(−α)``
    (α = 0.5), and projects.
 
+The ``n_eval`` evaluations of an iteration are purified as one batch of ``n_eval · B`` rows (at most
+``eot_batch``) when the defense allows it (:func:`~robustkit.attacks.base.batches_draws`); their noise is drawn
+in the same order either way, so the evaluations are the same draw for draw.
+
 ``unit`` is ``sign`` for Linf and ``g/‖g‖₂`` for L2. The loss is Carlini–Wagner's margin (the official
 first restart's). The returned point is, per example, the iterate at which an evaluation first broke
 it (else the last iterate); ``info["n_evaluation"]`` holds the N-evaluation outcome: the examples that
@@ -58,8 +62,9 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import Attack, Norm, Perturbation, project
-from .pgd import margin_loss, random_start
+from .base import (EOT_BATCH, Attack, EotBatch, Norm, Perturbation, batches_draws, check_eot_batch, draws_per_forward,
+                   project)
+from .pgd import ascent_step, margin_loss, random_start
 
 
 def purified_parts(model: nn.Module) -> tuple[nn.Module, Any, nn.Module]:
@@ -96,12 +101,17 @@ def unit(g: torch.Tensor, norm: Norm) -> torch.Tensor:
     return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def step_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """``sign(g)`` (Linf) or ``g/‖g‖₂`` per example (L2), for an image-shaped gradient."""
-    if norm == "Linf":
-        return grad.sign()
-    n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-    return grad / n
+def stacked_draws(model: nn.Module, x: torch.Tensor, noises: list, max_batch: EotBatch):
+    """Yield ``(x repeated e times, the e noises stacked, e)``: the purifications of ``noises`` (one per draw, in
+    order) grouped into forwards of at most ``max_batch`` rows when the defense evaluates draws as one batch
+    (:func:`~robustkit.attacks.base.batches_draws`), else one per draw (its own noise, as drawn)."""
+    per = draws_per_forward(x, len(noises), max_batch) if batches_draws(model) else 1
+    for s in range(0, len(noises), per):
+        chunk = noises[s:s + per]
+        if len(chunk) == 1:
+            yield x, chunk[0], 1
+        else:
+            yield x.repeat(len(chunk), *([1] * (x.dim() - 1))), type(chunk[0]).cat(chunk), len(chunk)
 
 
 def select_rows(noises: list, index: torch.Tensor):
@@ -127,16 +137,19 @@ class DiffHammer(Attack):
         lam: the E-step temperature λ (official 5).
         alpha: the momentum exponent α (official 0.5).
         random_start: start from a uniform point of the ball (official: yes).
+        eot_batch: the most rows (evaluations × examples) of one batched purification, for a defense that
+            evaluates draws as one batch (the evaluations are the same draw for draw), as PGD's ``eot_batch``.
     """
 
     name = "diffhammer"
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 50, n_eval: int = 10,
                  step_size: float | None = None, lam: float = 5.0, alpha: float = 0.5, random_start: bool = True,
-                 seed: int = 0):
+                 eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         check_positive_int("steps", steps)
         check_positive_int("n_eval", n_eval)
+        self.eot_batch = check_eot_batch(eot_batch)
         self.steps, self.n_eval = steps, n_eval
         self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / steps
         if self.step_size <= 0 and self.eps > 0:
@@ -150,27 +163,27 @@ class DiffHammer(Attack):
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "n_eval": self.n_eval, "step_size": self.step_size,
                 "lam": self.lam, "alpha": self.alpha, "loss": "margin", "random_start": self.random_start,
-                "restarts": 1, "eot": 1,
+                "restarts": 1, "eot": 1, "eot_batch": self.eot_batch,
                 "graft": "weighted purified-image gradient on one exact backward of the selected draw"}
 
-    def _evaluate(self, purifier, classifier, x_adv: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+    def _evaluate(self, model, purifier, classifier, x_adv: torch.Tensor, y: torch.Tensor,
+                  generator: torch.Generator):
         """``n_eval`` purifications of ``x_adv``: their noise, losses ``[n, B]``, gradients with respect to
         the purified images ``[n, B, d]`` and misclassification ``[n, B]``."""
-        noises, losses, grads, wrong = [], [], [], []
-        for _ in range(self.n_eval):
-            noise = purifier.draw_noise(x_adv, generator)
+        noises = [purifier.draw_noise(x_adv, generator) for _ in range(self.n_eval)]
+        losses, grads, wrong = [], [], []
+        for xs, noise, e in stacked_draws(model, x_adv, noises, self.eot_batch):
             with torch.no_grad():
-                p = purifier.purify_with_noise(x_adv, noise)
+                p = purifier.purify_with_noise(xs, noise)
             with torch.enable_grad():
                 p = p.detach().requires_grad_(True)
                 logits = classifier.logits(p)
-                loss = margin_loss(logits, y)
+                loss = margin_loss(logits, y.repeat(e))
                 (g,) = torch.autograd.grad(loss.sum(), p)
-            noises.append(noise)
-            losses.append(loss.detach())
-            grads.append(g.flatten(1))
-            wrong.append(logits.detach().argmax(1) != y)
-        return noises, torch.stack(losses), torch.stack(grads), torch.stack(wrong)
+            losses.append(loss.detach().view(e, -1))
+            grads.append(g.flatten(1).view(e, x_adv.shape[0], -1))
+            wrong.append((logits.detach().argmax(1) != y.repeat(e)).view(e, -1))
+        return noises, torch.cat(losses), torch.cat(grads), torch.cat(wrong)
 
     def _em(self, losses: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The selected draw per example ``[B]`` and the weighted gradient ``[B, d]`` (module docstring)."""
@@ -194,7 +207,7 @@ class DiffHammer(Attack):
         past = None
         evaluations = 0
         for it in range(self.steps + 1):
-            noises, losses, grads, wrong = self._evaluate(purifier, classifier, x_adv, y, generator)
+            noises, losses, grads, wrong = self._evaluate(model, purifier, classifier, x_adv, y, generator)
             count(counter, forwards=self.n_eval * x.shape[0])
             evaluations += self.n_eval
             newly = wrong.any(0) & ~broken
@@ -213,7 +226,7 @@ class DiffHammer(Attack):
                 v = (it + 1) ** -self.alpha
                 grad = v * grad + (1 - v) * past
             past = grad
-            x_adv = project(x_adv + self.step_size * step_direction(grad, self.norm), x, self.eps, self.norm).detach()
+            x_adv = project(x_adv + ascent_step(grad, self.norm, self.step_size), x, self.eps, self.norm).detach()
         out = torch.where(broken.view(expand), best, x_adv)
         info = {"n_evaluation": {"n_eval": self.n_eval, "evaluations": evaluations,
                                  "survived": (~broken).tolist()}}

@@ -4,7 +4,10 @@ Each step ascends the loss along ``sign(g)`` (Linf) or, for L2, ``g/||g||_2`` (`
 Madry et al.) or ``sign(g)`` then the L2-ball projection (``l2_step="sign"``: Lee & Kim's official
 ``PGDL2``, the ``pgd-eot`` preset's L2 rule), where ``g`` is the gradient
 averaged over ``eot`` forward-backward passes (Athalye et al., ICML 2018: expectation over
-transformation, for stochastic models), then projects onto the threat model. On a deterministic model
+transformation, for stochastic models), then projects onto the threat model. A defense that evaluates its
+draws as one batch (``batches_draws``: DiffPure's :class:`~robustkit.defenses.PurifiedClassifier`) gets the
+``eot`` draws as one forward of the repeated input, at most ``eot_batch`` rows (:func:`eot_gradient`); the
+gradient equals the draw-by-draw one up to float rounding (``tests/test_eot_batch.py``). On a deterministic model
 the first iterate that is misclassified is kept, per example. On a stochastic one every step is taken and
 the last iterate returned (``early_stop="auto"``, the default): an iterate "seen misclassified" once may
 be a lucky draw just past the boundary, and stopping there hands the final verification a point that
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import check_positive_int
-from .base import GRAD_COST, Attack, Norm, Perturbation, project
+from .base import EOT_BATCH, EotBatch, GRAD_COST, Attack, Norm, Perturbation, check_eot_batch, eot_chunks, project
 
 
 LOSSES = ("ce", "margin")
@@ -68,6 +71,41 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def summed_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """The batch's summed attack loss, ``"ce"`` (cross-entropy) or ``"margin"`` (:func:`margin_loss`)."""
     return F.cross_entropy(logits, y, reduction="sum") if loss == "ce" else margin_loss(logits, y).sum()
+
+
+def ascent_step(grad: torch.Tensor, norm: Norm, step_size: float, l2_step: str = "normalized") -> torch.Tensor:
+    """A steepest-ascent step of length ``step_size``: ``step_size · sign(g)`` (Linf, or L2 with
+    ``l2_step="sign"``), else ``step_size · g/‖g‖₂`` per example (L2)."""
+    if norm == "Linf" or l2_step == "sign":
+        return step_size * grad.sign()
+    n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return step_size * grad / n
+
+
+def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, loss: str, *,
+                 max_batch: EotBatch = EOT_BATCH,
+                 allow_unused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The input gradient of ``loss`` (:func:`summed_loss`) averaged over ``draws`` EOT draws, and the last
+    draw's logits (detached). Draws are batched as :func:`~robustkit.attacks.base.eot_chunks` allows, each
+    chunk differentiated before the next is computed; the gradient through the repeated input is the sum of
+    the draws' gradients, so it equals the sequential average up to float rounding. With ``allow_unused``,
+    a loss that does not depend on ``x`` gives None instead of raising.
+
+    Shape:
+        ``x`` ``[N, C, H, W]``, ``y`` ``[N]`` → gradient ``[N, C, H, W]``, logits ``[N, K]``.
+    """
+    xa = x.detach().requires_grad_(True)
+    grad = torch.zeros_like(xa)
+    with torch.enable_grad():
+        for logits in eot_chunks(model, xa, draws, max_batch=max_batch):
+            e = logits.shape[0]
+            labels = y if e == 1 else y.repeat(e)
+            (g,) = torch.autograd.grad(summed_loss(logits.flatten(0, 1), labels, loss), xa, allow_unused=allow_unused)
+            if g is None:
+                return None, logits[-1].detach()
+            grad += g
+            last = logits[-1].detach()
+    return grad / draws, last
 
 
 def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
@@ -99,6 +137,10 @@ class PGD(Attack):
             ``step_size``) or ``"sign"`` (``step_size · sign(g)``, a step of L2 length ``step_size·√d``,
             then the projection onto the ball; Lee & Kim's official ``PGDL2``). Ignored for Linf, whose
             step is always the sign.
+        eot_batch: the most rows (draws × examples) one batched forward of the EOT draws holds, for a defense
+            that evaluates draws as one batch (``batches_draws``; the gradient equals the sequential one up
+            to float rounding); 1: draw by draw; None: all draws at once; ``"auto"`` (default): sized by the
+            input (:data:`~robustkit.attacks.base.EOT_BATCH`).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner's ``max_{j≠y} z_j − z_y``, ascended).
             The margin's gradient does not vanish when the logits saturate the softmax (logit gaps of
             hundreds, as a diffusion classifier's ``−L_y`` can have), where the cross-entropy's is exactly 0.
@@ -110,8 +152,9 @@ class PGD(Attack):
 
     def __init__(self, *, eps: float, norm: Norm = "Linf", steps: int = 10, step_size: float | None = None,
                  eot: int = 1, random_start: bool = True, early_stop: bool | str = "auto", loss: str = "auto",
-                 l2_step: str = "normalized", seed: int = 0):
+                 l2_step: str = "normalized", eot_batch: EotBatch = EOT_BATCH, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
+        self.eot_batch = check_eot_batch(eot_batch)
         if l2_step not in L2_STEPS:
             raise InputError(f"l2_step must be one of {L2_STEPS}, got {l2_step!r}")
         self.l2_step = l2_step
@@ -132,7 +175,8 @@ class PGD(Attack):
 
     def protocol(self) -> dict[str, Any]:
         return {**super().protocol(), "steps": self.steps, "step_size": self.step_size, "eot": self.eot,
-                "random_start": self.random_start, "early_stop": self.early_stop, "restarts": 1, "loss": self.loss,
+                "eot_batch": self.eot_batch, "random_start": self.random_start, "early_stop": self.early_stop,
+                "restarts": 1, "loss": self.loss,
                 **({"l2_step": self.l2_step} if self.norm == "L2" else {})}
 
     def estimated_passes(self) -> float:
@@ -147,19 +191,11 @@ class PGD(Attack):
         resolved loss; None resolves ``self.loss`` for ``model``)."""
         if loss is None:
             loss = resolve_loss(self.loss, getattr(model, "traits", None))
-        grad = torch.zeros_like(x_adv)
-        for _ in range(self.eot):
-            xa = x_adv.detach().requires_grad_(True)
-            logits = model(xa)
-            grad += torch.autograd.grad(summed_loss(logits, y, loss), xa)[0]
-            correct = logits.detach().argmax(1) == y
-        return grad / self.eot, correct
+        grad, last = eot_gradient(model, x_adv, y, self.eot, loss, max_batch=self.eot_batch)
+        return grad, last.argmax(1) == y
 
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf" or self.l2_step == "sign":
-            return self.step_size * grad.sign()
-        n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        return self.step_size * grad / n
+        return ascent_step(grad, self.norm, self.step_size, self.l2_step)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> Perturbation:

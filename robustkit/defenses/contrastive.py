@@ -419,6 +419,9 @@ class ContrastiveGuidedPurifier(DiffPurePurifier):
         Bai et al., ICML 2024, github.com/tenghuilee/ContrastDiffPurification.
     """
 
+    #: not batched across EOT draws: its noise carries a head per purification, and guidance is batch-dependent
+    supports_draw_blocks = False
+
     def __init__(self, score_model: nn.Module, classifier: Classifier, config: DiffPureConfig | None = None,
                  guidance: ContrastiveGuidanceConfig | None = None, initial_head: nn.Module | None = None):
         config = DiffPureConfig() if config is None else config

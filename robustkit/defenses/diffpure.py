@@ -64,7 +64,7 @@ from ..diffusion.score_model import ScoreModel
 from ..diffusion.solvers import ddim, ddim_indices, ddpm_ancestral, euler_maruyama, probability_flow_euler, time_grid
 from ..errors import InputError
 from ..utils import check_positive_int
-from .purification import Purifier, SurrogatePurification
+from .purification import DrawBlocks, Purifier, SurrogatePurification
 
 __all__ = ["DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GaussianScoreModel", "PurificationTrajectory", "SAMPLERS",
            "coarsen_noise"]
@@ -166,6 +166,16 @@ class DiffPureNoise:
 
     init: torch.Tensor
     steps: tuple[torch.Tensor, ...] = ()
+
+    @staticmethod
+    def cat(noises: Sequence["DiffPureNoise"]) -> "DiffPureNoise":
+        """The noise of the purifications stacked along the batch (draw ``k``'s rows after draw ``k − 1``'s),
+        for one purification of the stacked inputs. Only plain DiffPure noise: a subclass carries draws that
+        are not per row (e.g. a guidance head per purification) and cannot be stacked."""
+        if not noises or any(type(n) is not DiffPureNoise for n in noises):
+            raise InputError(f"only DiffPureNoise can be stacked, got {[type(n).__name__ for n in noises]}")
+        return DiffPureNoise(torch.cat([n.init for n in noises]),
+                             tuple(torch.cat(z) for z in zip(*(n.steps for n in noises))))
 
 
 @dataclass(frozen=True)
@@ -413,6 +423,9 @@ class DiffPurePurifier(Purifier):
         (5, torch.Size([1, 3, 4, 4]))
     """
 
+    #: EOT draws as one batch: all the noise is drawn up front by :meth:`draw_noise`, which takes DrawBlocks.
+    supports_draw_blocks = True
+
     def __init__(self, score_model: nn.Module, config: DiffPureConfig | None = None):
         super().__init__()
         config = DiffPureConfig() if config is None else config
@@ -484,12 +497,15 @@ class DiffPurePurifier(Purifier):
 
     # -- the pieces ----------------------------------------------------------------------------------------
 
-    def draw_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> DiffPureNoise:
+    def draw_noise(self, x: torch.Tensor, generator: torch.Generator | DrawBlocks | None = None) -> DiffPureNoise:
         """All draws of one purification of ``x``, from ``generator`` (ε first, then one per step).
 
         Draws are made on the generator's device and moved to ``x``'s, so a CPU generator gives the same
-        purification on any device. None: a fresh generator seeded from OS entropy.
+        purification on any device. None: a fresh generator seeded from OS entropy. A :class:`DrawBlocks`:
+        each block's draws from its generator, block after block (draw-major), stacked.
         """
+        if isinstance(generator, DrawBlocks):
+            return DiffPureNoise.cat([self.draw_noise(rows, g) for rows, g in generator.split(x)])
         if generator is None:
             generator = torch.Generator(device=x.device)
             generator.seed()
@@ -641,6 +657,9 @@ class DiffPurePurifier(Purifier):
         """
         self._require_sde()
         self._check(x)
+        if isinstance(generator, DrawBlocks):  # one Brownian motion per call: draws cannot share a batch
+            raise InputError("the adjoint path draws one Brownian motion per call: it takes a torch.Generator, "
+                             "not DrawBlocks")
         if generator is None:
             generator = torch.Generator(device=x.device)
             generator.seed()

@@ -27,6 +27,18 @@ RNG is never touched). With ``seed=None`` (default) each forward takes one 63-bi
 global RNG, so that ``torch.manual_seed`` — and :func:`robustkit.benchmark`'s per-shard seeding —
 make the defense reproducible, exactly as it does for dropout.
 
+EOT as one batch. :meth:`PurifiedClassifier.draw_logits` evaluates ``E`` draws (the ``E`` forwards an
+EOT loop would make one after another) as one forward of ``x`` repeated ``E`` times, and gives the same
+logits draw for draw: the ``E`` per-forward generators are taken from their source in the sequential
+order and handed to the purifier as :class:`DrawBlocks`, and a purifier that accepts them
+(``supports_draw_blocks``, e.g. DiffPure, which draws all the noise of a purification up front) draws
+rows ``[k·M, (k+1)·M)`` from generator ``k`` *draw-major* — all of draw 0's noise, then all of draw 1's —
+which is exactly the sequence of draws of the sequential forwards, even when they share one private
+stream (``seed=<int>``). A defense that cannot be batched across draws (a batch-dependent purifier or
+classifier, the adjoint mode whose Brownian motion is one per call, a stochastic classifier such as RDC's
+whose noise is shared by the batch, a purifier without draw blocks) is evaluated draw by draw.
+:func:`robustkit.attacks.base.eot_logits` is the entry point attacks use.
+
 Example (a tiny Gaussian score model and the bundled digits CNN; a fraction of a second)::
 
     >>> import torch, robustkit
@@ -62,13 +74,14 @@ from typing import Any, Callable, Literal
 import torch
 import torch.nn as nn
 
-from ..classifier import Classifier, DefenseTraits, check_images
+from ..classifier import Classifier, DefenseTraits, check_images, module_placement
 from ..errors import InputError
 from ..utils import check_positive_int
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DrawBlocks",
     "GRADIENT_MODES",
     "VOTES",
     "Purifier",
@@ -101,6 +114,33 @@ class SurrogatePurification:
     surrogate: torch.Tensor
 
 
+@dataclass(frozen=True)
+class DrawBlocks:
+    """The randomness of ``E`` draws stacked in one batch: rows ``[k·M, (k+1)·M)`` of a ``[E·M, ...]``
+    input are draw ``k`` and take their noise from ``generators[k]``, as a purification of those ``M`` rows
+    alone with that generator would. Accepted as the ``generator`` of purifiers with
+    ``supports_draw_blocks``; the same generator object may appear several times (a private stream shared
+    by successive forwards): blocks are drawn in order, all of one before the next.
+
+    Shape:
+        the purified input ``[E·M, C, H, W]``, ``E = len(generators)``.
+    """
+
+    generators: tuple[torch.Generator, ...]
+
+    def __post_init__(self) -> None:
+        if not self.generators or not all(isinstance(g, torch.Generator) for g in self.generators):
+            raise InputError(f"DrawBlocks needs at least one torch.Generator, got {self.generators!r}")
+
+    def split(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Generator]]:
+        """``[(rows of draw k, generator k)]`` for a batch of ``E·M`` rows."""
+        e = len(self.generators)
+        if x.shape[0] % e:
+            raise InputError(f"a batch of {x.shape[0]} rows cannot hold {e} equal draw blocks")
+        m = x.shape[0] // e
+        return [(x[k * m:(k + 1) * m], g) for k, g in enumerate(self.generators)]
+
+
 class Purifier(nn.Module):
     """Base class of purifiers: ``purify(x, generator=None) -> x``, images ``[N, C, H, W]`` in ``[0, 1]``.
 
@@ -115,6 +155,8 @@ class Purifier(nn.Module):
         batch_dependent: an image's purification depends on the other images of the batch.
         nfe: network evaluations per purification of one batch (for ``forward_passes``).
         supports_adjoint, supports_surrogate: which optional gradient modes are implemented.
+        supports_draw_blocks: :meth:`purify` and :meth:`purify_surrogate` accept a :class:`DrawBlocks`
+            as ``generator`` (EOT draws as one batch; module docstring).
 
     Shape:
         ``x``: ``[N, C, H, W]`` in ``[0, 1]``; returns the same shape.
@@ -124,6 +166,7 @@ class Purifier(nn.Module):
     batch_dependent: bool = False
     supports_adjoint: bool = False
     supports_surrogate: bool = False
+    supports_draw_blocks: bool = False
 
     @property
     def nfe(self) -> int:
@@ -196,7 +239,7 @@ def _surrogate(purifier: Purifier, x: torch.Tensor, generator: torch.Generator) 
     return pair.value.detach() + (pair.surrogate - pair.surrogate.detach())
 
 
-_GRADIENTS: dict[str, Callable[[Purifier, torch.Tensor, torch.Generator], torch.Tensor]] = {
+_GRADIENTS: dict[str, Callable[[Purifier, torch.Tensor, "torch.Generator | DrawBlocks"], torch.Tensor]] = {
     "exact": _exact, "adjoint": _adjoint, "bpda": _bpda, "surrogate": _surrogate}
 
 
@@ -367,6 +410,43 @@ class PurifiedClassifier(Classifier):
         purified = self._purify(self.purifier, xs, self._call_generator())
         out = self.classifier.logits(purified)
         return self._vote(out.view(n, x.shape[0], -1))
+
+    @property
+    def batches_draws(self) -> bool:
+        """:meth:`draw_logits` evaluates its draws as one batch (else one by one; module docstring)."""
+        t = self.traits
+        return (t.stochastic and self.purifier.supports_draw_blocks and self.gradient != "adjoint"
+                and not t.batch_threat_model and not self.classifier.traits.stochastic)
+
+    def draw_logits(self, x: torch.Tensor, draws: int) -> torch.Tensor:
+        """The logits of ``draws`` successive forwards of ``x``, ``[draws, N, K]``: row ``k`` is what the
+        ``k``-th of ``draws`` calls ``self(x)`` would return (draw for draw, up to the float rounding of a
+        larger batch), computed as one forward of ``draws · n_samples · N`` rows when
+        :attr:`batches_draws`, else call by call. Differentiable as the forwards are.
+
+        Shape:
+            ``x`` ``[N, C, H, W]`` in ``[0, 1]`` → ``[draws, N, num_classes]``.
+
+        Example::
+
+            >>> import torch, robustkit
+            >>> d = robustkit.create_defense("tiny_diffpure.digits", pretrained=True, t_star=0.02)
+            >>> x, _ = robustkit.load_dataset("digits", n_examples=3)
+            >>> _ = torch.manual_seed(0); batched = d.draw_logits(x, 4)
+            >>> _ = torch.manual_seed(0); one_by_one = torch.stack([d(x) for _ in range(4)])
+            >>> d.batches_draws, batched.shape, torch.allclose(batched, one_by_one, atol=1e-5)
+            (True, torch.Size([4, 3, 10]), True)
+        """
+        check_positive_int("draws", draws)
+        device, dtype = module_placement(self)
+        x = check_images(x, self.input_shape, dtype=dtype, device=device)
+        if not self.batches_draws:
+            return torch.stack([self.logits(x) for _ in range(draws)])
+        n = self.n_samples
+        xs = x.repeat(draws * n, *([1] * (x.dim() - 1)))  # rows (k·n + r)·N + i: sample r of draw k of example i
+        blocks = DrawBlocks(tuple(self._call_generator() for _ in range(draws)))  # the sequential order
+        out = self.classifier.logits(self._purify(self.purifier, xs, blocks)).view(draws, n, x.shape[0], -1)
+        return torch.stack([self._vote(o) for o in out.unbind(0)])
 
     def reset(self) -> None:
         self.classifier.reset()

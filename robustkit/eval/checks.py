@@ -45,7 +45,7 @@ import torch
 from ..classifier import Classifier
 from ..attacks import PGD, AttackResult, eval_mode, make_attack
 from ..attacks.base import GRAD_COST
-from ..attacks.pgd import LOSS_CHOICES, resolve_loss, summed_loss
+from ..attacks.pgd import LOSS_CHOICES, eot_gradient, resolve_loss
 from ..errors import InputError
 from ..utils import check_positive_int, progress_bar, state_digest
 from .record import CheckResult
@@ -121,15 +121,8 @@ def check_logits(model: Classifier, x: torch.Tensor) -> CheckResult:
 
 def _input_gradient(model: Classifier, x: torch.Tensor, y: torch.Tensor, draws: int,
                     loss: str = "ce") -> torch.Tensor:
-    grad = torch.zeros_like(x)
-    for _ in range(draws):
-        xa = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            g, = torch.autograd.grad(summed_loss(model(xa), y, loss), xa, allow_unused=True)
-        if g is None:
-            return torch.zeros_like(x)
-        grad += g
-    return grad / draws
+    grad, _ = eot_gradient(model, x, y, draws, loss, allow_unused=True)  # draws batched where the model allows
+    return torch.zeros_like(x) if grad is None else grad
 
 
 LOSS_NAMES = {"ce": "cross-entropy", "margin": "margin"}  # PGD's LOSSES, as the messages name them
