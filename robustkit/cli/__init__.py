@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _verbosity_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
     # Added to the top-level parser and (with prefix "sub_") to every subcommand, so -v/-q work before and
-    # after the subcommand; main() adds the two counts (a subparser would overwrite a shared dest).
+    # after the subcommand (and "subsub_" to nested actions); main() adds the counts (a subparser would
+    # overwrite a shared dest).
     parser.add_argument("-v", "--verbose", action="count", default=0, dest=f"{prefix}verbose",
                         help="log progress messages (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, dest=f"{prefix}quiet",
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     for name, p in sub.choices.items():
         _verbosity_options(p, prefix="sub_")
+        for action in p._actions:  # and to nested actions (`leaderboard build DIR -v`), with their own dest
+            if isinstance(action, argparse._SubParsersAction):
+                for nested in action.choices.values():
+                    _verbosity_options(nested, prefix="subsub_")
         if name not in _OWN_VALUE_CHECKS:
             for action in p._actions:  # every free-text option and argument: an empty value is refused
                 if action.type is None and action.choices is None and action.nargs != 0:
@@ -73,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else 2
-    verbose, quiet = args.verbose + getattr(args, "sub_verbose", 0), args.quiet + getattr(args, "sub_quiet", 0)
+    verbose, quiet = (sum(getattr(args, f"{prefix}{what}", 0) for prefix in ("", "sub_", "subsub_"))
+                      for what in ("verbose", "quiet"))
     if verbose and quiet:
         return _error("-v and -q contradict each other: give one")
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
