@@ -180,6 +180,32 @@ def test_no_terminal_no_bars_and_verbose_logs_step_groups(name, tmp_path, reques
     assert any(expected in m for m in messages), messages
 
 
+def test_verbose_on_a_terminal_logs_above_the_bars(tmp_path, request, monkeypatch):
+    """-v with bars drawn: each log line starts a line of its own (tqdm.write), never inside a bar's line."""
+    import re
+
+    argv, _, result = command("bench", tmp_path, request)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term.file)
+    monkeypatch.setattr(sys, "stderr", term.file)
+    console = logging.StreamHandler(term.file)  # what basicConfig gives a user (pytest's handlers hold root)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.root.addHandler(console)
+    try:
+        rc = main(["-v", *argv])
+    finally:
+        logging.root.removeHandler(console)
+        monkeypatch.undo()
+        text = term.close()
+    assert rc in (0, 1) and result in text and BAR in text
+    starts = [m.start() for m in re.finditer(r"INFO robustkit", text)]
+    assert len(starts) > 5
+    # at a line start: after a newline, a carriage return, or tqdm's cursor-up to a cleared bar line
+    inside = [text[max(0, i - 40):i + 20] for i in starts if i and not (text[i - 1] in "\r\n"
+                                                                        or text[:i].endswith("\x1b[A"))]
+    assert not inside, inside
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_quiet_before_the_subcommand_shows_results_only(name, tmp_path, request, monkeypatch):
     argv, marker, result = command(name, tmp_path, request)

@@ -72,6 +72,16 @@ def _error(message: object) -> int:
     return 2
 
 
+def _logs_above_bars() -> contextlib.AbstractContextManager:
+    """Where bars are drawn, console log lines (-v, warnings) are written above them (``tqdm.write``)
+    instead of into the line a bar is drawing."""
+    if not utils.progress_enabled():
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -91,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = bool(os.environ.get("ROBUSTKIT_DEBUG"))
     try:
-        code = int(args.run(args) or 0)
+        with _logs_above_bars():
+            code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is seen here
         return code
     except BrokenPipeError:
