@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -219,7 +220,7 @@ class _Heartbeat:
     def add(self, bar) -> None:
         with self.lock:
             self.bars.add(bar)
-            if self.thread is None:
+            if self.thread is None or not self.thread.is_alive():  # not alive: inherited through fork()
                 self.thread = threading.Thread(target=self._run, name="robustkit-progress", daemon=True)
                 self.thread.start()
 
@@ -236,13 +237,19 @@ class _Heartbeat:
                 # leave a stale line on the terminal
                 with bar.get_lock():
                     if not bar.disable and time.time() - bar.last_print_t >= HEARTBEAT_S:
-                        bar.refresh(nolock=True)
+                        try:
+                            bar.refresh(nolock=True)
+                        except (OSError, ValueError):  # the terminal is gone (closed at exit): stop beating
+                            with self.lock:
+                                self.thread = None
+                            return
 
 
 _heartbeat = _Heartbeat()
 
 
-def _bar_class():
+@functools.lru_cache(maxsize=None)
+def _bar_class() -> type:
     from tqdm.auto import tqdm
 
     class Bar(tqdm):
@@ -284,6 +291,7 @@ def _bar_class():
 
 
 def _terminal_columns() -> int | None:
+    """stderr's width; None when it is no terminal."""
     try:
         return os.get_terminal_size(sys.stderr.fileno()).columns
     except (OSError, ValueError, AttributeError):  # no fd (a replaced sys.stderr), not a terminal
@@ -306,7 +314,7 @@ def progress_bar(iterable=None, *, enabled: bool | None = None, logger: logging.
     """
     if enabled is None:
         enabled = progress_enabled()
-    if enabled and not _terminal_columns():  # tqdm reads 0 x 0 as "draw nothing" (no column, row -1)
+    if enabled and _terminal_columns() == 0:  # tqdm reads a 0 x 0 terminal as "draw nothing" (row -1)
         kwargs.setdefault("ncols", 80)
         kwargs.setdefault("nrows", 24)
     bar = _bar_class()(iterable, disable=not enabled, leave=False, file=sys.stderr, logger=logger, **kwargs)
