@@ -26,7 +26,8 @@ seconds, first output / longest silent gap / total, before (0058500) and after t
     report                4.2 /  4.2 /  4.8      2.1 / 2.1 /  4.8
     make-cifar10c         2.4 /  2.4 /  3.3      1.9 / 1.9 /  3.0
     corruption-sweep      2.6 /  8.1 / 27.5      1.7 / 1.7 / 27.0
-    (startup alone: 3.9 s before, 2.0 s after, on that machine's load at the time)
+    (startup alone, interleaved 3 x each: 2.7-3.2 s before, 2.1-2.6 s after: scipy.stats is now
+    imported by the Wilson interval when first used, not by every command)
 
 On an unsized (0 x 0) pty, ``--unsized``, before: ``bench tiny_cnn`` 14.6 s and ``train-diffusion``
 7.1 s to the first output (the result: no bar was drawn at all); after: 1.8 s and 1.8 s. Totals swing
