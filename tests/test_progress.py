@@ -174,7 +174,7 @@ def test_no_terminal_no_bars_and_verbose_logs_step_groups(name, tmp_path, reques
     assert messages, "no INFO line with -v"
     # one line per step group, not one per step: at most ~LOG_GROUPS per bar, and never a flood
     assert len(messages) < 200, messages[:20]
-    expected = {"demo": "autoattack: running apgd-ce", "bench": "pgd: step 3/3", "accuracy": "loading tiny_cnn.digits",
+    expected = {"demo": "autoattack: running apgd-ce", "bench": "pgd: step 3/3", "accuracy": "accuracy: 4/4",
                 "train-diffusion": "train-diffusion: 3/3", "make-cifar10c": "loading the CIFAR-10 test set",
                 "corruption-sweep": "tent on gaussian_noise-5"}[name]
     assert any(expected in m for m in messages), messages
