@@ -180,6 +180,17 @@ def test_no_terminal_no_bars_and_verbose_logs_step_groups(name, tmp_path, reques
     assert any(expected in m for m in messages), messages
 
 
+def test_worker_processes_are_followed_from_the_parent(tmp_path, monkeypatch):
+    """--executor processes: the workers draw nothing (progress=False); the parent follows their shards."""
+    rc, text = on_terminal(monkeypatch, ["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--n-examples",
+                                         "8", "--batch-size", "4", "--attacks", "pgd", "--attack-option", "pgd.steps=2",
+                                         "--no-checks", "--executor", "processes", "--workers", "2",
+                                         "--run-dir", str(tmp_path / "run")])
+    assert rc == 0, text[-2000:]
+    assert "benchmark (2 processes):   0%|" in text or "benchmark (2 processes):  50%|" in text, text[-2000:]
+    assert text.index("benchmark (2 processes)") < text.rindex("after pgd")
+
+
 def test_verbose_on_a_terminal_logs_above_the_bars(tmp_path, request, monkeypatch):
     """-v with bars drawn: each log line starts a line of its own (tqdm.write), never inside a bar's line."""
     import re
