@@ -6,12 +6,13 @@ included), the longest silent gap anywhere in the run (start and end included), 
 command passes when neither exceeds ``--budget`` seconds beyond the interpreter's own startup (printed
 first: ``python -c "import robustkit.cli"``), which no progress bar can beat.
 
-Reproduce (from the repository root; about 4 minutes on an idle core, mostly the full demo)::
+Reproduce (from the repository root; about 3 to 4 minutes, most of it the full demo)::
 
     ROBUSTKIT_SHARED=../shared OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/bench_progress.py
 
-``--only demo,accuracy`` runs a subset (with the command a listed one reads from: ``NEEDS``); ``--unsized`` leaves the pty at 0 x 0 columns (as ``script`` and
-some CI runners do, where tqdm alone draws nothing); ``--timeline`` prints what arrived when. Point
+``--only demo,accuracy`` runs a subset (with the command a listed one reads from: ``NEEDS``);
+``--unsized`` leaves the pty at 0 x 0 columns (as ``script`` and some CI runners do, where tqdm alone
+draws nothing); ``--timeline`` prints what arrived when. Point
 ``PYTHONPATH`` at another checkout (``git archive REV | tar -x -C /tmp/base``) to measure it the same way.
 
 Measured 2026-12-07 on the shared 2-core CPU machine (other jobs running; one thread; 120 x 40 pty),

@@ -121,7 +121,8 @@ def command(name: str, tmp_path: Path, request) -> tuple[list[str], str, str]:
         return (["bench", "--classifier", "tiny_cnn.digits", "--eps", "0.1", "--n-examples", "6", "--attacks", "pgd",
                  "--attack-option", "pgd.steps=3", *TINY_CHECKS], "benchmark:", "after pgd")
     if name == "accuracy":
-        return ["accuracy", "tiny_cnn.digits", "--n-examples", "32", "--batch-size", "8"], "accuracy:", "digits/test: accuracy"
+        return (["accuracy", "tiny_cnn.digits", "--n-examples", "32", "--batch-size", "8"], "accuracy:",
+                "digits/test: accuracy")
     if name == "train-diffusion":
         return (["train-diffusion", "tiny_unet.digits", "--out", str(tmp_path / "run"), "--steps", "3",
                  "--n-examples", "16", "--batch-size", "4", "--samples-per-class", "1", "--sample-steps", "2"],
@@ -230,8 +231,9 @@ def test_quiet_before_the_subcommand_shows_results_only(name, tmp_path, request,
 @pytest.mark.parametrize("position", ["before", "after"])
 @pytest.mark.parametrize("argv", [
     ["demo"], ["bench", "--classifier", "c", "--eps", "0.1"], ["accuracy", "c"], ["train-diffusion", "--out", "o"],
-    ["make-cifar10c", "--out", "o"], ["corruption-sweep"], ["report", "r"], ["export", "robustbench", "r", "--out", "o"],
-    ["leaderboard", "build", "r", "--out", "o"], ["leaderboard", "import", "m", "--into", "d"], ["list"], ["compare", "a", "b"],
+    ["make-cifar10c", "--out", "o"], ["corruption-sweep"], ["report", "r"],
+    ["export", "robustbench", "r", "--out", "o"], ["leaderboard", "build", "r", "--out", "o"],
+    ["leaderboard", "import", "m", "--into", "d"], ["list"], ["compare", "a", "b"],
 ])
 def test_verbosity_flags_parse_anywhere(argv, position):
     for flag, dest in (("-v", "verbose"), ("-q", "quiet"), ("--verbose", "verbose"), ("--quiet", "quiet")):

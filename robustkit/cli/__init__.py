@@ -5,6 +5,11 @@ robustkit's typed errors, paths that cannot be read or written) print one line `
 on stderr and return 2, with no traceback; set ``ROBUSTKIT_DEBUG=1`` to see the traceback. ``-v``
 (``-vv``) and ``-q`` work before or after the subcommand; a closed stdout (``robustkit list | head``)
 ends the command quietly.
+
+Progress: on a terminal every long command draws bars (or a ticking ``loading ... 00:03`` line) on
+stderr, redrawn at least every second; log lines go above them. Without a terminal nothing but
+results, warnings and errors; ``-v`` adds INFO lines, one per step group; ``-q`` leaves results and
+errors only, terminal or not. ``bench/bench_progress.py`` measures each command's silent gaps.
 """
 
 from __future__ import annotations
