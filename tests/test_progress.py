@@ -218,6 +218,24 @@ def test_verbose_on_a_terminal_logs_above_the_bars(tmp_path, request, monkeypatc
     assert not inside, inside
 
 
+def test_warnings_on_a_terminal_go_above_the_bars(monkeypatch):
+    from robustkit.cli import _output_above_bars
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term.file)
+    with _output_above_bars(), utils.progress_bar(total=2, desc="working") as bar:
+        bar.update(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("something to know", UserWarning)
+    monkeypatch.undo()
+    text = term.close()
+    i = text.index("UserWarning: something to know")
+    line = text[:i].rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
+    assert "working" not in line and "%|" not in line, text
+    assert text.index("working") < i  # the bar was there first (and is redrawn below the warning)
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_quiet_before_the_subcommand_shows_results_only(name, tmp_path, request, monkeypatch):
     argv, marker, result = command(name, tmp_path, request)

@@ -19,7 +19,8 @@ import contextlib
 import logging
 import os
 import sys
-from typing import NoReturn, Sequence
+import warnings
+from typing import Iterator, NoReturn, Sequence
 
 from .. import __version__, utils
 from ..errors import RobustkitError
@@ -77,14 +78,27 @@ def _error(message: object) -> int:
     return 2
 
 
-def _logs_above_bars() -> contextlib.AbstractContextManager:
-    """Where bars are drawn, console log lines (-v, warnings) are written above them (``tqdm.write``)
-    instead of into the line a bar is drawing."""
+@contextlib.contextmanager
+def _output_above_bars() -> Iterator[None]:
+    """Where bars are drawn, console log lines (-v) and Python warnings are written above them
+    (``tqdm.write``) instead of into the line a bar is drawing."""
     if not utils.progress_enabled():
-        return contextlib.nullcontext()
+        yield
+        return
+    from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return logging_redirect_tqdm()
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        tqdm.write(text.rstrip("\n"), file=file or sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        warnings.showwarning = shown
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = bool(os.environ.get("ROBUSTKIT_DEBUG"))
     try:
-        with _logs_above_bars():
+        with _output_above_bars():
             code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is seen here
         return code
