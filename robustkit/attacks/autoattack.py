@@ -54,8 +54,6 @@ VERSIONS = ("standard", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _log = logging.getLogger(__name__)
 _ACC_AFTER = re.compile(r"robust accuracy after ([A-Z-]+):\s+([0-9.]+)%")
-
-
 _RUNNING = re.compile(r"^running ([a-z-]+)$")
 
 
