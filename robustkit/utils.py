@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import math
+import os
 import sys
-from typing import Callable, Iterable, Mapping, TypeVar
+import threading
+import time
+import weakref
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 import torch
 
@@ -185,14 +193,155 @@ def did_you_mean(name: object, choices: Iterable[str], *, n: int = 3) -> str:
     return f"; did you mean {', '.join(close[:n])}?" if close else ""
 
 
-def progress_bar(iterable=None, *, enabled: bool | None = None, **kwargs):
-    """A tqdm bar on stderr, shown only when stderr is a terminal and ``-q`` was not given (or when
-    ``enabled=True``)."""
+#: Seconds between redraws of a drawn bar that had no update: its clock keeps moving through a long step
+#: (one AutoAttack sub-attack, one diffusion purification), so a terminal never looks hung.
+HEARTBEAT_S = 1.0
+#: A bar that is not drawn logs (INFO, with ``-v``) at most this many lines over its total.
+LOG_GROUPS = 10
+#: ... and, without a total, one line per this many seconds.
+LOG_EVERY_S = 30.0
+_progress_log = logging.getLogger("robustkit.progress")
+
+
+def progress_enabled() -> bool:
+    """Whether bars are drawn: stderr is a terminal and ``-q`` was not given."""
+    return sys.stderr.isatty() and not QUIET
+
+
+class _Heartbeat:
+    """One daemon thread redrawing every live bar that has been still for :data:`HEARTBEAT_S`; it ends when
+    no bar is open and starts again with the next one."""
+
+    def __init__(self) -> None:
+        self.bars: weakref.WeakSet = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, bar) -> None:
+        with self.lock:
+            self.bars.add(bar)
+            if self.thread is None or not self.thread.is_alive():  # not alive: inherited through fork()
+                self.thread = threading.Thread(target=self._run, name="robustkit-progress", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self.lock:
+                bars = [b for b in self.bars if not b.disable]
+                if not bars:
+                    self.thread = None
+                    return
+            for bar in bars:
+                # under tqdm's own lock, and only while the bar is open: a redraw after close() would
+                # leave a stale line on the terminal
+                with bar.get_lock():
+                    if not bar.disable and time.time() - bar.last_print_t >= HEARTBEAT_S:
+                        try:
+                            bar.refresh(nolock=True)
+                        except (OSError, ValueError):  # the terminal is gone (closed at exit): stop beating
+                            with self.lock:
+                                self.thread = None
+                            return
+
+
+_heartbeat = _Heartbeat()
+
+
+@functools.lru_cache(maxsize=None)
+def _bar_class() -> type:
     from tqdm.auto import tqdm
 
+    class Bar(tqdm):
+        """tqdm that, when not drawn but given a logger, logs ``desc: n/total (s)`` at INFO once per
+        1/:data:`LOG_GROUPS` of its total (or per :data:`LOG_EVERY_S` without one) instead."""
+
+        def __init__(self, *args, logger: logging.Logger | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._what = kwargs.get("desc") or "progress"  # a disabled tqdm keeps no desc
+            self._logger = logger if self.disable and logger is not None and logger.isEnabledFor(logging.INFO) \
+                else None
+            self._t0 = self._last_log = time.perf_counter()
+            self._logged_n = self.n
+
+        def __iter__(self):
+            if self._logger is None:
+                yield from super().__iter__()
+                return
+            for obj in self.iterable:
+                yield obj
+                self.update(1)
+
+        def update(self, n=1):
+            if self._logger is None:
+                return super().update(n)
+            self.n += n
+            now = time.perf_counter()
+            group = math.ceil(self.total / LOG_GROUPS) if self.total else None
+            if (self.total and self.n >= self.total) or (group and self.n - self._logged_n >= group) \
+                    or (not group and now - self._last_log >= LOG_EVERY_S):
+                of = f"/{self.total:g}" if self.total else ""
+                postfix = getattr(self, "postfix", None)  # set by set_postfix only
+                post = f", {postfix}" if postfix else ""
+                self._logger.info("%s: %g%s (%.0f s%s)", self._what, self.n, of, now - self._t0, post)
+                self._logged_n, self._last_log = self.n, now
+            return True
+
+    return Bar
+
+
+def _terminal_columns() -> int | None:
+    """stderr's width; None when it is no terminal."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # no fd (a replaced sys.stderr), not a terminal
+        return None
+
+
+def progress_bar(iterable=None, *, enabled: bool | None = None, logger: logging.Logger | None = None, **kwargs):
+    """A tqdm bar on stderr, drawn only when stderr is a terminal and ``-q`` was not given (or when
+    ``enabled=True``); a drawn bar is redrawn every :data:`HEARTBEAT_S` while it waits on a long step.
+
+    When it is not drawn and ``logger`` is given, it logs a line per tenth of its total at INFO instead
+    (``robustkit -v`` without a terminal: one line per step group). A terminal that reports zero columns
+    (a pseudo-terminal nobody sized) gets an 80 x 24 one: tqdm would draw nothing at all.
+
+    Example::
+
+        >>> bar = progress_bar(total=3, desc="demo", enabled=False)
+        >>> bar.update(3), bar.close()
+        (None, None)
+    """
     if enabled is None:
-        enabled = sys.stderr.isatty() and not QUIET
-    return tqdm(iterable, disable=not enabled, leave=False, file=sys.stderr, **kwargs)
+        enabled = progress_enabled()
+    if enabled and _terminal_columns() == 0:  # tqdm reads a 0 x 0 terminal as "draw nothing" (row -1)
+        kwargs.setdefault("ncols", 80)
+        kwargs.setdefault("nrows", 24)
+    bar = _bar_class()(iterable, disable=not enabled, leave=False, file=sys.stderr, logger=logger, **kwargs)
+    if enabled:
+        _heartbeat.add(bar)
+    return bar
+
+
+@contextlib.contextmanager
+def stage(what: str, *, logger: logging.Logger | None = None, enabled: bool | None = None) -> Iterator[None]:
+    """Shows ``what ... 3s`` (its clock ticking) on a terminal while a step with nothing to count runs
+    (loading a model, one clean pass); logs ``what ...`` and ``what: done (s)`` at INFO (``-v``).
+
+    Example::
+
+        >>> with stage("loading", enabled=False):
+        ...     pass
+    """
+    lg = logger or _progress_log
+    lg.info("%s ...", what)
+    t0 = time.perf_counter()
+    bar = progress_bar(total=None, desc=what, enabled=enabled, bar_format="{desc} ... {elapsed}")
+    try:
+        yield
+    finally:
+        bar.close()
+    lg.info("%s: done (%.1f s)", what, time.perf_counter() - t0)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -47,27 +47,37 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..utils import check_positive_int
+from ..utils import check_positive_int, progress_bar
 from .base import GRAD_COST, Attack, Norm, Perturbation
 
 VERSIONS = ("standard", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _log = logging.getLogger(__name__)
 _ACC_AFTER = re.compile(r"robust accuracy after ([A-Z-]+):\s+([0-9.]+)%")
+_RUNNING = re.compile(r"^running ([a-z-]+)$")
 
 
 class _CascadeLog(logging.Handler):
-    """Collects pyautoattack's 'robust accuracy after X' log lines (the cascade it does not return)."""
+    """Follows pyautoattack's log: collects its 'robust accuracy after X' lines (the cascade it does not
+    return) and moves a progress bar over the sub-attacks on its 'running X' and 'after X' lines."""
 
-    def __init__(self):
+    def __init__(self, bar: Any):
         super().__init__(level=logging.DEBUG)
         self.after: dict[str, float] = {}
+        self.bar = bar
         self.t0 = time.perf_counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        m = _ACC_AFTER.search(record.getMessage())
+        message = record.getMessage()
+        m = _RUNNING.search(message)
+        if m:
+            self.bar.set_postfix_str(m.group(1))
+            _log.info("autoattack: running %s (%.0f s)", m.group(1), time.perf_counter() - self.t0)
+            return
+        m = _ACC_AFTER.search(message)
         if m:
             self.after[m.group(1).lower()] = float(m.group(2)) / 100.0
+            self.bar.update(1)
             _log.info("autoattack: robust accuracy after %s: %s%% (%.0f s)", m.group(1), m.group(2),
                       time.perf_counter() - self.t0)
 
@@ -188,7 +198,9 @@ class AutoAttack(Attack):
                              f"{n_classes - 1} wrong classes to target")
         aa = self._build(model, x.device)
         log = logging.getLogger("auto-attack")
-        cascade = _CascadeLog()
+        # one step per sub-attack; a cascade that breaks every example early skips the rest
+        bar = progress_bar(total=len(aa.attacks_to_run), desc=f"autoattack ({self.version})", unit="attack")
+        cascade = _CascadeLog(bar)
         old_level, old_propagate = log.level, log.propagate
         log.addHandler(cascade)
         # Lowered only so that our handler sees the cascade lines; records below the level the user had
@@ -200,6 +212,7 @@ class AutoAttack(Attack):
             with torch.random.fork_rng(devices=devices), _upstream_checks(self.upstream_checks, n_classes):
                 x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         finally:
+            bar.close()
             log.removeHandler(cascade)
             log.setLevel(old_level)
             log.propagate = old_propagate

@@ -8,6 +8,7 @@ import time
 from ..data import load_dataset
 from ..eval import clean_accuracy
 from ..registry import create_classifier
+from ..utils import stage
 from ._args import device, positive_int
 
 
@@ -25,9 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    clf = create_classifier(args.name, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
+    with stage(f"loading {args.name}"):
+        clf = create_classifier(args.name, pretrained=args.checkpoint is None, checkpoint=args.checkpoint)
     dataset = args.dataset or clf.config.dataset
-    x, y = load_dataset(dataset, split=args.split, n_examples=args.n_examples, data_dir=args.data_dir)
+    with stage(f"loading {dataset}/{args.split}"):
+        x, y = load_dataset(dataset, split=args.split, n_examples=args.n_examples, data_dir=args.data_dir)
     clf = clf.to(args.device)
     t0 = time.perf_counter()
     acc = clean_accuracy(clf, x, y, batch_size=args.batch_size, device=args.device)

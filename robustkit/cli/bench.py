@@ -36,6 +36,7 @@ from typing import Any
 from ..errors import InputError
 from ..eval import benchmark
 from ..registry import create_classifier
+from ..utils import stage
 from ._args import device, positive_float, positive_int, seed
 
 
@@ -209,7 +210,8 @@ def _build(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     options = parse_attack_options(args.attack_option)
-    model, base, dataset = _build(args)
+    with stage(f"loading {args.defense or args.model or args.classifier}"):
+        model, base, dataset = _build(args)
     rec = benchmark(model, dataset=args.dataset or dataset, base_classifier=base, threat_model=args.threat_model,
                     eps=args.eps, attacks=args.attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                     seed=args.seed, n_reeval=args.n_reeval, run_dir=args.run_dir, data_dir=args.data_dir, device=args.device,

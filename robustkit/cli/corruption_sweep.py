@@ -6,15 +6,15 @@
 Each method is the registered defense ``<method>.<classifier>`` (``source`` is the classifier itself),
 reset before each corruption and fed the corrupted test set in batches of ``--batch-size`` (200).
 Prints the Markdown table (accuracy % and 95% Wilson interval); ``--out`` writes the full JSON record.
+On a terminal a bar follows the (method, corruption) cells; ``-v`` logs one line per cell instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import InputError
-from ..utils import did_you_mean
+from ..utils import did_you_mean, stage
 from ._args import device, positive_int, seed
 
 METHODS = ("source", "bn", "tent", "tea")
@@ -63,15 +63,12 @@ def run(args: argparse.Namespace) -> int:
     corruptions = ALL_15
     if args.corruptions:
         corruptions = tuple(c.strip() for c in args.corruptions.split(",") if c.strip())
-    clfs = build_methods(args.classifier, methods, args.checkpoint)
-
-    def progress(cell) -> None:
-        print(f"  {cell.method} {cell.corruption}-{cell.severity}: {100 * cell.accuracy:.2f}% "
-              f"({cell.correct}/{cell.n}) [{cell.seconds:.1f}s]", file=sys.stderr, flush=True)
-
+    with stage(f"loading {args.classifier} and {', '.join(methods)}"):
+        clfs = build_methods(args.classifier, methods, args.checkpoint)
+    # a bar per cell on a terminal, one INFO line per cell with -v (the table is the result)
     result = corruption_sweep(clfs, corruptions=corruptions, severity=args.severity, n_examples=args.n_examples,
                               batch_size=args.batch_size, data_dir=args.data_dir, seed=args.seed,
-                              device=args.device, progress=progress)
+                              device=args.device)
     if args.out:
         result.to_json(args.out)
     print(result.to_markdown(), end="")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ..utils import did_you_mean
+from ..utils import did_you_mean, stage
 from ._args import positive_int, seed
 
 
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                              f"{did_you_mean(unknown[0], CORRUPTIONS) if unknown else ''}; choose from: "
                              f"{', '.join(CORRUPTIONS)}")
     frost = load_frost_images(args.frost_dir) if args.frost_dir and "frost" in corruptions else None
-    x, y = cifar10.load_arrays("test", Path(args.data_dir).expanduser() if args.data_dir else None)
+    with stage("loading the CIFAR-10 test set"):
+        x, y = cifar10.load_arrays("test", Path(args.data_dir).expanduser() if args.data_dir else None)
     if args.n_examples is not None:
         if args.n_examples > len(y):
             raise InputError(f"--n-examples must be at most {len(y)}, got {args.n_examples}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..eval.report import write_report
+from ..utils import stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dirs = args.run_dirs[0] if len(args.run_dirs) == 1 else args.run_dirs
-    path = write_report(dirs, args.out, data_dir=args.data_dir)
+    with stage(f"writing the report of {len(args.run_dirs)} run(s)"):  # figures: seconds, most in matplotlib
+        path = write_report(dirs, args.out, data_dir=args.data_dir)
     print(path)
     return 0

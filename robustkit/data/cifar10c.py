@@ -180,7 +180,7 @@ def write_cifar10c(out: str | Path, images: np.ndarray, labels: np.ndarray, *, s
         raise DatasetError(f"cannot write to {out}: {e}") from e
     try:
         with progress_bar(total=len(corruptions) * len(SEVERITIES), desc="CIFAR-10-C", unit="set",
-                          enabled=progress) as bar:
+                          enabled=progress, logger=log) as bar:
             for c in corruptions:
                 stacked = np.empty((len(SEVERITIES) * len(images), *IMAGE_SHAPE), np.uint8)
                 for s in SEVERITIES:

@@ -632,7 +632,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         InputError: bad arguments, a dataset that does not fit the network, or a checkpoint in
             ``out_dir`` made with another config; CheckpointError: an unreadable checkpoint.
     """
-    from ..utils import progress_bar
+    from ..utils import progress_bar, stage
 
     t_start = time.perf_counter()
     if not isinstance(config, DiffusionTrainConfig):
@@ -658,9 +658,11 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         log.info("removing %s, a partial checkpoint of an interrupted run", stale)
         stale.unlink()
 
-    model = _build_model(cfg).to(device).train()
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # (AdamW imports torch._dynamo on first use: seconds, silent without this)
+    with stage("train-diffusion: building the model", logger=log, enabled=progress):
+        model = _build_model(cfg).to(device).train()
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, losses = 0, []
     config_dict = cfg.to_dict()
     if ckpt_path.exists():
@@ -688,7 +690,8 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         log.info("resuming %s from step %d", out, step)
     start_step = step
     if step < cfg.steps:  # a finished run needs no data: it only (re)exports its weights
-        x_all, y_all = _load_data(cfg, data_dir)
+        with stage(f"train-diffusion: loading {cfg.dataset}", logger=log, enabled=progress):
+            x_all, y_all = _load_data(cfg, data_dir)
         x_all, y_all = x_all.to(device), y_all.to(device)
     if not ckpt_path.exists():  # written once the data fit the network
         atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(config_dict, indent=2).encode()))
@@ -719,7 +722,7 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
             losses.extend(values.tolist())
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            progress_bar(total=cfg.steps, initial=step, enabled=progress, desc="train-diffusion") as bar:
+            progress_bar(total=cfg.steps, initial=step, enabled=progress, desc="train-diffusion", logger=log) as bar:
         while step < end:
             # All randomness of this step from (seed, step): resuming replays it exactly.
             g = _generator(cfg.seed, "step", step)
@@ -779,15 +782,16 @@ def train(config: DiffusionTrainConfig, out_dir: str | os.PathLike, *, device: s
         samples_path = out / SAMPLES_NAME
     elif finished and samples_per_class:
         gen = _generator(cfg.seed, "samples")
-        if conditional:
-            labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
-            imgs = sample_images(ema, labels, steps=sample_steps, beta_min=cfg.beta_min,
-                                 beta_max=cfg.beta_max, generator=gen)
-            nrow = samples_per_class
-        else:
-            imgs = sample_images(ema, 10 * samples_per_class, steps=sample_steps, beta_min=cfg.beta_min,
-                                 beta_max=cfg.beta_max, generator=gen)
-            nrow = 10
+        with stage(f"train-diffusion: sample grid ({sample_steps} DDIM steps)", logger=log, enabled=progress):
+            if conditional:
+                labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
+                imgs = sample_images(ema, labels, steps=sample_steps, beta_min=cfg.beta_min,
+                                     beta_max=cfg.beta_max, generator=gen)
+                nrow = samples_per_class
+            else:
+                imgs = sample_images(ema, 10 * samples_per_class, steps=sample_steps, beta_min=cfg.beta_min,
+                                     beta_max=cfg.beta_max, generator=gen)
+                nrow = 10
         scale = max(1, 32 // cfg.model.image_size)
         samples_path = save_image_grid(imgs, out / SAMPLES_NAME, nrow=nrow, scale=scale)
     elapsed = time.perf_counter() - t_start

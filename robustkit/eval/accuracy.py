@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..attacks.base import eval_mode
@@ -20,6 +22,8 @@ from ..classifier import Classifier, check_images, check_labels, resolve_device
 from ..errors import InputError
 from ..utils import check_positive_int, progress_bar
 from .stats import Accuracy, accuracy_with_ci
+
+log = logging.getLogger(__name__)
 
 
 def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
@@ -36,7 +40,8 @@ def predict(model: Classifier, x: torch.Tensor, *, batch_size: int = 256, device
         device = resolve_device(device)
     preds = []
     with eval_mode(model), torch.no_grad():
-        for i in progress_bar(range(0, x.shape[0], batch_size), enabled=progress, desc=desc, unit="batch"):
+        for i in progress_bar(range(0, x.shape[0], batch_size), enabled=progress, desc=desc, unit="batch",
+                              logger=log):
             preds.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 

@@ -58,7 +58,7 @@ import time
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -423,6 +423,20 @@ class _SubmititWorker:
         return submitit.helpers.DelayedSubmission(_SubmititWorker(self.job))
 
 
+def _follow_shards(job: _Job, finished: Callable[[], bool], progress: bool | None, workers: str) -> None:
+    """Until ``finished()`` (which waits a second or so), a bar of the shards written by workers elsewhere
+    (processes, Slurm tasks): without it the parent is silent for the whole run."""
+    run = RunDir(Path(job.run_dir), job.config, job.shards)
+    total = len(job.shards)
+    with progress_bar(total=total, initial=total - len(run.pending()), enabled=progress,
+                      desc=f"benchmark ({workers})", unit="shard", logger=log) as bar:
+        while True:
+            done = finished()
+            bar.update(total - len(run.pending()) - bar.n)
+            if done:
+                return
+
+
 def _execute(job: _Job, executor: str, workers: int | None, device: torch.device, progress: bool | None,
              slurm: dict[str, Any] | None) -> None:
     if executor == "inline":
@@ -437,8 +451,13 @@ def _execute(job: _Job, executor: str, workers: int | None, device: torch.device
         procs = [ctx.Process(target=_process_worker, args=(job, d)) for d in devices]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+
+        def finished() -> bool:  # waits up to ~1 s
+            for p in procs:
+                p.join(timeout=1.0 / len(procs))
+            return not any(p.is_alive() for p in procs)
+
+        _follow_shards(job, finished, progress, f"{len(procs)} processes")
         bad = [p.exitcode for p in procs if p.exitcode != 0]
         if bad:
             raise RuntimeError(f"{len(bad)} benchmark worker process(es) failed (exit codes {bad}); "
@@ -452,6 +471,14 @@ def _execute(job: _Job, executor: str, workers: int | None, device: torch.device
         ex.update_parameters(**(slurm or {}))
         with ex.batch():
             jobs = [ex.submit(_SubmititWorker(job)) for _ in range(workers or 1)]
+
+        def finished() -> bool:
+            if all(j.done() for j in jobs):
+                return True
+            time.sleep(1.0)
+            return False
+
+        _follow_shards(job, finished, progress, f"{len(jobs)} {executor} tasks")
         for j in jobs:
             j.result()
     # every worker returns only once all shards are written (under torchrun each rank is such a worker)

@@ -48,7 +48,7 @@ from ..attacks.base import eval_mode
 from ..classifier import Classifier
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..errors import InputError
-from ..utils import check_positive_int, did_you_mean
+from ..utils import check_positive_int, did_you_mean, progress_bar
 from .record import RecordError
 from .schema import check_finite, loads_strict, read_json_file, validate_fields
 from .stats import wilson_interval
@@ -232,6 +232,19 @@ def _generated_info(data_dir: str | Path | None, corruption: str) -> dict[str, A
         return {"note": f"{folder / MARKER} present but unreadable"}
 
 
+def _stream_correct(clf: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str | torch.device,
+                    *, desc: str) -> int:
+    """Correct predictions of ``clf`` fed ``x`` in consecutive batches (predicted once each, in order)."""
+    correct = 0
+    with eval_mode(clf):  # each submodule's training flag restored afterwards
+        for i in progress_bar(range(0, len(y), batch_size), desc=desc, unit="batch"):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            with torch.no_grad():  # adapters enable grad internally for their own update
+                pred = clf(xb).argmax(dim=1)
+            correct += int((pred == yb).sum())
+    return correct
+
+
 def corruption_sweep(methods: Mapping[str, Classifier], *, corruptions: Sequence[str] = ALL_15, severity: int = 5,
                      n_examples: int | None = None, batch_size: int = 200, data_dir: str | Path | None = None,
                      seed: int = 0, device: str | torch.device = "cpu",
@@ -273,36 +286,34 @@ def corruption_sweep(methods: Mapping[str, Classifier], *, corruptions: Sequence
     cells: list[SweepCell] = []
     n_seen: int | None = None
     generated: dict[str, Any] | None = None
-    for corruption in corruptions:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            x, y = load_dataset("cifar10c", corruption=corruption, severity=severity, n_examples=n_examples,
-                                data_dir=data_dir)
-        for w in caught:  # re-emit once per sweep rather than once per corruption
-            if generated is None or not issubclass(w.category, UserWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if generated is None:
-            generated = _generated_info(data_dir, corruption)
-        n_seen = len(y) if n_seen is None else n_seen
-        for name, clf in methods.items():
-            clf.to(device)
-            torch.manual_seed(seed)
-            clf.reset()
-            correct = 0
-            t0 = time.perf_counter()
-            with eval_mode(clf):  # each submodule's training flag restored afterwards
-                for i in range(0, len(y), batch_size):
-                    xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-                    with torch.no_grad():  # adapters enable grad internally for their own update
-                        pred = clf(xb).argmax(dim=1)
-                    correct += int((pred == yb).sum())
-            seconds = time.perf_counter() - t0
-            lo, hi = wilson_interval(correct, len(y), CONFIDENCE)
-            cell = SweepCell(name, corruption, severity, correct, len(y), lo, hi, seconds)
-            log.info("%s on %s-%d: %d/%d (%.1f s)", name, corruption, severity, correct, len(y), seconds)
-            cells.append(cell)
-            if progress is not None:
-                progress(cell)
+    with progress_bar(total=len(corruptions) * len(methods), desc=f"corruption sweep (severity {severity})",
+                      unit="cell") as bar:
+        for corruption in corruptions:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                x, y = load_dataset("cifar10c", corruption=corruption, severity=severity, n_examples=n_examples,
+                                    data_dir=data_dir)
+            for w in caught:  # re-emit once per sweep rather than once per corruption
+                if generated is None or not issubclass(w.category, UserWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if generated is None:
+                generated = _generated_info(data_dir, corruption)
+            n_seen = len(y) if n_seen is None else n_seen
+            for name, clf in methods.items():
+                clf.to(device)
+                torch.manual_seed(seed)
+                clf.reset()
+                bar.set_postfix_str(f"{name} on {corruption}-{severity}")
+                t0 = time.perf_counter()
+                correct = _stream_correct(clf, x, y, batch_size, device, desc=f"{name} on {corruption}-{severity}")
+                seconds = time.perf_counter() - t0
+                lo, hi = wilson_interval(correct, len(y), CONFIDENCE)
+                cell = SweepCell(name, corruption, severity, correct, len(y), lo, hi, seconds)
+                log.info("%s on %s-%d: %d/%d (%.1f s)", name, corruption, severity, correct, len(y), seconds)
+                cells.append(cell)
+                bar.update(1)
+                if progress is not None:
+                    progress(cell)
     protocol = {"dataset": "cifar10c", "severity": severity, "n_examples": n_seen, "batch_size": batch_size,
                 "order": "official CIFAR-10 test order, consecutive fixed batches", "reset_policy": RESET_POLICY,
                 "seed": seed, "confidence": CONFIDENCE, "interval": "Wilson score",
