@@ -236,6 +236,30 @@ def test_bpda_eot_diffhammer_and_diffattack_are_identical_with_batching_on_and_o
     _attack_both_ways(attack, tiny(gradient), x, y)
 
 
+def test_benchmark_re_evaluations_are_batched_and_equal_the_sequential_draws(digits, monkeypatch):
+    """The harness's n_reeval re-classifications (clean and adversarial) go through the batched draws and
+    give the same per-example predictions as one forward per draw."""
+    import importlib
+
+    bm = importlib.import_module("robustkit.eval.benchmark")  # the module (the package exports the function)
+    x, y = digits
+    defense = tiny()
+    seen = rows_seen(defense)
+
+    def run(batched):
+        monkeypatch.setattr(bm, "batches_draws", lambda m: batched and bool(getattr(m, "batches_draws", False)))
+        seen.clear()
+        with bm._seeded(7, torch.device("cpu")):
+            flags, pred = bm._predict_draws(defense, x, y, 5)
+        return flags, pred, list(seen)
+
+    flags_b, pred_b, rows_b = run(True)
+    flags_s, pred_s, rows_s = run(False)
+    assert (flags_b, pred_b) == (flags_s, pred_s)
+    assert len(pred_b) == x.shape[0] and all(len(p) == 5 for p in pred_b)
+    assert max(rows_b) == 5 * x.shape[0] and max(rows_s) == x.shape[0]  # one stacked batch vs draw by draw
+
+
 # -- validation ----------------------------------------------------------------------------------------------
 
 def test_bad_options_are_typed_errors(digits):

@@ -64,7 +64,7 @@ import torch
 
 from .. import __version__
 from ..attacks import Attack, TransferAttack, make_attack, perturbation_norm
-from ..attacks.base import eval_mode
+from ..attacks.base import batches_draws, eot_chunks, eval_mode
 from ..classifier import Classifier, check_images, check_labels, module_placement, resolve_device
 from ..errors import CheckpointError, InputError
 from ..registry import random_weight_parts
@@ -250,14 +250,20 @@ def _estimated_attack_passes(names: list[str], attack_options: dict[str, dict[st
 def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor,
                    draws: int) -> tuple[list[list[bool]], list[list[int]]]:
     """``draws`` independent classifications per example (reset() before each): ([N][draws] correct flags,
-    [N][draws] predicted classes)."""
+    [N][draws] predicted classes). A defense that evaluates draws as one batch (:func:`batches_draws`: no
+    test-time state, so reset() between its draws changes nothing) gets them in chunks of
+    :data:`~robustkit.attacks.base.EOT_BATCH` rows, equal to the sequential forwards draw for draw."""
     cols = []
     with torch.no_grad():
-        for _ in range(draws):
+        if batches_draws(model):
             model.reset()
-            cols.append(model(x).argmax(1).cpu())
+            cols = [logits.argmax(2).cpu() for logits in eot_chunks(model, x, draws)]
+        else:
+            for _ in range(draws):
+                model.reset()
+                cols.append(model(x).argmax(1).cpu().unsqueeze(0))
     model.reset()
-    pred = torch.stack(cols, 1)
+    pred = torch.cat(cols).T
     return (pred == y.cpu().view(-1, 1)).tolist(), pred.tolist()
 
 
