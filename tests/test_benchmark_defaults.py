@@ -37,7 +37,7 @@ def tiny():
 
 
 def _plan(defense, **given):
-    args = {"n_examples": None, "n_reeval": None, "probe_size": None, "attack_options": None,
+    args = {"n_examples": None, "n_reeval": None, "probe_size": None, "attack_options": None, "check_options": None,
             "examples_chosen": False, **given}
     return plan_budget(defense, resolve_attacks(defense, "auto"), **args)
 
@@ -47,10 +47,13 @@ def test_the_entry_budget_fills_every_option_the_user_does_not_give(tiny):
     plan = _plan(tiny)
     assert (plan.n_examples, plan.n_reeval, plan.probe_size) == (budget.n_examples, budget.n_reeval, budget.probe_size)
     assert plan.n_examples < 360 and plan.n_reeval < DEFAULT_N_REEVAL  # reduced: the test split has 360 images
-    assert plan.attack_options == budget.attack_options
+    assert plan.attack_options == budget.attack_options and plan.check_options == budget.check_options
     assert set(plan.attack_options) == {"autoattack-rand", "autoattack-standard", "pgd-eot"}  # auto's attacks, all kept
     assert plan.filled == {"n_examples": budget.n_examples, "n_reeval": budget.n_reeval,
-                           "probe_size": budget.probe_size, "attack_options": budget.attack_options}
+                           "probe_size": budget.probe_size, "attack_options": budget.attack_options,
+                           "check_options": budget.check_options}
+    # without the checks, their probe and budget are not the entry's to fill
+    assert set(_plan(tiny, checks=False).filled) == {"n_examples", "n_reeval", "attack_options"}
     # only the attacks that run get the entry's options
     only_pgd = plan_budget(tiny, ["pgd-eot"], n_examples=None, n_reeval=None, probe_size=None, attack_options=None,
                            examples_chosen=False)
@@ -59,20 +62,22 @@ def test_the_entry_budget_fills_every_option_the_user_does_not_give(tiny):
 
 def test_user_options_win_key_by_key(tiny):
     budget = defense_config(TINY).default_budget
-    plan = _plan(tiny, n_examples=5, n_reeval=3, probe_size=4,
+    step_size = budget.attack_options["pgd-eot"]["step_size"]
+    rand_steps = budget.attack_options["autoattack-rand"]["steps"]
+    plan = _plan(tiny, n_examples=5, n_reeval=3, probe_size=4, check_options={"square_queries": 300},
                  attack_options={"pgd-eot": {"steps": 7, "eot": 3}, "autoattack-rand": {"eot": 20}})
-    assert (plan.n_examples, plan.n_reeval, plan.probe_size) == (5, 3, 4)
-    assert plan.attack_options["pgd-eot"] == {"steps": 7, "eot": 3, "step_size": budget.attack_options["pgd-eot"]["step_size"]}
-    assert plan.attack_options["autoattack-rand"] == {"steps": budget.attack_options["autoattack-rand"]["steps"], "eot": 20}
-    assert plan.filled == {"attack_options": {"pgd-eot": {"step_size": budget.attack_options["pgd-eot"]["step_size"]},
-                                              "autoattack-rand": {"steps": budget.attack_options["autoattack-rand"]["steps"]},
+    assert (plan.n_examples, plan.n_reeval, plan.probe_size, plan.check_options) == (5, 3, 4, {"square_queries": 300})
+    assert plan.attack_options["pgd-eot"] == {"steps": 7, "eot": 3, "step_size": step_size}
+    assert plan.attack_options["autoattack-rand"] == {"steps": rand_steps, "eot": 20}
+    assert plan.filled == {"attack_options": {"pgd-eot": {"step_size": step_size},
+                                              "autoattack-rand": {"steps": rand_steps},
                                               "autoattack-standard": budget.attack_options["autoattack-standard"]}}
     # examples chosen by indices or data: the entry does not cap them
     assert _plan(tiny, examples_chosen=True).n_examples is None
     # entry_budget=False: the presets and benchmark's own defaults
     full = _plan(tiny, use_entry_budget=False)
-    assert (full.n_examples, full.n_reeval, full.probe_size, full.attack_options, full.filled) == (
-        None, DEFAULT_N_REEVAL, DEFAULT_PROBE_SIZE, {}, {})
+    assert (full.n_examples, full.n_reeval, full.probe_size, full.attack_options, full.check_options, full.filled) == (
+        None, DEFAULT_N_REEVAL, DEFAULT_PROBE_SIZE, {}, {}, {})
 
 
 def test_real_entries_and_plain_models_keep_the_presets():
@@ -83,8 +88,8 @@ def test_real_entries_and_plain_models_keep_the_presets():
     for model in (robustkit.create_defense("tent.resnet20.cifar10"),  # a real entry (weights do not matter here)
                   robustkit.create_classifier("tiny_cnn.digits", pretrained=True)):  # not a defense entry
         plan = _plan(model)
-        assert (plan.n_examples, plan.n_reeval, plan.probe_size, plan.attack_options, plan.filled) == (
-            None, DEFAULT_N_REEVAL, DEFAULT_PROBE_SIZE, {}, {})
+        assert (plan.n_examples, plan.n_reeval, plan.probe_size, plan.attack_options, plan.check_options,
+                plan.filled) == (None, DEFAULT_N_REEVAL, DEFAULT_PROBE_SIZE, {}, {}, {})
 
 
 def test_every_entry_budget_builds_its_attacks():
@@ -97,6 +102,10 @@ def test_every_entry_budget_builds_its_attacks():
         EvaluationBudget(n_reeval=0)
     with pytest.raises(InputError, match="attack_options"):
         EvaluationBudget(attack_options={"pgd-eot": 10})
+    with pytest.raises(InputError, match="square_queries"):
+        EvaluationBudget(check_options={"square_queries": 0})
+    with pytest.raises(InputError, match="probe_size"):
+        EvaluationBudget(check_options={"probe_size": 8})
 
 
 def test_the_record_states_the_entry_budget_and_the_run_warns(tiny, tmp_path, caplog):
@@ -106,7 +115,8 @@ def test_the_record_states_the_entry_budget_and_the_run_warns(tiny, tmp_path, ca
                                   attack_options={"pgd-eot": {"steps": 1}}, run_dir=tmp_path / "run")
     filled_pgd = {k: v for k, v in budget.attack_options["pgd-eot"].items() if k != "steps"}
     # no probe_size: the checks did not run
-    assert rec.defense_config["default_budget"] == {"n_reeval": budget.n_reeval, "attack_options": {"pgd-eot": filled_pgd}}
+    assert rec.defense_config["default_budget"] == {"n_reeval": budget.n_reeval,
+                                                    "attack_options": {"pgd-eot": filled_pgd}}
     assert rec.n_reeval == budget.n_reeval and rec.n_examples == 2
     protocol = rec.attacks[0]
     assert protocol["steps"] == 1 and all(protocol[k] == v for k, v in filled_pgd.items())
@@ -127,8 +137,9 @@ def test_cli_full_budget_flag(tmp_path, capsys):
               "--attack-option", "pgd-eot.eot=1", "--n-examples", "1", "--n-reeval", "1", "--no-checks", "--json"]
     assert main(common) == 0
     reduced = json.loads(capsys.readouterr().out)
-    assert reduced["defense_config"]["default_budget"] == {
-        "attack_options": {"pgd-eot": {"step_size": defense_config(TINY).default_budget.attack_options["pgd-eot"]["step_size"]}}}
+    step_size = defense_config(TINY).default_budget.attack_options["pgd-eot"]["step_size"]
+    assert reduced["defense_config"]["default_budget"] == {"attack_options": {"pgd-eot": {"step_size": step_size}}}
+    assert reduced["attacks"][0]["step_size"] == step_size
     assert main([*common, "--full-budget"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert "default_budget" not in full["defense_config"] and full["attacks"][0]["step_size"] == 0.007
@@ -140,7 +151,8 @@ def test_the_default_budget_s_estimated_cost_fits_ten_minutes(tiny):
     plan = _plan(tiny)
     names = resolve_attacks(tiny, "auto")
     attacks = _estimated_attack_passes(names, plan.attack_options, 0.1, "Linf", plan.n_examples, plan.n_reeval)
-    _, sizing = plan_check_budget(stochastic=True, probe_size=plan.probe_size, attack_passes=attacks)
+    _, sizing = plan_check_budget(stochastic=True, probe_size=plan.probe_size, attack_passes=attacks,
+                                  asked=plan.check_options)
     assert sizing["estimated_fraction"] <= 0.3  # the checks stay on, within their share
     total = attacks + sizing["check_passes_estimate"]
     assert total * MEASURED_SECONDS_PER_PASS <= TARGET_SECONDS, (total, GRAD_COST)
