@@ -148,8 +148,8 @@ TINY_DIFFPURE_BUDGET = EvaluationBudget(
                     "autoattack-standard": {"steps": 5, "target_classes": 1, "fab_steps": 5, "square_queries": 50},
                     "pgd-eot": {"steps": 10, "eot": 2, "step_size": 0.025}},
     check_options={"steps": 5, "eot": 1, "square_queries": 50},
-    note="a demo budget (n = 32, about 10 minutes on 2 CPU cores), far below the presets: its numbers are an "
-         "upper bound on robustness, not a result")
+    note="a demo budget (n = 32, 6 minutes measured on 2 CPU cores, docs/results/performance.md), far below "
+         "the presets: its robust accuracy is a loose upper bound, not a result to cite")
 
 
 @register_defense("tiny_diffpure.digits", DefenseConfig(

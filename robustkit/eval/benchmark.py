@@ -275,9 +275,9 @@ def plan_budget(defense: Classifier, names: Sequence[str], *, n_examples: int | 
     The user's values always win, key by key (an attack option the user gives replaces only that key);
     the entry fills ``n_examples`` only when the user chose no examples at all (``examples_chosen``: indices
     or data given), ``probe_size`` and check options only when the sanity checks run, and attack options
-    only for the attacks in ``names``. Without an entry budget (a real
-    entry, a model not from the registry, or ``use_entry_budget=False``) the presets and
-    :data:`DEFAULT_N_REEVAL` / :data:`DEFAULT_PROBE_SIZE` apply.
+    only for the attacks in ``names``. Without an entry budget (a real entry, a model not from the
+    registry, or ``use_entry_budget=False``) the presets and :data:`DEFAULT_N_REEVAL` /
+    :data:`DEFAULT_PROBE_SIZE` apply.
 
     Example::
 
@@ -652,10 +652,12 @@ def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult]
 @checked_benchmark  # arguments (eps vs threat model, device, ...) checked first; models kept in place
 def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
               attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int | None = None,
-              seed: int = 0, n_reeval: int | None = None, run_dir: str | os.PathLike | None = None, split: str = "test",
+              seed: int = 0, n_reeval: int | None = None, run_dir: str | os.PathLike | None = None,
+              split: str = "test",
               data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
               data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
-              checks: bool = True, probe_size: int | None = None, check_options: dict[str, int | str] | None = None,
+              checks: bool = True, probe_size: int | None = None,
+              check_options: dict[str, int | str] | None = None,
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
@@ -705,10 +707,10 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             the record's ``defense_config["random_weights"]`` lists the random parts and its summary says so.
         tta_threat_model: for a defense that adapts at test time, ``"episodic"`` (default) or
             ``"continual"`` (:mod:`robustkit.eval.tta`; continual runs inline, shards in order).
-        entry_budget: a defense built from a registry entry that declares a reduced default budget (the
-            tiny teaching entries, :class:`~robustkit.defenses.EvaluationBudget`) uses it for every option
-            not given here (:func:`plan_budget`; a warning lists what it filled in, the record's
-            ``defense_config["default_budget"]`` stores it). False: the presets' full budget.
+        entry_budget: a defense built from a registry entry that declares a reduced default budget (a tiny
+            teaching entry such as ``tiny_diffpure.digits``, :class:`~robustkit.defenses.EvaluationBudget`)
+            uses it for every option not given here (:func:`plan_budget`; a warning lists what it filled in,
+            the record's ``defense_config["default_budget"]`` stores it). False: the presets' full budget.
     """
     t_start = time.perf_counter()
     check_bool("allow_random_weights", allow_random_weights)
