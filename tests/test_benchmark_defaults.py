@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -134,7 +137,7 @@ def test_the_record_states_the_entry_budget_and_the_run_warns(tiny, tmp_path, ca
     assert not [r for r in caplog.records if "default budget" in r.getMessage()]
 
 
-def test_cli_full_budget_flag(tmp_path, capsys):
+def test_cli_warns_on_stderr_and_full_budget_turns_the_entry_budget_off(tmp_path, capsys):
     common = ["bench", "--defense", TINY, "--eps", "0.1", "--attacks", "pgd-eot", "--attack-option", "pgd-eot.steps=1",
               "--attack-option", "pgd-eot.eot=1", "--n-examples", "1", "--n-reeval", "1", "--no-checks", "--json"]
     assert main(common) == 0
@@ -145,6 +148,13 @@ def test_cli_full_budget_flag(tmp_path, capsys):
     assert main([*common, "--full-budget"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert "default_budget" not in full["defense_config"] and full["attacks"][0]["step_size"] == 0.007
+    # what a user sees: the warning on stderr, naming what was filled in and the flag for the full budget
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "robustkit", *common[:-1], "--run-dir", str(tmp_path / "cli")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "reduced default budget" in run.stderr and f"pgd-eot.step_size={step_size:g}" in run.stderr
+    assert "--full-budget" in run.stderr and "reduced default budget" not in run.stdout
 
 
 def test_the_default_budget_s_estimated_cost_fits_ten_minutes(tiny):
