@@ -317,8 +317,10 @@ def benchmark_cases(rng: random.Random, tmp: Path) -> list[Case]:
         for v in (0, -1, 2.5, True, "8", [4]):
             extra = {"executor": "processes"} if name == "workers" else {}
             add(f"{name}={v!r}", Typed(InputError, name), **{name: v}, **extra)
-    for name in ("n_reeval", "probe_size"):  # batch_size=None is the documented default (64, or 200 for TTA)
-        add(f"{name}=None", Typed(InputError, name), **{name: None})
+    # None is the documented default of batch_size (64, or 200 for TTA), n_reeval and probe_size (10 and 16, or
+    # the registry entry's default budget's)
+    for v in ("yes", 1, None):
+        add(f"entry_budget={v!r}", Typed(InputError, "entry_budget"), entry_budget=v)
     add("n_examples beyond the data", Typed(InputError, "n_examples"), n_examples=5)
     for v in (-1, 1.5, True, "0", 2 ** 64, None):
         add(f"seed={v!r}", Typed(InputError, "seed"), seed=v)

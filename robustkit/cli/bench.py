@@ -23,6 +23,11 @@ registered one or a finished training run, e.g. a DiT or DiffuSSM trained with `
     robustkit bench --defense tiny_diffpure.digits --score-model runs/dit --eps 0.1 --attacks pgd-eot
 
 Re-running with the same ``--run-dir`` resumes a killed run; the record is ``RUN_DIR/record.json``.
+
+A tiny teaching entry (``tiny_diffpure.digits``) carries a reduced default budget
+(:class:`~robustkit.defenses.EvaluationBudget`: fewer examples, steps and EOT samples) that fills every
+option not given, so that ``robustkit bench --defense tiny_diffpure.digits --eps 0.1`` takes minutes on a
+laptop CPU; a warning on stderr lists what it filled in, and ``--full-budget`` runs the presets instead.
 """
 
 from __future__ import annotations
@@ -78,14 +83,20 @@ def add_arguments(p: argparse.ArgumentParser, *, classifier_default: str | None 
     p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="override one preset parameter of an attack, e.g. pgd-eot.steps=50 or pgd-eot.step_size=2/255 "
                         "(repeatable; recorded with the result)")
-    p.add_argument("--n-examples", type=positive_int, default=None, help="first N test examples (default: all)")
+    p.add_argument("--n-examples", type=positive_int, default=None,
+                   help="first N test examples (default: all, or the entry's reduced default budget's)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="examples per shard (default 64; 200, the papers' batch, for test-time adaptation)")
     p.add_argument("--tta-threat-model", default=None, choices=["episodic", "continual"],
                    help="for a defense that adapts at test time: every batch from the initial state (episodic, "
                         "default) or the test stream in order, the defense adapting on each adversarial batch")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--n-reeval", type=positive_int, default=10, help="re-evaluations per example (stochastic defenses)")
+    p.add_argument("--n-reeval", type=positive_int, default=None,
+                   help="re-evaluations per example (stochastic defenses; default 10, or the entry's reduced "
+                        "default budget's)")
+    p.add_argument("--full-budget", action="store_true",
+                   help="ignore the registry entry's reduced default budget (the tiny teaching entries declare one "
+                        "so that a default run takes minutes): the attack presets, all examples, 10 re-evaluations")
     p.add_argument("--run-dir", default=None, help="resumable run directory (default: a temporary one)")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1, ... (default: where the model is)")
     p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
@@ -113,7 +124,9 @@ def _option_value(text: str) -> Any:
 
 def add_check_arguments(p: argparse.ArgumentParser, *, loss_default: str | None = None) -> None:
     """The sanity checks' probe and budget flags; :func:`check_options_from_args` reads them back."""
-    p.add_argument("--probe-size", type=positive_int, default=16, help="examples the sanity checks run on (the first N)")
+    p.add_argument("--probe-size", type=positive_int, default=None,
+                   help="examples the sanity checks run on (the first N; default 16, or the entry's reduced default "
+                        "budget's)")
     sized = "; not given: sized with the others to at most 30%% of the run's estimated cost"
     p.add_argument("--check-steps", type=positive_int, default=None,
                    help="PGD steps of the checks' attacks (default 20" + sized + ")")
@@ -219,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
                     check_options=check_options_from_args(args),
                     attack_options=options,
                     executor=args.executor, workers=args.workers, lease_timeout=args.lease_timeout,
-                    allow_random_weights=args.random_weights, tta_threat_model=args.tta_threat_model)
+                    allow_random_weights=args.random_weights, tta_threat_model=args.tta_threat_model,
+                    entry_budget=not args.full_budget)
     if args.json:
         print(rec.to_json())
     else:

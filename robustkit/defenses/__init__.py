@@ -27,8 +27,8 @@ from .contrastive_head import GatedProjectionHead, HeadState, ProjectionHead
 from .diffpure import DiffPureConfig, DiffPureNoise, DiffPurePurifier, GaussianScoreModel, coarsen_noise
 from .purification import (GRADIENT_MODES, VOTES, PurifiedClassifier, PurifiedClassifierConfig, Purifier,
                            SurrogatePurification)
-from .registry import (DefenseConfig, create_defense, create_diffpure, defense_config, list_defenses, register_builder,
-                       register_defense)
+from .registry import (DefenseConfig, EvaluationBudget, create_defense, create_diffpure, defense_config, list_defenses,
+                       register_builder, register_defense)
 from .adaptation import (AdaptationConfig, NoNormLayersError, NormStatsClassifier, SourceClassifier, TentClassifier,
                          TentConfig, TestTimeAdaptedClassifier, create_adapted_defense)
 from .tea import EnergyAdaptedClassifier, TEAConfig
@@ -37,7 +37,8 @@ from .tea import EnergyAdaptedClassifier, TEAConfig
 from . import zoo  # noqa: E402,F401
 
 __all__ = [
-    "DefenseConfig", "DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GRADIENT_MODES", "GaussianScoreModel",
+    "DefenseConfig", "EvaluationBudget", "DiffPureConfig", "DiffPureNoise", "DiffPurePurifier", "GRADIENT_MODES",
+    "GaussianScoreModel",
     "PurifiedClassifier", "PurifiedClassifierConfig", "Purifier", "SurrogatePurification", "VOTES", "coarsen_noise",
     "create_defense", "create_diffpure", "defense_config", "list_defenses", "register_builder", "register_defense",
     # RDC

@@ -36,8 +36,63 @@ from .diffpure import DiffPureConfig, DiffPurePurifier
 from .purification import GRADIENT_MODES, VOTES, PurifiedClassifier
 
 
-__all__ = ["DefenseConfig", "DEFENSES", "create_defense", "create_diffpure", "defense_config", "list_defenses",
-           "register_builder", "register_defense", "resolve_defense_weights"]
+__all__ = ["DefenseConfig", "DEFENSES", "EvaluationBudget", "create_defense", "create_diffpure", "defense_config",
+           "list_defenses", "register_builder", "register_defense", "resolve_defense_weights"]
+
+
+@dataclass(frozen=True)
+class EvaluationBudget:
+    """A registry entry's default evaluation budget: what :func:`robustkit.benchmark` and ``robustkit bench``
+    use for each option the user does not give, instead of the presets' full budget.
+
+    For the tiny teaching entries, whose full protocol (AutoAttack ``rand`` and ``standard`` plus PGD-EOT at
+    the papers' budgets, over the whole test split) would take days on a laptop CPU. The user's own options
+    always win, key by key; ``benchmark(..., entry_budget=False)`` (``robustkit bench --full-budget``) ignores
+    the entry's budget altogether. What was filled in from here is logged as a warning and stored in the
+    record (``defense_config["default_budget"]``); the attacks' protocols in the record state what ran.
+
+    Attributes:
+        n_examples: examples evaluated when the user gives none (nor ``indices`` or ``data``); None: all.
+        n_reeval: re-classifications per example of a stochastic defense; None: benchmark's default (10).
+        probe_size: examples the sanity checks run on; None: benchmark's default (16).
+        attack_options: per-attack preset overrides, ``{"pgd-eot": {"steps": 10}}``, used for the attacks
+            that run, under the user's ``attack_options``.
+        check_options: the sanity checks' budget (``steps``, ``eot``, ``square_queries``, ``loss``), under the
+            user's ``check_options``; keys not given are sized to the attack budget as usual
+            (:func:`~robustkit.eval.checks.plan_check_budget`).
+        note: why the budget is reduced and how its cost was measured (shown with the warning).
+
+    Example::
+
+        >>> from robustkit.defenses import defense_config
+        >>> defense_config("tiny_diffpure.digits").default_budget.n_examples
+        32
+        >>> defense_config("diffpure.cifar10").default_budget is None
+        True
+    """
+
+    n_examples: int | None = None
+    n_reeval: int | None = None
+    probe_size: int | None = None
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+    check_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for label in ("n_examples", "n_reeval", "probe_size"):
+            value = getattr(self, label)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"EvaluationBudget.{label} must be a positive int or None, got {value!r}")
+        if not isinstance(self.attack_options, dict) or not all(
+                isinstance(a, str) and isinstance(o, dict) and all(isinstance(k, str) for k in o)
+                for a, o in self.attack_options.items()):
+            raise InputError(f"EvaluationBudget.attack_options must map attack names to {{option: value}} dicts, "
+                             f"got {self.attack_options!r}")
+        from ..eval.checks import validate_check_options
+
+        if "probe_size" in self.check_options:
+            raise InputError("EvaluationBudget: give the probe size as probe_size, not in check_options")
+        validate_check_options(self.check_options)
 
 
 @dataclass(frozen=True)
@@ -58,6 +113,8 @@ class DefenseConfig:
         score_model: what the factory builds, in words (architecture and source).
         gradient, n_samples, vote: defaults of :class:`~robustkit.defenses.PurifiedClassifier`.
         paper, source, license, notes: provenance.
+        default_budget: the entry's reduced default evaluation budget (:class:`EvaluationBudget`), for
+            the tiny teaching entries; None (every real entry): the attack presets' full budget.
     """
 
     method: str
@@ -75,8 +132,12 @@ class DefenseConfig:
     source: str = ""
     license: str = ""
     notes: str = ""
+    default_budget: EvaluationBudget | None = None
 
     def __post_init__(self) -> None:
+        if self.default_budget is not None and not isinstance(self.default_budget, EvaluationBudget):
+            raise InputError(f"default_budget must be an EvaluationBudget or None, got "
+                             f"{type(self.default_budget).__name__}")
         if self.generative and self.classifier is not None:
             raise InputError(f"a generative defense classifies with its diffusion model; classifier must be None, "
                              f"got {self.classifier!r}")

@@ -30,7 +30,8 @@ from .diffpure import DiffPureConfig
 from .adaptation import ADAPTERS, create_adapted_defense
 from .contrastive import create_contrastive_purification
 from .rdc import create_rdc
-from .registry import DefenseConfig, create_diffpure, register_builder, register_defense, resolve_defense_weights
+from .registry import (DefenseConfig, EvaluationBudget, create_diffpure, register_builder, register_defense,
+                       resolve_defense_weights)
 
 CIFAR10_SHAPE = (3, 32, 32)
 _PAPER = "Nie et al., Diffusion Models for Adversarial Purification, ICML 2022"
@@ -137,11 +138,26 @@ def diffpure_unet_cifar10(pretrained: bool = False) -> nn.Module:
     return _from_diffusion_registry("unet.cifar10", pretrained)
 
 
+#: ``robustkit bench --defense tiny_diffpure.digits --eps 0.1`` with nothing else: the full ``auto`` protocol
+#: (AutoAttack rand + standard + PGD-EOT at the presets, 360 images, 10 re-evaluations) is ~12.5M forward-
+#: equivalents of a 101-NFE defense, days on a CPU; this budget keeps every attack of the protocol and the
+#: sanity checks, at a demo's size (docs/results/performance.md, "Default budget of tiny_diffpure.digits").
+TINY_DIFFPURE_BUDGET = EvaluationBudget(
+    n_examples=32, n_reeval=4, probe_size=8,
+    attack_options={"autoattack-rand": {"steps": 10, "eot": 2},
+                    "autoattack-standard": {"steps": 5, "target_classes": 1, "fab_steps": 5, "square_queries": 50},
+                    "pgd-eot": {"steps": 10, "eot": 2, "step_size": 0.025}},
+    check_options={"steps": 5, "eot": 1, "square_queries": 50},
+    note="a demo budget (n = 32, 6 minutes measured on 2 CPU cores, docs/results/performance.md), far below "
+         "the presets: its robust accuracy is a loose upper bound, not a result to cite")
+
+
 @register_defense("tiny_diffpure.digits", DefenseConfig(
     method="DiffPure", dataset="digits", input_shape=(1, 8, 8), classifier="tiny_cnn.digits",
     purifier=DiffPureConfig(t_star=0.1), score_model="tiny_unet.digits (robustkit.diffusion registry; null label)",
     paper=_PAPER, source="robustkit", license="MIT (robustkit)",
-    notes="the embedded default: DiffPure on 8x8 digits, runs in seconds on a CPU"))
+    notes="the embedded default: DiffPure on 8x8 digits, runs in seconds on a CPU",
+    default_budget=TINY_DIFFPURE_BUDGET))
 def tiny_diffpure_digits(pretrained: bool = False) -> nn.Module:
     return _from_diffusion_registry("tiny_unet.digits", pretrained)
 

@@ -141,7 +141,7 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
                 raise InputError(f"indices label the {n_used} examples of data one to one, got {len(a['indices'])}")
     if a["device"] is not None:
         resolve_device(a["device"])
-    for name in ("checks", "cascade"):
+    for name in ("checks", "cascade", "entry_budget"):
         check_bool(name, a[name])
     check_bool("progress", a["progress"], none_ok=True)
     for name in ("check_options", "attack_options", "slurm"):
@@ -175,7 +175,7 @@ def check_benchmark_arguments(a: Mapping[str, Any]) -> None:
         raise InputError("data_dir locates a dataset to load; with data=(x, y) given it would be unused")
     check_positive_int("batch_size", a["batch_size"], none_ok=True)  # None: 64, or 200 under a TTA threat model
     for name in ("n_reeval", "probe_size"):
-        check_positive_int(name, a[name])
+        check_positive_int(name, a[name], none_ok=True)  # None: 10 / 16, or the entry's default budget
     lt = a["lease_timeout"]
     if isinstance(lt, bool) or not isinstance(lt, (int, float)) or not math.isfinite(lt) or lt <= 0:
         raise InputError(f"lease_timeout must be a positive number of seconds, got {lt!r}")

@@ -247,6 +247,82 @@ def _estimated_attack_passes(names: list[str], attack_options: dict[str, dict[st
     return float(n_examples * per_example)
 
 
+#: benchmark's defaults when neither the user nor the registry entry's default budget gives a value
+DEFAULT_N_REEVAL = 10
+DEFAULT_PROBE_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """The run's budget once the registry entry's default budget (:class:`~robustkit.defenses.EvaluationBudget`)
+    has filled what the user did not give. ``filled`` holds exactly what came from the entry (empty: nothing
+    did), in the form stored in the record's ``defense_config["default_budget"]``."""
+
+    n_examples: int | None
+    n_reeval: int
+    probe_size: int
+    attack_options: dict[str, dict[str, Any]]
+    check_options: dict[str, Any]
+    filled: dict[str, Any]
+
+
+def plan_budget(defense: Classifier, names: Sequence[str], *, n_examples: int | None, n_reeval: int | None,
+                probe_size: int | None, attack_options: dict[str, dict[str, Any]] | None,
+                check_options: dict[str, Any] | None = None, examples_chosen: bool, checks: bool = True,
+                use_entry_budget: bool = True) -> BudgetPlan:
+    """Merge the user's options with the default budget of the registry entry ``defense`` was built from.
+
+    The user's values always win, key by key (an attack option the user gives replaces only that key);
+    the entry fills ``n_examples`` only when the user chose no examples at all (``examples_chosen``: indices
+    or data given), ``probe_size`` and check options only when the sanity checks run, and attack options
+    only for the attacks in ``names``. Without an entry budget (a real entry, a model not from the
+    registry, or ``use_entry_budget=False``) the presets and :data:`DEFAULT_N_REEVAL` /
+    :data:`DEFAULT_PROBE_SIZE` apply.
+
+    Example::
+
+        >>> import robustkit
+        >>> d = robustkit.create_defense("tiny_diffpure.digits", pretrained=True)
+        >>> plan = plan_budget(d, ["pgd-eot"], n_examples=None, n_reeval=None, probe_size=None,
+        ...                    attack_options={"pgd-eot": {"steps": 50}}, examples_chosen=False)
+        >>> plan.attack_options["pgd-eot"]["steps"], plan.n_examples, sorted(plan.filled["attack_options"]["pgd-eot"])
+        (50, 32, ['eot', 'step_size'])
+    """
+    options = {name: dict(opts) for name, opts in (attack_options or {}).items()}
+    check_options = dict(check_options or {})
+    cfg = getattr(defense, "defense_config", None)  # stamped by create_defense (robustkit.defenses.registry.stamp)
+    budget = getattr(cfg, "default_budget", None) if use_entry_budget else None
+    filled: dict[str, Any] = {}
+    if budget is not None:
+        if n_examples is None and not examples_chosen and budget.n_examples is not None:
+            n_examples = filled["n_examples"] = budget.n_examples
+        if n_reeval is None and budget.n_reeval is not None and defense.traits.stochastic:
+            n_reeval = filled["n_reeval"] = budget.n_reeval
+        if probe_size is None and budget.probe_size is not None and checks:
+            probe_size = filled["probe_size"] = budget.probe_size
+        extra_checks = {k: v for k, v in budget.check_options.items() if k not in check_options} if checks else {}
+        if extra_checks:
+            check_options.update(extra_checks)
+            filled["check_options"] = extra_checks
+        for name in names:
+            extra = {k: v for k, v in budget.attack_options.get(name, {}).items() if k not in options.get(name, {})}
+            if extra:
+                options[name] = {**extra, **options.get(name, {})}
+                filled.setdefault("attack_options", {})[name] = extra
+    return BudgetPlan(n_examples=n_examples, n_reeval=DEFAULT_N_REEVAL if n_reeval is None else n_reeval,
+                      probe_size=DEFAULT_PROBE_SIZE if probe_size is None else probe_size,
+                      attack_options=options, check_options=check_options, filled=filled)
+
+
+def _describe_filled(filled: dict[str, Any]) -> str:
+    """``n_examples=32, n_reeval=4, pgd-eot.steps=10, ...``: the entry's values, as the CLI spells them."""
+    parts = [f"{k}={v}" for k, v in filled.items() if k not in ("attack_options", "check_options")]
+    parts += [f"check {k}={v}" for k, v in filled.get("check_options", {}).items()]
+    parts += [f"{a}.{k}={v:g}" if isinstance(v, float) else f"{a}.{k}={v}"
+              for a, opts in filled.get("attack_options", {}).items() for k, v in opts.items()]
+    return ", ".join(parts)
+
+
 def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor,
                    draws: int) -> tuple[list[list[bool]], list[list[int]]]:
     """``draws`` independent classifications per example (reset() before each): ([N][draws] correct flags,
@@ -609,15 +685,18 @@ def _stored_checks(path: Path, asked: dict[str, Any]) -> tuple[list[CheckResult]
 @checked_benchmark  # arguments (eps vs threat model, device, ...) checked first; models kept in place
 def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", eps: float | str,
               attacks: str | Sequence[str] = "auto", n_examples: int | None = None, batch_size: int | None = None,
-              seed: int = 0, n_reeval: int = 10, run_dir: str | os.PathLike | None = None, split: str = "test",
+              seed: int = 0, n_reeval: int | None = None, run_dir: str | os.PathLike | None = None,
+              split: str = "test",
               data_dir: str | os.PathLike | None = None, indices: Sequence[int] | None = None,
               data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device | None = None,
-              checks: bool = True, probe_size: int = 16, check_options: dict[str, int | str] | None = None,
+              checks: bool = True, probe_size: int | None = None,
+              check_options: dict[str, int | str] | None = None,
               base_classifier: Classifier | None = None,
               cascade: bool = True, attack_options: dict[str, dict[str, Any]] | None = None,
               executor: str = "inline", workers: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
               slurm: dict[str, Any] | None = None, progress: bool | None = None,
-              allow_random_weights: bool = False, tta_threat_model: str | None = None) -> BenchmarkRecord:
+              allow_random_weights: bool = False, tta_threat_model: str | None = None,
+              entry_budget: bool = True) -> BenchmarkRecord:
     """Benchmark ``defense`` and return a :class:`~robustkit.eval.record.BenchmarkRecord`.
 
     Args:
@@ -626,15 +705,17 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         threat_model: ``"Linf"`` or ``"L2"``; eps: budget, a number or a string like ``"8/255"``.
         attacks: ``"auto"`` (from the traits), or names from :func:`robustkit.attacks.list_attacks`,
             ``"torchattacks:<Name>"`` and ``"transfer"``; run in the given order.
-        n_examples: first n examples (or of ``indices``); batch_size: examples per shard (default 64; 200,
-            the papers' batch, for a defense that adapts at test time).
+        n_examples: first n examples (or of ``indices``; default: all, or the entry's default budget's);
+            batch_size: examples per shard (default 64; 200, the papers' batch, for a defense that adapts at
+            test time).
         seed: the run seed; every attack and defense draw derives from it (see module docstring).
         n_reeval: re-classifications of every clean and adversarial example for stochastic defenses
-            (1 is used for deterministic ones).
+            (default 10, or the entry's default budget's; 1 is used for deterministic ones).
         run_dir: kill-safe run directory; re-running with it resumes. None: a temporary directory.
         data: ``(x, y)`` tensors to use instead of loading ``dataset``; floating images of another precision
             are converted to the model's dtype and integer labels to int64 (see :func:`~robustkit.check_images`).
-        checks: run the sanity checks on the first ``probe_size`` examples.
+        checks: run the sanity checks on the first ``probe_size`` examples (default 16, or the entry's
+            default budget's).
         check_options: budget of the checks' attacks, keys ``steps`` (20), ``eot`` (8 for a stochastic
             defense, else 1) and ``square_queries`` (1000), and their PGD ``loss`` (``"auto"``: the margin
             for a generative classifier, else ``"ce"``) (:func:`~robustkit.eval.checks.run_checks`). Keys
@@ -659,6 +740,10 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
             the record's ``defense_config["random_weights"]`` lists the random parts and its summary says so.
         tta_threat_model: for a defense that adapts at test time, ``"episodic"`` (default) or
             ``"continual"`` (:mod:`robustkit.eval.tta`; continual runs inline, shards in order).
+        entry_budget: a defense built from a registry entry that declares a reduced default budget (a tiny
+            teaching entry such as ``tiny_diffpure.digits``, :class:`~robustkit.defenses.EvaluationBudget`)
+            uses it for every option not given here (:func:`plan_budget`; a warning lists what it filled in,
+            the record's ``defense_config["default_budget"]`` stores it). False: the presets' full budget.
     """
     t_start = time.perf_counter()
     check_bool("allow_random_weights", allow_random_weights)
@@ -677,6 +762,18 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
     check_options = dict(check_options or {})
     validate_check_options(check_options)  # before any data is loaded
     names = resolve_attacks(defense, attacks)
+    plan = plan_budget(defense, names, n_examples=n_examples, n_reeval=n_reeval,
+                       probe_size=check_options.get("probe_size", probe_size), attack_options=attack_options,
+                       check_options=check_options, examples_chosen=indices is not None or data is not None,
+                       checks=checks, use_entry_budget=entry_budget)
+    n_examples, n_reeval, probe_size = plan.n_examples, plan.n_reeval, plan.probe_size
+    attack_options, check_options = plan.attack_options, plan.check_options
+    if plan.filled:
+        budget = defense.defense_config.default_budget
+        log.warning("%s: the registry entry's reduced default budget is in use for what was not given (%s)%s; for "
+                    "the presets' full budget give your own options, or pass entry_budget=False (robustkit bench "
+                    "--full-budget)", defense.name, _describe_filled(plan.filled),
+                    f": {budget.note}" if budget.note else "")
     from ..attacks import list_attacks
 
     for a in names:
@@ -712,6 +809,8 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
               "base_classifier": describe_defense(base_classifier) if base_classifier is not None else None}
     if random_parts:  # allowed, and said so in the record (its defense_config) and its summary
         config["defense"]["random_weights"] = [p.name for p in random_parts]
+    if plan.filled:  # what came from the entry's reduced default budget (the attacks' protocols say what ran)
+        config["defense"]["default_budget"] = _jsonable(plan.filled)
     if tta is not None:
         config["tta_threat_model"] = tta
         defense = PinnedStateDefense(defense)  # reset() restores the whole state (robustkit.eval.tta)
