@@ -106,6 +106,11 @@ SIZE_OVERRIDES: dict[str, list[tuple[str, str | None]]] = {
         ("--n-examples", "16"), ("--probe-size", "8"), ("--attack-option", "pgd-eot.steps=3"),
         ("--attack-option", "pgd-eot.eot=2"), ("--attack-option", "transfer.attack=pgd"),
         ("--attack-option", "transfer.steps=3")],
+    # the entry's reduced default budget itself (6 min, README): here at 4 images, 2 steps, without the checks
+    "--defense tiny_diffpure.digits --eps 0.1$": [
+        ("--n-examples", "4"), ("--n-reeval", "2"), ("--no-checks", None),
+        ("--attack-option", "autoattack-rand.steps=2"), ("--attack-option", "autoattack-standard.steps=2"),
+        ("--attack-option", "autoattack-standard.fab_steps=2"), ("--attack-option", "pgd-eot.steps=2")],
     "--attacks diffhammer,diffattack": [
         ("--n-examples", "2"), ("--n-reeval", "1"), ("--no-checks", None),
         ("--attack-option", "diffhammer.steps=1"), ("--attack-option", "diffhammer.n_eval=1"),
@@ -129,8 +134,13 @@ PRODUCES: dict[str, list[str]] = {
 }
 
 
+def _matches(key: str, text: str) -> bool:
+    """A row's key is a substring of the command, or, ending in ``$``, the command's end."""
+    return text.endswith(key[:-1]) if key.endswith("$") else key in text
+
+
 def _row(table: dict, command: Command):
-    keys = [k for k in table if k in command.text]
+    keys = [k for k in table if _matches(k, command.text)]
     assert len(keys) <= 1, f"README line {command.line}: several rows match {command.text!r}: {keys}"
     return table[keys[0]] if keys else None
 
@@ -224,7 +234,7 @@ def test_an_unmarked_new_command_is_caught():
 def test_override_rows_each_match_one_command_that_runs():
     for table in (SIZE_OVERRIDES, PRODUCES):
         for key in table:
-            hits = [c for c in ROBUSTKIT if key in c.text]
+            hits = [c for c in ROBUSTKIT if _matches(key, c.text)]
             assert len(hits) == 1, f"row {key!r} matches {len(hits)} README commands (stale row?)"
             assert not hits[0].needs, f"row {key!r} is for a command marked '# needs:', which is never run"
 
