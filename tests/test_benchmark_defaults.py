@@ -127,6 +127,10 @@ def test_the_record_states_the_entry_budget_and_the_run_warns(tiny, tmp_path, ca
     assert protocol["steps"] == 1 and all(protocol[k] == v for k, v in filled_pgd.items())
     message = " ".join(r.getMessage() for r in caplog.records if "default budget" in r.getMessage())
     assert "pgd-eot.eot=" in message and "entry_budget=False" in message and "--full-budget" in message
+    # str(record), what bench prints, says it too: every filled value, and that it is not a result to cite
+    line = next(s for s in str(rec).splitlines() if s.startswith("REDUCED DEFAULT BUDGET"))
+    assert "not a result to cite" in line and f"n_reeval={budget.n_reeval}" in line
+    assert all(f"pgd-eot.{k}={v}" in line for k, v in filled_pgd.items())
     # asked for the full budget: the preset's values, nothing filled, no warning
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="robustkit"):
@@ -134,6 +138,7 @@ def test_the_record_states_the_entry_budget_and_the_run_warns(tiny, tmp_path, ca
                                    checks=False, attack_options={"pgd-eot": {"steps": 1, "eot": 1}},
                                    run_dir=tmp_path / "full", entry_budget=False)
     assert "default_budget" not in full.defense_config and full.attacks[0]["step_size"] == 0.007
+    assert "REDUCED DEFAULT BUDGET" not in str(full)
     assert not [r for r in caplog.records if "default budget" in r.getMessage()]
 
 

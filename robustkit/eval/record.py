@@ -222,10 +222,27 @@ class BenchmarkRecord:
         lines.append("UNRELIABLE: a blocking check failed" if self.unreliable else "reliable: no blocking check failed")
         if self.defense_config.get("random_weights"):
             lines.append(f"RANDOM WEIGHTS (never trained): {', '.join(self.defense_config['random_weights'])}")
+        if self.defense_config.get("default_budget"):
+            lines.append("REDUCED DEFAULT BUDGET (the registry entry's demo budget, a loose upper bound, not a result "
+                         f"to cite; --full-budget / entry_budget=False for the presets): "
+                         f"{_budget_text(self.defense_config['default_budget'])}")
         c = self.cost
         lines.append(f"cost: {c.get('forward_nfe', 0)} forward / {c.get('backward_nfe', 0)} backward example-passes, "
                      f"{c.get('wall_seconds', 0):.1f}s wall on {c.get('device', '?')}")
         return "\n".join(lines)
+
+
+def _budget_text(filled: dict[str, Any]) -> str:
+    """``{"n_examples": 32, "attack_options": {"pgd-eot": {"eot": 2}}}`` -> ``n_examples=32, pgd-eot.eot=2``."""
+    parts = []
+    for key, value in filled.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                parts += ([f"{sub}.{k}={w}" for k, w in v.items()] if isinstance(v, dict)
+                          else [f"{key.removesuffix('_options')} {sub}={v}"])
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def _nonfinite_as_text(v: Any) -> Any:
