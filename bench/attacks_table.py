@@ -10,6 +10,14 @@ Run (CPU, one thread; ~20 minutes per attack at the defaults on an idle core, tw
         --attacks diffattack,diffhammer --out docs/results/records
     PYTHONPATH=. .venv/bin/python bench/attacks_table.py --table docs/results/records   # print the table
 
+CIFAR-10's DiffPure (``diffpure_unet.cifar10``, resnet56 weights and CIFAR-10 in the data home: README "Where
+the files go"), resumable: a killed or timed-out run continues from its finished shards when the same command
+is given again with the same ``--run-root`` (a GPU session: add nothing, the defense follows the device)::
+
+    ROBUSTKIT_DATA=../shared/data OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/attacks_table.py \
+        --defense diffpure_unet.cifar10 --dataset cifar10 --eps 8/255 --n 64 --batch-size 8 --reeval 4 \
+        --grads 20 --eot 2 --run-root runs/attacks_cifar10 --out docs/results/records
+
 Budgets (``BUDGETS``) are equalised at about ``--grads`` exact gradient evaluations of the defense per
 example (PGD-EOT/DiffAttack: steps × EOT; AutoAttack rand: its two APGD runs share them; BPDA-EOT: steps ×
 EOT classifier gradients; DiffHammer: iterations, each with ``n_eval`` forward evaluations and one grafted
@@ -29,6 +37,11 @@ import robustkit
 DEFENSE = "tiny_diffpure.digits"
 
 
+def slug(defense: str) -> str:
+    """``tiny_diffpure.digits`` -> ``tiny_diffpure``: the records' file-name prefix."""
+    return defense.split(".")[0]
+
+
 def budgets(grads: int, eot: int) -> dict[str, dict]:
     steps = max(1, grads // eot)
     return {
@@ -40,12 +53,14 @@ def budgets(grads: int, eot: int) -> dict[str, dict]:
     }
 
 
-def run(attack: str, options: dict, n: int, reeval: int, eps: float, seed: int) -> robustkit.BenchmarkRecord:
-    defense = robustkit.create_defense(DEFENSE, pretrained=True)
-    return robustkit.benchmark(defense, dataset="digits", eps=eps, attacks=[attack], n_examples=n,
-                               n_reeval=reeval, seed=seed, checks=False, cascade=False, batch_size=n,
-                               attack_options={attack: options},
-                               run_dir=Path(tempfile.mkdtemp(prefix=f"attacks-{attack}-")) / "run")
+def run(attack: str, options: dict, args: argparse.Namespace) -> robustkit.BenchmarkRecord:
+    defense = robustkit.create_defense(args.defense, pretrained=True)
+    run_dir = (args.run_root / slug(args.defense) / attack if args.run_root
+               else Path(tempfile.mkdtemp(prefix=f"attacks-{attack}-")) / "run")
+    return robustkit.benchmark(defense, dataset=args.dataset, eps=args.eps, attacks=[attack], n_examples=args.n,
+                               n_reeval=args.reeval, seed=args.seed, checks=False, cascade=False,
+                               batch_size=args.batch_size or args.n, attack_options={attack: options},
+                               entry_budget=False, run_dir=run_dir)
 
 
 def row(path: Path) -> str:
@@ -66,31 +81,42 @@ def row(path: Path) -> str:
               f"| {c['attack_seconds']:.0f} |")
 
 
+def _fraction(text: str) -> float:
+    num, _, den = text.partition("/")
+    return float(num) / float(den or 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--attacks", default="pgd-eot,bpda-eot,autoattack-rand,diffattack,diffhammer")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--reeval", type=int, default=8, help="re-classifications per example (M)")
-    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--defense", default=DEFENSE, help="registered defense (default %(default)s)")
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--eps", type=_fraction, default=0.1, help="Linf budget, e.g. 0.1 or 8/255")
+    ap.add_argument("--batch-size", type=int, help="examples per shard (default: all --n in one)")
+    ap.add_argument("--run-root", type=Path, help="keep each attack's run directory here (resumable); "
+                    "default: a temporary one")
     ap.add_argument("--grads", type=int, default=40, help="exact gradient evaluations per example")
     ap.add_argument("--eot", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, help="folder for the records (attacks_tiny_diffpure_<attack>.json)")
+    ap.add_argument("--out", type=Path, help="folder for the records (attacks_<defense>_<attack>.json, "
+                    "<defense> the name before its first dot)")
     ap.add_argument("--table", type=Path, help="print the Markdown table of the records in this folder and exit")
     args = ap.parse_args(argv)
     if args.table:
         print("| attack | single draw | majority | worst of M | N-evaluation | fwd / bwd per example | seconds |")
         print("|---|---|---|---|---|---|---|")
-        for p in sorted(args.table.glob("attacks_tiny_diffpure_*.json")):
+        for p in sorted(args.table.glob(f"attacks_{slug(args.defense)}_*.json")):
             print(row(p))
         return
     plan = budgets(args.grads, args.eot)
     for attack in args.attacks.split(","):
-        record = run(attack, plan[attack], args.n, args.reeval, args.eps, args.seed)
+        record = run(attack, plan[attack], args)
         print(record.summary())
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            record.save(args.out / f"attacks_tiny_diffpure_{attack}.json")
+            record.save(args.out / f"attacks_{slug(args.defense)}_{attack}.json")
 
 
 if __name__ == "__main__":
