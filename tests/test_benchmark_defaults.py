@@ -131,6 +131,11 @@ def test_the_record_states_the_entry_budget_and_the_run_warns(tiny, tmp_path, ca
     line = next(s for s in str(rec).splitlines() if s.startswith("REDUCED DEFAULT BUDGET"))
     assert "not a result to cite" in line and f"n_reeval={budget.n_reeval}" in line
     assert all(f"pgd-eot.{k}={v}" in line for k, v in filled_pgd.items())
+    # its cost line counts example-passes, and names the network evaluations (101 per forward) apart
+    cost = str(rec).splitlines()[-1]
+    assert cost.startswith(f"cost: {rec.cost['forward_passes']} forward / {rec.cost['backward_passes']} backward "
+                           f"example-passes ({rec.cost['forward_nfe']} / {rec.cost['backward_nfe']} network evaluations)")
+    assert rec.cost["forward_nfe"] == rec.traits["forward_passes"] * rec.cost["forward_passes"]
     # asked for the full budget: the preset's values, nothing filled, no warning
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="robustkit"):

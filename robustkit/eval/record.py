@@ -227,7 +227,11 @@ class BenchmarkRecord:
                          f"to cite; --full-budget / entry_budget=False for the presets): "
                          f"{_budget_text(self.defense_config['default_budget'])}")
         c = self.cost
-        lines.append(f"cost: {c.get('forward_nfe', 0)} forward / {c.get('backward_nfe', 0)} backward example-passes, "
+        passes = (c.get("forward_passes", c.get("forward_nfe", 0)), c.get("backward_passes", c.get("backward_nfe", 0)))
+        nfe = (c.get("forward_nfe", passes[0]), c.get("backward_nfe", passes[1]))
+        # a defense with several network evaluations per prediction (a diffusion purifier's solver steps): both
+        network = f" ({nfe[0]} / {nfe[1]} network evaluations)" if nfe != passes else ""
+        lines.append(f"cost: {passes[0]} forward / {passes[1]} backward example-passes{network}, "
                      f"{c.get('wall_seconds', 0):.1f}s wall on {c.get('device', '?')}")
         return "\n".join(lines)
 
