@@ -106,11 +106,12 @@ SIZE_OVERRIDES: dict[str, list[tuple[str, str | None]]] = {
         ("--n-examples", "16"), ("--probe-size", "8"), ("--attack-option", "pgd-eot.steps=3"),
         ("--attack-option", "pgd-eot.eot=2"), ("--attack-option", "transfer.attack=pgd"),
         ("--attack-option", "transfer.steps=3")],
-    # the entry's reduced default budget itself (6 min, README): here at 4 images, 2 steps, without the checks
+    # the entry's reduced default budget itself (6-9 min, README): here at 2 images, 1 step, without the checks
     "--defense tiny_diffpure.digits --eps 0.1$": [
-        ("--n-examples", "4"), ("--n-reeval", "2"), ("--no-checks", None),
-        ("--attack-option", "autoattack-rand.steps=2"), ("--attack-option", "autoattack-standard.steps=2"),
-        ("--attack-option", "autoattack-standard.fab_steps=2"), ("--attack-option", "pgd-eot.steps=2")],
+        ("--n-examples", "2"), ("--n-reeval", "2"), ("--no-checks", None),
+        ("--attack-option", "autoattack-rand.steps=1"), ("--attack-option", "autoattack-standard.steps=1"),
+        ("--attack-option", "autoattack-standard.fab_steps=1"),
+        ("--attack-option", "autoattack-standard.square_queries=5"), ("--attack-option", "pgd-eot.steps=1")],
     "--attacks diffhammer,diffattack": [
         ("--n-examples", "2"), ("--n-reeval", "1"), ("--no-checks", None),
         ("--attack-option", "diffhammer.steps=1"), ("--attack-option", "diffhammer.n_eval=1"),
