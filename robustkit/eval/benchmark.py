@@ -71,7 +71,7 @@ from ..registry import random_weight_parts
 from ..utils import check_bool, did_you_mean, progress_bar, state_digest
 from .arguments import checked_benchmark
 from .checks import plan_check_budget, run_checks, validate_check_options
-from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult
+from .record import PROTOCOLS, AccuracyStat, BenchmarkRecord, CheckResult, describe_budget
 from .runner import (DEFAULT_LEASE_TIMEOUT, RunDir, RunIntegrityError, Shard, atomic_write_text, canonical_json,
                      make_shards)
 from .tta import DEFAULT_TTA_BATCH_SIZE, PinnedStateDefense, check_threat_model, run_continual
@@ -312,15 +312,6 @@ def plan_budget(defense: Classifier, names: Sequence[str], *, n_examples: int | 
     return BudgetPlan(n_examples=n_examples, n_reeval=DEFAULT_N_REEVAL if n_reeval is None else n_reeval,
                       probe_size=DEFAULT_PROBE_SIZE if probe_size is None else probe_size,
                       attack_options=options, check_options=check_options, filled=filled)
-
-
-def _describe_filled(filled: dict[str, Any]) -> str:
-    """``n_examples=32, n_reeval=4, pgd-eot.steps=10, ...``: the entry's values, as the CLI spells them."""
-    parts = [f"{k}={v}" for k, v in filled.items() if k not in ("attack_options", "check_options")]
-    parts += [f"check {k}={v}" for k, v in filled.get("check_options", {}).items()]
-    parts += [f"{a}.{k}={v:g}" if isinstance(v, float) else f"{a}.{k}={v}"
-              for a, opts in filled.get("attack_options", {}).items() for k, v in opts.items()]
-    return ", ".join(parts)
 
 
 def _predict_draws(model: Classifier, x: torch.Tensor, y: torch.Tensor,
@@ -772,7 +763,7 @@ def benchmark(defense: Classifier, *, dataset: str, threat_model: str = "Linf", 
         budget = defense.defense_config.default_budget
         log.warning("%s: the registry entry's reduced default budget is in use for what was not given (%s)%s; for "
                     "the presets' full budget give your own options, or pass entry_budget=False (robustkit bench "
-                    "--full-budget)", defense.name, _describe_filled(plan.filled),
+                    "--full-budget)", defense.name, describe_budget(plan.filled),
                     f": {budget.note}" if budget.note else "")
     from ..attacks import list_attacks
 

@@ -225,7 +225,7 @@ class BenchmarkRecord:
         if self.defense_config.get("default_budget"):
             lines.append("REDUCED DEFAULT BUDGET (the registry entry's demo budget, a loose upper bound, not a result "
                          f"to cite; --full-budget / entry_budget=False for the presets): "
-                         f"{_budget_text(self.defense_config['default_budget'])}")
+                         f"{describe_budget(self.defense_config['default_budget'])}")
         c = self.cost
         passes = (c.get("forward_passes", c.get("forward_nfe", 0)), c.get("backward_passes", c.get("backward_nfe", 0)))
         nfe = (c.get("forward_nfe", passes[0]), c.get("backward_nfe", passes[1]))
@@ -236,16 +236,14 @@ class BenchmarkRecord:
         return "\n".join(lines)
 
 
-def _budget_text(filled: dict[str, Any]) -> str:
-    """``{"n_examples": 32, "attack_options": {"pgd-eot": {"eot": 2}}}`` -> ``n_examples=32, pgd-eot.eot=2``."""
-    parts = []
-    for key, value in filled.items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                parts += ([f"{sub}.{k}={w}" for k, w in v.items()] if isinstance(v, dict)
-                          else [f"{key.removesuffix('_options')} {sub}={v}"])
-        else:
-            parts.append(f"{key}={value}")
+def describe_budget(filled: dict[str, Any]) -> str:
+    """What a registry entry's default budget filled in (``defense_config["default_budget"]``), as the CLI spells
+    it: ``n_examples=32, n_reeval=4, check steps=5, pgd-eot.steps=10, ...`` (the run's warning and the
+    record's summary)."""
+    parts = [f"{k}={v}" for k, v in filled.items() if k not in ("attack_options", "check_options")]
+    parts += [f"check {k}={v}" for k, v in filled.get("check_options", {}).items()]
+    parts += [f"{a}.{k}={v:g}" if isinstance(v, float) else f"{a}.{k}={v}"
+              for a, opts in filled.get("attack_options", {}).items() for k, v in opts.items()]
     return ", ".join(parts)
 
 
